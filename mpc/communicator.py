@@ -1,0 +1,172 @@
+"""The communicator interface: how one party sends tensors to the other two.
+
+Protocol code talks only to this interface, so the in-memory simulation
+(:mod:`mpc.inmemory`) and the gRPC deployment (:mod:`parties.grpc_comm`) are
+interchangeable.  Every implementation keeps the same counters, broken down by
+the protocol scope that was active when the traffic happened.
+
+Rounds are counted as *send steps*, the way SecretFlow-SPU reports them: a send
+that follows a receive (or is the first send of a scope) opens a new round;
+further sends before the next receive belong to the same round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+WORLD_SIZE = 3
+
+
+class PeerError(RuntimeError):
+    """A peer failed: it disconnected, stalled past the timeout, or sent garbage."""
+
+    def __init__(self, peer: int, message: str):
+        super().__init__(f"party {peer}: {message}")
+        self.peer = peer
+
+
+class PeerTimeoutError(PeerError, TimeoutError):
+    """No message arrived from a peer within the configured timeout."""
+
+
+@dataclass
+class Traffic:
+    """Counters for one protocol scope at one party."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    rounds: int = 0
+
+    def add(self, other: "Traffic") -> None:
+        self.bytes_sent += other.bytes_sent
+        self.bytes_received += other.bytes_received
+        self.messages_sent += other.messages_sent
+        self.rounds += other.rounds
+
+
+@dataclass
+class CommStats:
+    """Traffic per scope path (``"softmax/exp/mul"``); the empty path is unscoped traffic."""
+
+    by_scope: dict[str, Traffic] = field(default_factory=lambda: defaultdict(Traffic))
+
+    def total(self, prefix: str = "") -> Traffic:
+        """Traffic summed over every scope path that starts with ``prefix``."""
+        out = Traffic()
+        for path, traffic in self.by_scope.items():
+            if path == prefix or path.startswith(prefix + "/") or not prefix:
+                out.add(traffic)
+        return out
+
+    def by_top_scope(self) -> dict[str, Traffic]:
+        """Traffic grouped by the outermost scope name."""
+        out: dict[str, Traffic] = defaultdict(Traffic)
+        for path, traffic in self.by_scope.items():
+            out[path.split("/", 1)[0]].add(traffic)
+        return dict(out)
+
+    def by_leaf_scope(self) -> dict[str, Traffic]:
+        """Traffic grouped by the innermost scope name (e.g. all ``mul`` wherever it ran)."""
+        out: dict[str, Traffic] = defaultdict(Traffic)
+        for path, traffic in self.by_scope.items():
+            out[path.rsplit("/", 1)[-1]].add(traffic)
+        return dict(out)
+
+
+def tensor_nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+class Communicator(ABC):
+    """Point-to-point tensor transport between the three parties, with counters.
+
+    Subclasses implement :meth:`_send` and :meth:`_recv`; this base class does the
+    bookkeeping.  Messages between a pair of parties are delivered in order.
+    """
+
+    def __init__(self, rank: int, timeout: float = 60.0):
+        if rank not in range(WORLD_SIZE):
+            raise ValueError(f"unknown party rank {rank}: expected 0, 1 or 2")
+        self.rank = rank
+        self.timeout = timeout
+        self.stats = CommStats()
+        self._scopes = threading.local()
+        self._last_op_was_send = False
+
+    # -- transport, implemented by subclasses ---------------------------------
+    @abstractmethod
+    def _send(self, dst: int, tensor: torch.Tensor) -> None:
+        """Deliver ``tensor`` to party ``dst`` (may return before it is received)."""
+
+    @abstractmethod
+    def _recv(self, src: int, timeout: float) -> torch.Tensor:
+        """Next tensor from party ``src``; raise :class:`PeerTimeoutError` after ``timeout``."""
+
+    def close(self) -> None:
+        """Release transport resources."""
+
+    # -- public API ------------------------------------------------------------
+    @property
+    def next_rank(self) -> int:
+        return (self.rank + 1) % WORLD_SIZE
+
+    @property
+    def prev_rank(self) -> int:
+        return (self.rank - 1) % WORLD_SIZE
+
+    def send(self, dst: int, tensor: torch.Tensor) -> None:
+        self._check_peer(dst)
+        traffic = self._current()
+        if not self._last_op_was_send:
+            traffic.rounds += 1
+        self._last_op_was_send = True
+        traffic.bytes_sent += tensor_nbytes(tensor)
+        traffic.messages_sent += 1
+        self._send(dst, tensor)
+
+    def recv(self, src: int) -> torch.Tensor:
+        self._check_peer(src)
+        tensor = self._recv(src, self.timeout)
+        self._last_op_was_send = False
+        self._current().bytes_received += tensor_nbytes(tensor)
+        return tensor
+
+    def send_prev_recv_next(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The resharing step: send to party i-1, receive from party i+1 (one round)."""
+        self.send(self.prev_rank, tensor)
+        return self.recv(self.next_rank)
+
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        """Attribute the traffic inside the block to ``name`` (nested scopes form a path)."""
+        stack = self._stack()
+        stack.append(name)
+        # A scope's first send always opens a round of its own, so a protocol's
+        # round count does not depend on what ran before it.
+        self._last_op_was_send = False
+        try:
+            yield
+        finally:
+            stack.pop()
+            self._last_op_was_send = False
+
+    # -- helpers ---------------------------------------------------------------
+    def _stack(self) -> list[str]:
+        if not hasattr(self._scopes, "stack"):
+            self._scopes.stack = []
+        return self._scopes.stack
+
+    def _current(self) -> Traffic:
+        return self.stats.by_scope["/".join(self._stack())]
+
+    def _check_peer(self, peer: int) -> None:
+        if peer not in range(WORLD_SIZE) or peer == self.rank:
+            raise ValueError(f"party {self.rank} cannot talk to unknown party {peer}")
