@@ -1,0 +1,218 @@
+"""BERT encoder (BertModel, BertForSequenceClassification) and MiniLM sentence embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nn.backend import Backend, TensorLike
+from nn.modules import (
+    MLP,
+    Attention,
+    AttentionShape,
+    Embedding,
+    LayerNorm,
+    Linear,
+    Module,
+    detached,
+    gelu_form,
+    linear_weight,
+    padding_mask,
+)
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int
+    hidden_size: int
+    n_layer: int
+    n_head: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
+    gelu_approximate: str = "none"
+
+    @classmethod
+    def from_hf(cls, hf_config) -> BertConfig:
+        if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
+            raise ValueError("only absolute position embeddings are supported")
+        return cls(
+            vocab_size=hf_config.vocab_size,
+            hidden_size=hf_config.hidden_size,
+            n_layer=hf_config.num_hidden_layers,
+            n_head=hf_config.num_attention_heads,
+            intermediate_size=hf_config.intermediate_size,
+            max_position_embeddings=hf_config.max_position_embeddings,
+            type_vocab_size=hf_config.type_vocab_size,
+            layer_norm_eps=hf_config.layer_norm_eps,
+            gelu_approximate=gelu_form(hf_config.hidden_act),
+        )
+
+
+def _hf_linear(layer) -> Linear:
+    return Linear(linear_weight(layer.weight), detached(layer.bias))
+
+
+def _hf_layernorm(layer, eps: float) -> LayerNorm:
+    return LayerNorm(detached(layer.weight), detached(layer.bias), eps)
+
+
+class BertLayer(Module):
+    """Post-norm encoder layer: attention, add & norm, GeLU MLP, add & norm."""
+
+    def __init__(self, attn: Attention, ln_attn: LayerNorm, mlp: MLP, ln_mlp: LayerNorm):
+        self.attn = attn
+        self.ln_attn = ln_attn
+        self.mlp = mlp
+        self.ln_mlp = ln_mlp
+
+    def __call__(self, ops: Backend, x: TensorLike, mask: torch.Tensor) -> TensorLike:
+        x = self.ln_attn(ops, x + self.attn(ops, x, mask))
+        return self.ln_mlp(ops, x + self.mlp(ops, x))
+
+    @classmethod
+    def from_hf(cls, hf_layer, config: BertConfig) -> BertLayer:
+        a = hf_layer.attention.self
+        qkv = Linear(
+            torch.cat([linear_weight(m.weight) for m in (a.query, a.key, a.value)], dim=1),
+            torch.cat([m.bias.detach() for m in (a.query, a.key, a.value)]),
+        )
+        head_dim = config.hidden_size // config.n_head
+        eps = config.layer_norm_eps
+        return cls(
+            attn=Attention(
+                qkv,
+                _hf_linear(hf_layer.attention.output.dense),
+                AttentionShape(config.n_head, config.n_head, head_dim),
+            ),
+            ln_attn=_hf_layernorm(hf_layer.attention.output.LayerNorm, eps),
+            mlp=MLP(
+                _hf_linear(hf_layer.intermediate.dense),
+                _hf_linear(hf_layer.output.dense),
+                config.gelu_approximate,
+            ),
+            ln_mlp=_hf_layernorm(hf_layer.output.LayerNorm, eps),
+        )
+
+
+class BertModel(Module):
+    """Embeddings, encoder layers and (optionally) the tanh pooler over the first token."""
+
+    def __init__(
+        self,
+        config: BertConfig,
+        wte: Embedding,
+        wpe: Embedding,
+        wtt: Embedding,
+        ln_emb: LayerNorm,
+        layers: list[BertLayer],
+        pooler: Linear | None,
+    ):
+        self.config = config
+        self.wte = wte
+        self.wpe = wpe
+        self.wtt = wtt
+        self.ln_emb = ln_emb
+        self.layers = layers
+        self.pooler = pooler
+
+    def __call__(
+        self,
+        ops: Backend,
+        input_ids: TensorLike,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> TensorLike:
+        """Last hidden state (batch, seq, hidden) for (possibly secret) ids (batch, seq).
+
+        ``attention_mask`` (batch, seq) and ``token_type_ids`` are public: padding and the
+        segment layout follow from the public sequence lengths.
+        """
+        seq = attention_mask.shape[1]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(attention_mask, dtype=torch.long)
+        x = (
+            self.wte(ops, input_ids)
+            + self.wpe.rows(torch.arange(seq))
+            + self.wtt.rows(token_type_ids)
+        )
+        x = self.ln_emb(ops, x)
+        mask = padding_mask(attention_mask)
+        for layer in self.layers:
+            x = layer(ops, x, mask)
+        return x
+
+    def pool(self, ops: Backend, hidden: TensorLike) -> TensorLike:
+        """BERT's pooled output: tanh(dense(first token))."""
+        return ops.tanh(self.pooler(hidden[:, 0]))
+
+    @classmethod
+    def from_hf(cls, hf_model, pooler: bool = True) -> BertModel:
+        """From a ``transformers`` BertModel; ``pooler=False`` drops the pooler weights."""
+        config = BertConfig.from_hf(hf_model.config)
+        emb = hf_model.embeddings
+        keep_pooler = pooler and hf_model.pooler is not None
+        return cls(
+            config,
+            wte=Embedding(detached(emb.word_embeddings.weight)),
+            wpe=Embedding(detached(emb.position_embeddings.weight)),
+            wtt=Embedding(detached(emb.token_type_embeddings.weight)),
+            ln_emb=_hf_layernorm(emb.LayerNorm, config.layer_norm_eps),
+            layers=[BertLayer.from_hf(layer, config) for layer in hf_model.encoder.layer],
+            pooler=_hf_linear(hf_model.pooler.dense) if keep_pooler else None,
+        )
+
+
+class BertForSequenceClassification(Module):
+    """BERT with a linear classifier on the pooled output."""
+
+    def __init__(self, bert: BertModel, classifier: Linear):
+        self.bert = bert
+        self.classifier = classifier
+
+    def __call__(
+        self,
+        ops: Backend,
+        input_ids: TensorLike,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> TensorLike:
+        """Class logits (batch, num_labels)."""
+        hidden = self.bert(ops, input_ids, attention_mask, token_type_ids)
+        return self.classifier(self.bert.pool(ops, hidden))
+
+    @classmethod
+    def from_hf(cls, hf_model) -> BertForSequenceClassification:
+        return cls(BertModel.from_hf(hf_model.bert), _hf_linear(hf_model.classifier))
+
+
+def mean_pool(hidden: TensorLike, attention_mask: torch.Tensor) -> TensorLike:
+    """Average of the hidden states over the real (unpadded) tokens: (batch, hidden).
+
+    The mask and the token counts are public, so this is a public-weight sum.
+    """
+    weights = attention_mask.to(torch.float)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    return (hidden * weights[:, :, None]).sum(dim=1)
+
+
+def sentence_embedding(
+    model: BertModel,
+    ops: Backend,
+    input_ids: TensorLike,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+) -> TensorLike:
+    """The sentence-transformers MiniLM embedding before L2 normalisation.
+
+    Normalise at the client after :meth:`Backend.reveal` (see :func:`normalize`); that
+    keeps a reciprocal square root out of the private computation.
+    """
+    return mean_pool(model(ops, input_ids, attention_mask, token_type_ids), attention_mask)
+
+
+def normalize(embeddings: torch.Tensor) -> torch.Tensor:
+    """L2-normalise revealed embeddings (client side)."""
+    return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,171 @@
+"""LLaMA family (LlamaForCausalLM, e.g. SmolLM2): RMSNorm, RoPE, grouped-query attention, SwiGLU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nn.backend import Backend, TensorLike
+from nn.modules import (
+    Attention,
+    AttentionShape,
+    Embedding,
+    KVCache,
+    LayerCache,
+    Linear,
+    Module,
+    RMSNorm,
+    Rotary,
+    SwiGLU,
+    causal_mask,
+    detached,
+    linear_weight,
+)
+from nn.progress import Progress, tracked
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_hf(cls, hf_config) -> LlamaConfig:
+        if hf_config.hidden_act != "silu":
+            raise ValueError(f"unsupported activation {hf_config.hidden_act!r}")
+        # transformers >= 5 keeps RoPE settings in rope_parameters, older versions flat.
+        rope = getattr(hf_config, "rope_parameters", None) or {
+            "rope_type": "default",
+            "rope_theta": hf_config.rope_theta,
+        }
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"unsupported RoPE scaling {rope['rope_type']!r}")
+        n_head = hf_config.num_attention_heads
+        return cls(
+            vocab_size=hf_config.vocab_size,
+            hidden_size=hf_config.hidden_size,
+            n_layer=hf_config.num_hidden_layers,
+            n_head=n_head,
+            n_kv_head=hf_config.num_key_value_heads,
+            head_dim=getattr(hf_config, "head_dim", None) or hf_config.hidden_size // n_head,
+            intermediate_size=hf_config.intermediate_size,
+            rms_norm_eps=hf_config.rms_norm_eps,
+            rope_theta=rope["rope_theta"],
+            tie_word_embeddings=hf_config.tie_word_embeddings,
+        )
+
+
+def _linear(*layers) -> Linear:
+    """``torch.nn.Linear`` layers on the same input as one Linear, outputs side by side."""
+    weight = torch.cat([linear_weight(layer.weight) for layer in layers], dim=1)
+    if layers[0].bias is None:
+        return Linear(weight)
+    return Linear(weight, torch.cat([layer.bias.detach() for layer in layers]))
+
+
+class Block(Module):
+    """x + attn(norm(x)), then x + swiglu(norm(x))."""
+
+    def __init__(self, attn_norm: RMSNorm, attn: Attention, mlp_norm: RMSNorm, mlp: SwiGLU):
+        self.attn_norm = attn_norm
+        self.attn = attn
+        self.mlp_norm = mlp_norm
+        self.mlp = mlp
+
+    def __call__(
+        self,
+        ops: Backend,
+        x: TensorLike,
+        mask: torch.Tensor,
+        cache: LayerCache | None,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> TensorLike:
+        x = x + self.attn(ops, self.attn_norm(ops, x), mask, cache, rope)
+        return x + self.mlp(ops, self.mlp_norm(ops, x))
+
+    @classmethod
+    def from_hf(cls, hf_layer, config: LlamaConfig) -> Block:
+        a, m = hf_layer.self_attn, hf_layer.mlp
+        eps = config.rms_norm_eps
+        return cls(
+            attn_norm=RMSNorm(detached(hf_layer.input_layernorm.weight), eps),
+            attn=Attention(
+                _linear(a.q_proj, a.k_proj, a.v_proj),
+                _linear(a.o_proj),
+                AttentionShape(config.n_head, config.n_kv_head, config.head_dim),
+            ),
+            mlp_norm=RMSNorm(detached(hf_layer.post_attention_layernorm.weight), eps),
+            mlp=SwiGLU(_linear(m.gate_proj, m.up_proj), _linear(m.down_proj)),
+        )
+
+
+class LlamaForCausalLM(Module):
+    def __init__(
+        self,
+        config: LlamaConfig,
+        embed: Embedding,
+        blocks: list[Block],
+        norm: RMSNorm,
+        lm_head: Linear | None,
+    ):
+        """``lm_head=None`` ties the output projection to the token embeddings."""
+        self.config = config
+        self.embed = embed
+        self.blocks = blocks
+        self.norm = norm
+        self.lm_head = lm_head
+        self.rotary = Rotary(config.head_dim, config.rope_theta)
+
+    def __call__(
+        self,
+        ops: Backend,
+        input_ids: TensorLike | None = None,
+        *,
+        onehot: TensorLike | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        progress: Progress | None = None,
+    ) -> TensorLike:
+        """Next-token logits for tokens given as ids (batch, seq) or one-hot (batch, seq, vocab).
+
+        Returns (batch, seq, vocab), or (batch, vocab) for the last position only when
+        ``last_only``.  With a ``cache`` the tokens continue the cached sequence.
+        """
+        x = self.embed(ops, input_ids) if onehot is None else self.embed.from_onehot(ops, onehot)
+        seq = x.shape[1]
+        past = 0 if cache is None else cache.length
+        rope = self.rotary.tables(torch.arange(past, past + seq))
+        mask = causal_mask(seq, past)
+        layer_caches = [None] * len(self.blocks) if cache is None else cache.layers
+        for block, layer_cache in tracked(zip(self.blocks, layer_caches), progress):
+            x = block(ops, x, mask, layer_cache, rope)
+        if cache is not None:
+            cache.length += seq
+        x = self.norm(ops, x[:, -1] if last_only else x)
+        return self.embed.unembed(x) if self.lm_head is None else self.lm_head(x)
+
+    def new_cache(self) -> KVCache:
+        return KVCache.empty(len(self.blocks))
+
+    @classmethod
+    def from_hf(cls, hf_model) -> LlamaForCausalLM:
+        """From a ``transformers`` LlamaForCausalLM (also loaded from GGUF)."""
+        config = LlamaConfig.from_hf(hf_model.config)
+        m = hf_model.model
+        tied = hf_model.lm_head.weight is m.embed_tokens.weight
+        return cls(
+            config,
+            embed=Embedding(detached(m.embed_tokens.weight)),
+            blocks=[Block.from_hf(layer, config) for layer in m.layers],
+            norm=RMSNorm(detached(m.norm.weight), config.rms_norm_eps),
+            lm_head=None if tied else _linear(hf_model.lm_head),
+        )

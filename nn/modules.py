@@ -1,0 +1,307 @@
+"""Building blocks shared by the model families: one code path for every backend.
+
+Parameters and activations are *tensor-likes* (float tensors, or secret shares in the MPC
+backend), so a module only uses operators, public indexing and reshapes on them, and asks
+the backend ``ops`` (see :mod:`nn.backend`) for everything else.  Masks, positions and the
+RoPE tables are public plain tensors.  Linear weights are stored (in, out): ``x @ w + b``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nn.backend import Backend, TensorLike
+
+
+class Module:
+    """A model part whose parameters are plain attributes named in ``param_names``.
+
+    Attributes holding a :class:`Module`, or a list of them, are its children.  Unlike
+    ``torch.nn.Module`` nothing here assumes the parameters are tensors, so the same model
+    object can hold float weights or secret shares of them.
+    """
+
+    param_names: tuple[str, ...] = ()
+
+    def children(self) -> Iterator[tuple[str, Module]]:
+        """Direct submodules with their attribute names (``blocks.3`` for list items)."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, list):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield f"{name}.{i}", item
+
+    def named_params(self) -> Iterator[tuple[str, TensorLike]]:
+        """Every parameter by dotted name, depth first; a tied parameter appears once per owner."""
+        for name in self.param_names:
+            value = getattr(self, name)
+            if value is not None:
+                yield name, value
+        for prefix, child in self.children():
+            for name, value in child.named_params():
+                yield f"{prefix}.{name}", value
+
+    def map_params(self, fn: Callable[[TensorLike], TensorLike]) -> Module:
+        """Replace every parameter ``p`` by ``fn(p)`` in place and return ``self``.
+
+        Tied parameters (the same object in two places) are mapped once and stay tied.
+        The old values are dropped as they are replaced, so sharing the weights of a large
+        model never holds two full copies.
+        """
+        self._map_params(fn, {})
+        return self
+
+    def _map_params(self, fn: Callable[[TensorLike], TensorLike], done: dict[int, Any]) -> None:
+        # Keys are ids of old parameters still alive when looked up, so an id is never reused
+        # for a different old parameter during one mapping.
+        for name in self.param_names:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if id(value) not in done:
+                done[id(value)] = fn(value)
+            setattr(self, name, done[id(value)])
+        for _, child in self.children():
+            child._map_params(fn, done)
+
+
+def linear_weight(hf_weight: torch.Tensor) -> torch.Tensor:
+    """A ``torch.nn.Linear`` weight (out, in) as our (in, out) layout."""
+    return hf_weight.detach().t().contiguous()
+
+
+def detached(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A parameter without autograd history (shares storage with the source)."""
+    return None if t is None else t.detach()
+
+
+_GELU_FORMS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+
+def gelu_form(hf_activation: str) -> str:
+    """The ``approximate`` argument of GeLU for a Hugging Face activation name."""
+    if hf_activation not in _GELU_FORMS:
+        raise ValueError(f"unsupported activation {hf_activation!r}")
+    return _GELU_FORMS[hf_activation]
+
+
+class Linear(Module):
+    """``x @ weight + bias`` with weight (in, out) and an optional bias (out,)."""
+
+    param_names = ("weight", "bias")
+
+    def __init__(self, weight: TensorLike, bias: TensorLike | None = None):
+        self.weight = weight
+        self.bias = bias
+
+    def __call__(self, x: TensorLike) -> TensorLike:
+        y = x @ self.weight
+        return y if self.bias is None else y + self.bias
+
+
+class Embedding(Module):
+    """A (vocab, dim) table looked up by secret ids, by a secret one-hot, or by public rows."""
+
+    param_names = ("weight",)
+
+    def __init__(self, weight: TensorLike):
+        self.weight = weight
+
+    def __call__(self, ops: Backend, ids: TensorLike) -> TensorLike:
+        return ops.embedding(ids, self.weight)
+
+    def from_onehot(self, ops: Backend, onehot: TensorLike) -> TensorLike:
+        return ops.embedding_onehot(onehot, self.weight)
+
+    def rows(self, index: torch.Tensor) -> TensorLike:
+        """Rows at public indices (positions, token types)."""
+        return self.weight[index]
+
+    def unembed(self, x: TensorLike) -> TensorLike:
+        """Logits against the table: a tied LM head, ``x @ weight.T``."""
+        return x @ self.weight.transpose(0, 1)
+
+
+class LayerNorm(Module):
+    param_names = ("weight", "bias")
+
+    def __init__(self, weight: TensorLike, bias: TensorLike, eps: float):
+        self.weight = weight
+        self.bias = bias
+        self.eps = eps
+
+    def __call__(self, ops: Backend, x: TensorLike) -> TensorLike:
+        return ops.layernorm(x, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(Module):
+    param_names = ("weight",)
+
+    def __init__(self, weight: TensorLike, eps: float):
+        self.weight = weight
+        self.eps = eps
+
+    def __call__(self, ops: Backend, x: TensorLike) -> TensorLike:
+        return ops.rmsnorm(x, self.weight, self.eps)
+
+
+class MLP(Module):
+    """GeLU feed-forward: ``down(gelu(up(x)))``."""
+
+    def __init__(self, up: Linear, down: Linear, gelu_approximate: str = "none"):
+        self.up = up
+        self.down = down
+        self.gelu_approximate = gelu_approximate
+
+    def __call__(self, ops: Backend, x: TensorLike) -> TensorLike:
+        return self.down(ops.gelu(self.up(x), approximate=self.gelu_approximate))
+
+
+class SwiGLU(Module):
+    """LLaMA feed-forward: ``down(silu(gate(x)) * up(x))``, gate and up fused into one matmul."""
+
+    def __init__(self, gate_up: Linear, down: Linear):
+        self.gate_up = gate_up
+        self.down = down
+
+    def __call__(self, ops: Backend, x: TensorLike) -> TensorLike:
+        h = self.gate_up(x)
+        hidden = h.shape[-1] // 2
+        return self.down(ops.silu(h[..., :hidden]) * h[..., hidden:])
+
+
+class Rotary:
+    """Rotary position embedding tables (public): ``x * cos + rotate_half(x) * sin``."""
+
+    def __init__(self, head_dim: int, theta: float):
+        self.inv_freq = 1.0 / (
+            theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim)
+        )
+
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (len(positions), head_dim), for public positions."""
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        angles = torch.cat((freqs, freqs), dim=-1)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(ops: Backend, x: TensorLike, cos: torch.Tensor, sin: torch.Tensor) -> TensorLike:
+    """Rotate (batch, heads, seq, head_dim) by public tables; rotate_half by slicing."""
+    half = x.shape[-1] // 2
+    rotated = ops.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+@dataclass
+class LayerCache:
+    """One layer's keys and values so far, (batch, kv_heads, seq, head_dim)."""
+
+    k: TensorLike = None
+    v: TensorLike = None
+
+    def append(self, ops: Backend, k: TensorLike, v: TensorLike) -> tuple[TensorLike, TensorLike]:
+        """Add this step's keys and values; return all of them."""
+        if self.k is not None:
+            k = ops.cat([self.k, k], dim=2)
+            v = ops.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for incremental decoding; ``length`` is public."""
+
+    layers: list[LayerCache]
+    length: int = 0
+
+    @classmethod
+    def empty(cls, n_layers: int) -> KVCache:
+        return cls(layers=[LayerCache() for _ in range(n_layers)])
+
+
+@dataclass
+class AttentionShape:
+    """Head layout of an attention layer; ``n_kv_head < n_head`` is grouped-query attention."""
+
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+
+
+class Attention(Module):
+    """Multi-head (or grouped-query) self-attention with a fused QKV projection.
+
+    The one QKV matmul and the one output matmul keep the MPC round count per layer low.
+    """
+
+    def __init__(self, qkv: Linear, out: Linear, shape: AttentionShape):
+        self.qkv = qkv
+        self.out = out
+        self.shape = shape
+
+    def __call__(
+        self,
+        ops: Backend,
+        x: TensorLike,
+        mask: torch.Tensor | None,
+        cache: LayerCache | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> TensorLike:
+        """``x`` (batch, seq, dim) -> (batch, seq, dim).
+
+        ``mask`` broadcasts to the scores (batch, heads, seq, keys); ``cache`` receives this
+        step's keys and values; ``rope`` is the public (cos, sin) pair for these positions.
+        """
+        s = self.shape
+        batch, seq = x.shape[0], x.shape[1]
+        q_width, kv_width = s.n_head * s.head_dim, s.n_kv_head * s.head_dim
+        qkv = self.qkv(x)
+        q = self._heads(qkv[..., :q_width], batch, seq, s.n_head)
+        k = self._heads(qkv[..., q_width : q_width + kv_width], batch, seq, s.n_kv_head)
+        v = self._heads(qkv[..., q_width + kv_width :], batch, seq, s.n_kv_head)
+        if rope is not None:
+            cos, sin = rope
+            q = apply_rotary(ops, q, cos, sin)
+            k = apply_rotary(ops, k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(ops, k, v)
+        k = self._repeat_kv(k)
+        v = self._repeat_kv(v)
+        scores = (q @ k.transpose(2, 3)) * (1.0 / math.sqrt(s.head_dim))
+        y = ops.softmax(scores, dim=-1, mask=mask) @ v
+        return self.out(y.transpose(1, 2).reshape(batch, seq, q_width))
+
+    def _heads(self, t: TensorLike, batch: int, seq: int, n: int) -> TensorLike:
+        return t.reshape(batch, seq, n, self.shape.head_dim).transpose(1, 2)
+
+    def _repeat_kv(self, t: TensorLike) -> TensorLike:
+        """Share each key/value head among ``n_head // n_kv_head`` query heads."""
+        groups = self.shape.n_head // self.shape.n_kv_head
+        if groups == 1:
+            return t
+        batch, n_kv, keys, dim = t.shape
+        return (
+            t.unsqueeze(2)
+            .expand(batch, n_kv, groups, keys, dim)
+            .reshape(batch, n_kv * groups, keys, dim)
+        )
+
+
+def causal_mask(seq: int, past: int = 0) -> torch.Tensor:
+    """(seq, past + seq) bool: query i (at position past + i) sees keys 0 .. past + i."""
+    keys = torch.arange(past + seq)
+    queries = torch.arange(past, past + seq)
+    return keys[None, :] <= queries[:, None]
+
+
+def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, 1, keys) bool from a (batch, keys) 0/1 attention mask: padded keys hidden."""
+    return attention_mask.bool()[:, None, None, :]

@@ -1,0 +1,114 @@
+"""Module plumbing and the plaintext backends."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+
+from nn.backend import ApproxBackend, ExactBackend
+from nn.modules import Embedding, Linear, Module, causal_mask, padding_mask
+from nn.progress import Progress, tracked
+
+
+class _Tied(Module):
+    def __init__(self):
+        table = torch.randn(5, 3)
+        self.embed = Embedding(table)
+        self.heads = [Linear(torch.randn(3, 2), torch.zeros(2)), Linear(table, None)]
+
+
+def test_named_params_walks_children_and_lists():
+    names = [name for name, _ in _Tied().named_params()]
+    assert names == ["embed.weight", "heads.0.weight", "heads.0.bias", "heads.1.weight"]
+
+
+def test_map_params_maps_every_parameter_once_and_keeps_ties():
+    model = _Tied()
+    calls = []
+
+    def fn(t: torch.Tensor) -> tuple[str, torch.Tensor]:
+        calls.append(t)
+        return ("mapped", t)
+
+    assert model.map_params(fn) is model
+    assert len(calls) == 3
+    assert all(value[0] == "mapped" for _, value in model.named_params())
+    assert model.embed.weight is model.heads[1].weight
+    assert model.heads[1].bias is None
+
+
+def test_causal_mask_with_past():
+    expected = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(causal_mask(2, past=2), expected)
+    assert torch.equal(causal_mask(3), torch.ones(3, 3, dtype=torch.bool).tril())
+
+
+def test_padding_mask_hides_padded_keys():
+    mask = padding_mask(torch.tensor([[1, 1, 0]]))
+    assert mask.shape == (1, 1, 1, 3)
+    assert mask.flatten().tolist() == [True, True, False]
+
+
+def test_exact_softmax_mask_gives_zero_probability():
+    x = torch.randn(2, 4)
+    mask = torch.tensor([True, True, False, True])
+    p = ExactBackend().softmax(x, mask=mask)
+    assert torch.all(p[:, 2] == 0)
+    torch.testing.assert_close(p.sum(-1), torch.ones(2))
+
+
+def test_approx_backend_without_approximations_equals_exact():
+    torch.manual_seed(0)
+    exact, approx = ExactBackend(), ApproxBackend()
+    x = torch.randn(2, 3, 8) * 3
+    w, b = torch.randn(8), torch.randn(8)
+    mask = torch.rand(2, 3, 8) > 0.3
+    mask[..., 0] = True
+    for name, args in [
+        ("softmax", (x, -1, mask)),
+        ("softmax", (x,)),
+        ("layernorm", (x, w, b, 1e-5)),
+        ("rmsnorm", (x, w, 1e-6)),
+        ("gelu", (x,)),
+        ("silu", (x,)),
+        ("tanh", (x,)),
+    ]:
+        torch.testing.assert_close(getattr(approx, name)(*args), getattr(exact, name)(*args))
+
+
+def test_approx_backend_builds_softmax_and_norms_from_its_primitives():
+    used = set()
+
+    def spy(name, fn):
+        def wrapped(x):
+            used.add(name)
+            return fn(x)
+
+        return wrapped
+
+    ops = ApproxBackend(
+        exp=spy("exp", torch.exp),
+        reciprocal=spy("reciprocal", torch.reciprocal),
+        rsqrt=spy("rsqrt", torch.rsqrt),
+    )
+    x = torch.randn(2, 4)
+    ops.softmax(x)
+    assert used == {"exp", "reciprocal"}
+    ops.layernorm(x, torch.ones(4), torch.zeros(4), 1e-5)
+    ops.rmsnorm(x, torch.ones(4), 1e-5)
+    assert used == {"exp", "reciprocal", "rsqrt"}
+
+
+def test_argmax_returns_onehot_and_index():
+    onehot, index = ExactBackend().argmax(torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 1.0]]))
+    assert index.tolist() == [1, 0]
+    assert onehot.tolist() == [[0, 1, 0], [1, 0, 0]]
+
+
+def test_progress_counts_to_total():
+    stream = io.StringIO()
+    progress = Progress(3, "layers", stream=stream)
+    assert list(tracked("abc", progress)) == ["a", "b", "c"]
+    assert stream.getvalue().endswith("\n")
+    assert "3/3" in stream.getvalue()
