@@ -14,7 +14,8 @@ interactive ones are in their protocol modules.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,16 +40,16 @@ def _is_integer_public(value: Public) -> bool:
 class ArithShare(ShapeOps):
     """A secret tensor, replicated-additively shared among three parties."""
 
-    __slots__ = ("party", "data", "frac_bits")
+    __slots__ = ("data", "frac_bits", "party")
 
-    def __init__(self, party: "Party", data: torch.Tensor, frac_bits: int):
+    def __init__(self, party: Party, data: torch.Tensor, frac_bits: int):
         if data.dtype != torch.int64 or data.dim() < 1 or data.shape[0] != 2:
             raise ValueError("ArithShare data must be an int64 tensor of shape (2, ...)")
         self.party = party
         self.data = data
         self.frac_bits = frac_bits
 
-    def _like(self, data: torch.Tensor, frac_bits: int | None = None) -> "ArithShare":
+    def _like(self, data: torch.Tensor, frac_bits: int | None = None) -> ArithShare:
         return ArithShare(self.party, data, self.frac_bits if frac_bits is None else frac_bits)
 
     def __repr__(self) -> str:
@@ -56,7 +57,7 @@ class ArithShare(ShapeOps):
 
     # -- constructors -------------------------------------------------------------
     @staticmethod
-    def from_ring_public(party: "Party", ring: torch.Tensor, frac_bits: int) -> "ArithShare":
+    def from_ring_public(party: Party, ring: torch.Tensor, frac_bits: int) -> ArithShare:
         """A public ring tensor as a (trivial) sharing: it sits in component 0."""
         ring = ring.to(party.device)
         zeros = torch.zeros_like(ring)
@@ -69,14 +70,14 @@ class ArithShare(ShapeOps):
         return ArithShare(party, data, frac_bits)
 
     @staticmethod
-    def from_public(party: "Party", value: Public) -> "ArithShare":
+    def from_public(party: Party, value: Public) -> ArithShare:
         """Encode a public value (fixed point for floats, integer for integer tensors)."""
         if _is_integer_public(value):
             return ArithShare.from_ring_public(party, torch.as_tensor(value, dtype=torch.int64), 0)
         return ArithShare.from_ring_public(party, party.fxp.encode(value), party.fxp.frac_bits)
 
     @staticmethod
-    def from_component(party: "Party", component: int, value: torch.Tensor, frac_bits: int) -> "ArithShare":
+    def from_component(party: Party, component: int, value: torch.Tensor, frac_bits: int) -> ArithShare:
         """A value known to the two holders of ``component`` placed in that component.
 
         Component j is held by parties j (first slot) and j-1 (second slot); every party
@@ -88,7 +89,7 @@ class ArithShare(ShapeOps):
         return ArithShare(party, torch.stack((own, nxt)), frac_bits)
 
     # -- scale bookkeeping --------------------------------------------------------
-    def _rescaled(self, frac_bits: int) -> "ArithShare":
+    def _rescaled(self, frac_bits: int) -> ArithShare:
         """Exact conversion to more fractional bits (a local left shift)."""
         if frac_bits == self.frac_bits:
             return self
@@ -102,7 +103,7 @@ class ArithShare(ShapeOps):
             return torch.as_tensor(value, dtype=torch.int64, device=self.device), 0
         return self.party.fxp.encode(value, device=self.device), self.party.fxp.frac_bits
 
-    def _add_public_ring(self, ring: torch.Tensor) -> "ArithShare":
+    def _add_public_ring(self, ring: torch.Tensor) -> ArithShare:
         rank = self.party.rank
         shape = torch.broadcast_shapes(self.shape, ring.shape)
         data = self.data.expand(2, *shape).clone() if tuple(shape) != tuple(self.shape) else self.data.clone()
@@ -113,7 +114,7 @@ class ArithShare(ShapeOps):
         return self._like(data)
 
     # -- linear operations (local) ----------------------------------------------------
-    def __add__(self, other: "ArithShare | Public") -> "ArithShare":
+    def __add__(self, other: ArithShare | Public) -> ArithShare:
         if isinstance(other, ArithShare):
             frac = max(self.frac_bits, other.frac_bits)
             a, b = self._rescaled(frac), other._rescaled(frac)
@@ -126,17 +127,17 @@ class ArithShare(ShapeOps):
 
     __radd__ = __add__
 
-    def __neg__(self) -> "ArithShare":
+    def __neg__(self) -> ArithShare:
         return self._like(-self.data)
 
-    def __sub__(self, other: "ArithShare | Public") -> "ArithShare":
+    def __sub__(self, other: ArithShare | Public) -> ArithShare:
         return self + (-other)
 
-    def __rsub__(self, other: Public) -> "ArithShare":
+    def __rsub__(self, other: Public) -> ArithShare:
         return (-self) + other
 
     # -- products -----------------------------------------------------------------------
-    def _finish_product(self, data: torch.Tensor, frac: int) -> "ArithShare":
+    def _finish_product(self, data: torch.Tensor, frac: int) -> ArithShare:
         """Truncate a product back to f fractional bits when it carries more."""
         product = ArithShare(self.party, data, frac)
         target = self.party.fxp.frac_bits
@@ -146,7 +147,7 @@ class ArithShare(ShapeOps):
             return truncate(product, frac - target)
         return product
 
-    def __mul__(self, other: "ArithShare | Public") -> "ArithShare":
+    def __mul__(self, other: ArithShare | Public) -> ArithShare:
         if isinstance(other, ArithShare):
             from protocols.multiplication import mul
 
@@ -156,12 +157,12 @@ class ArithShare(ShapeOps):
 
     __rmul__ = __mul__
 
-    def __truediv__(self, other: float | int) -> "ArithShare":
+    def __truediv__(self, other: float) -> ArithShare:
         if isinstance(other, (int, float)):
             return self * (1.0 / other)
         raise TypeError("division by a secret: use protocols.approx.reciprocal")
 
-    def __matmul__(self, other: "ArithShare | torch.Tensor") -> "ArithShare":
+    def __matmul__(self, other: ArithShare | torch.Tensor) -> ArithShare:
         if isinstance(other, ArithShare):
             from protocols.multiplication import matmul
 
@@ -173,7 +174,7 @@ class ArithShare(ShapeOps):
             torch.stack([ring_matmul(self.data[k], ring) for k in range(2)]), self.frac_bits + frac
         )
 
-    def __rmatmul__(self, other: torch.Tensor) -> "ArithShare":
+    def __rmatmul__(self, other: torch.Tensor) -> ArithShare:
         from mpc.ring_matmul import ring_matmul
 
         ring, frac = self._public_ring(other)
@@ -181,55 +182,55 @@ class ArithShare(ShapeOps):
             torch.stack([ring_matmul(ring, self.data[k]) for k in range(2)]), self.frac_bits + frac
         )
 
-    def square(self) -> "ArithShare":
+    def square(self) -> ArithShare:
         return self * self
 
     # -- reductions (local) -----------------------------------------------------------
-    def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> "ArithShare":
+    def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> ArithShare:
         if dim is None:
             return self._like(self.data.reshape(2, -1).sum(1))
         dims = (dim,) if isinstance(dim, int) else tuple(dim)
         return self._like(self.data.sum([d % self.ndim + 1 for d in dims], keepdim=keepdim))
 
-    def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> "ArithShare":
+    def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> ArithShare:
         total = self.sum(dim, keepdim)
         count = self.numel() // max(total.numel(), 1)
         return total * (1.0 / count)
 
     # -- comparisons and selection (interactive) ----------------------------------------
-    def __lt__(self, other: "ArithShare | Public") -> "ArithShare":
+    def __lt__(self, other: ArithShare | Public) -> ArithShare:
         from protocols.comparison import less_than
 
         return less_than(self, other)
 
-    def __gt__(self, other: "ArithShare | Public") -> "ArithShare":
+    def __gt__(self, other: ArithShare | Public) -> ArithShare:
         from protocols.comparison import less_than
 
         return less_than(other, self)
 
-    def __le__(self, other: "ArithShare | Public") -> "ArithShare":
+    def __le__(self, other: ArithShare | Public) -> ArithShare:
         return 1 - (self > other)
 
-    def __ge__(self, other: "ArithShare | Public") -> "ArithShare":
+    def __ge__(self, other: ArithShare | Public) -> ArithShare:
         return 1 - (self < other)
 
-    def eq(self, other: "ArithShare | Public") -> "ArithShare":
+    def eq(self, other: ArithShare | Public) -> ArithShare:
         from protocols.comparison import equal
 
         return equal(self, other)
 
-    def relu(self) -> "ArithShare":
+    def relu(self) -> ArithShare:
         from protocols.select import relu
 
         return relu(self)
 
-    def max(self, dim: int = -1, keepdim: bool = False) -> "ArithShare":
+    def max(self, dim: int = -1, keepdim: bool = False) -> ArithShare:
         from protocols.reductions import max_with_argmax
 
         value, _ = max_with_argmax(self, dim)
         return value.unsqueeze(dim) if keepdim else value
 
-    def argmax(self, dim: int = -1) -> "ArithShare":
+    def argmax(self, dim: int = -1) -> ArithShare:
         """One-hot (integer 0/1 share) of the first maximum along ``dim``."""
         from protocols.reductions import max_with_argmax
 

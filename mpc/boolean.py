@@ -30,22 +30,22 @@ def logical_right_shift(words: torch.Tensor, shift: int) -> torch.Tensor:
 class BoolShare(ShapeOps):
     """A secret tensor of 64-bit words, XOR-shared among three parties."""
 
-    __slots__ = ("party", "data")
+    __slots__ = ("data", "party")
 
-    def __init__(self, party: "Party", data: torch.Tensor):
+    def __init__(self, party: Party, data: torch.Tensor):
         if data.dtype != torch.int64 or data.dim() < 1 or data.shape[0] != 2:
             raise ValueError("BoolShare data must be an int64 tensor of shape (2, ...)")
         self.party = party
         self.data = data
 
-    def _like(self, data: torch.Tensor) -> "BoolShare":
+    def _like(self, data: torch.Tensor) -> BoolShare:
         return BoolShare(self.party, data)
 
     def __repr__(self) -> str:
         return f"BoolShare(rank={self.party.rank}, shape={tuple(self.shape)})"
 
     @staticmethod
-    def from_component(party: "Party", component: int, value: torch.Tensor) -> "BoolShare":
+    def from_component(party: Party, component: int, value: torch.Tensor) -> BoolShare:
         """Words known to the two holders of ``component``, placed in that component."""
         zeros = torch.zeros_like(value)
         own = value if party.rank == component else zeros
@@ -53,10 +53,10 @@ class BoolShare(ShapeOps):
         return BoolShare(party, torch.stack((own, nxt)))
 
     @staticmethod
-    def from_public(party: "Party", words: torch.Tensor) -> "BoolShare":
+    def from_public(party: Party, words: torch.Tensor) -> BoolShare:
         return BoolShare.from_component(party, 0, torch.as_tensor(words, dtype=torch.int64).to(party.device))
 
-    def _xor_public(self, words: torch.Tensor | int) -> "BoolShare":
+    def _xor_public(self, words: torch.Tensor | int) -> BoolShare:
         words = torch.as_tensor(words, dtype=torch.int64, device=self.device)
         shape = torch.broadcast_shapes(self.shape, words.shape)
         data = self.data.expand(2, *shape).clone()
@@ -66,7 +66,7 @@ class BoolShare(ShapeOps):
             data[1] ^= words
         return self._like(data)
 
-    def __xor__(self, other: "BoolShare | torch.Tensor | int") -> "BoolShare":
+    def __xor__(self, other: BoolShare | torch.Tensor | int) -> BoolShare:
         if isinstance(other, BoolShare):
             da, db = aligned_pair(self, other)
             return self._like(da ^ db)
@@ -74,10 +74,10 @@ class BoolShare(ShapeOps):
 
     __rxor__ = __xor__
 
-    def __invert__(self) -> "BoolShare":
+    def __invert__(self) -> BoolShare:
         return self._xor_public(ALL_ONES)
 
-    def __and__(self, other: "BoolShare | torch.Tensor | int") -> "BoolShare":
+    def __and__(self, other: BoolShare | torch.Tensor | int) -> BoolShare:
         if isinstance(other, BoolShare):
             from protocols.boolean import and_shares
 
@@ -86,18 +86,18 @@ class BoolShare(ShapeOps):
 
     __rand__ = __and__
 
-    def __or__(self, other: "BoolShare") -> "BoolShare":
+    def __or__(self, other: BoolShare) -> BoolShare:
         """a | b = a ^ b ^ (a & b): one AND round."""
         return self ^ other ^ (self & other)
 
-    def __lshift__(self, shift: int) -> "BoolShare":
+    def __lshift__(self, shift: int) -> BoolShare:
         return self._like(self.data << shift)
 
-    def __rshift__(self, shift: int) -> "BoolShare":
+    def __rshift__(self, shift: int) -> BoolShare:
         """Logical (zero-filling) right shift."""
         return self._like(logical_right_shift(self.data, shift))
 
-    def bit(self, k: int) -> "BoolShare":
+    def bit(self, k: int) -> BoolShare:
         """Bit k of every word, moved to bit 0."""
         return (self >> k) & 1
 

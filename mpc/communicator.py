@@ -16,8 +16,8 @@ import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -45,7 +45,7 @@ class Traffic:
     messages_sent: int = 0
     rounds: int = 0
 
-    def add(self, other: "Traffic") -> None:
+    def add(self, other: Traffic) -> None:
         self.bytes_sent += other.bytes_sent
         self.bytes_received += other.bytes_received
         self.messages_sent += other.messages_sent

@@ -28,7 +28,7 @@ class InMemoryNetwork:
             if src != dst
         }
 
-    def communicator(self, rank: int, timeout: float = 60.0) -> "InMemoryCommunicator":
+    def communicator(self, rank: int, timeout: float = 60.0) -> InMemoryCommunicator:
         return InMemoryCommunicator(self, rank, timeout)
 
     def abort(self, rank: int, reason: str) -> None:

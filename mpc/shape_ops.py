@@ -65,13 +65,16 @@ class ShapeOps:
         return self._like(self.data.transpose(_dim(d0, self.ndim), _dim(d1, self.ndim)))
 
     @property
-    def T(self) -> Any:  # noqa: N802 - torch's name
+    def T(self) -> Any:
         return self._like(self.data.permute(0, *range(self.ndim, 0, -1)))
 
     def permute(self, *dims: Any) -> Any:
         if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
             dims = tuple(dims[0])
         return self._like(self.data.permute(0, *(_dim(d, self.ndim) for d in dims)))
+
+    def movedim(self, source: int, destination: int) -> Any:
+        return self._like(self.data.movedim(_dim(source, self.ndim), _dim(destination, self.ndim)))
 
     def unsqueeze(self, d: int) -> Any:
         return self._like(self.data.unsqueeze(d % (self.ndim + 1) + 1 if d < 0 else d + 1))
@@ -85,7 +88,10 @@ class ShapeOps:
     def expand(self, *shape: Any) -> Any:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
             shape = tuple(shape[0])
-        return self._like(self.data.expand(2, *shape))
+        data = self.data
+        if len(shape) > self.ndim:
+            data = data.reshape(2, *([1] * (len(shape) - self.ndim)), *self.shape)
+        return self._like(data.expand(2, *shape))
 
     def contiguous(self) -> Any:
         return self._like(self.data.contiguous())
@@ -106,14 +112,11 @@ class ShapeOps:
             index = (index,)
         if type(value) is not type(self):
             raise TypeError(f"can only assign a {type(self).__name__} into a {type(self).__name__}")
-        self.data[(slice(None), *index)] = self._aligned(value)
-
-    def _aligned(self, other: Any) -> torch.Tensor:
-        """other.data with singleton dims inserted so it broadcasts like torch against self."""
-        extra = self.ndim - other.ndim
-        if extra <= 0:
-            return other.data
-        return other.data.reshape(2, *([1] * extra), *other.shape)
+        if getattr(value, "frac_bits", None) != getattr(self, "frac_bits", None):
+            raise ValueError("assigned share has a different fixed-point scale")
+        target = self.data[(slice(None), *index)]
+        extra = target.dim() - value.data.dim()
+        self.data[(slice(None), *index)] = value.data.reshape(2, *([1] * extra), *value.shape)
 
 
 def aligned_pair(a: Any, b: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -19,14 +20,16 @@ def simulate(
     fxp: FixedPoint | None = None,
     device: torch.device | str = "cpu",
     timeout: float = 300.0,
+    network: InMemoryNetwork | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """Run ``fn(party, *args, **kwargs)`` at parties 0, 1, 2 and return their results.
 
     If a party raises, its peers are unblocked with a :class:`PeerError` and the
-    original exception is re-raised here.
+    original exception is re-raised here.  ``network`` may be a recording subclass
+    of :class:`InMemoryNetwork` (tests inspect what each party received).
     """
-    network = InMemoryNetwork()
+    network = network or InMemoryNetwork()
     results: list[Any] = [None] * 3
     errors: list[BaseException | None] = [None] * 3
 

@@ -8,7 +8,7 @@ Cost: 1 round; one 64-bit word per element per party (for all 64 bits at once).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -21,7 +21,7 @@ from protocols.conversions import _share_local_sum, b2a_bit, msb
 HALVING_SHIFTS = (32, 16, 8, 4, 2, 1)
 
 
-def _difference(x: "ArithShare | Public", y: "ArithShare | Public") -> ArithShare:
+def _difference(x: ArithShare | Public, y: ArithShare | Public) -> ArithShare:
     if isinstance(x, ArithShare):
         return x - y
     if isinstance(y, ArithShare):
@@ -29,7 +29,7 @@ def _difference(x: "ArithShare | Public", y: "ArithShare | Public") -> ArithShar
     raise TypeError("comparison needs at least one secret operand")
 
 
-def less_than(x: "ArithShare | Public", y: "ArithShare | Public") -> ArithShare:
+def less_than(x: ArithShare | Public, y: ArithShare | Public) -> ArithShare:
     """[x < y] as an integer 0/1 share."""
     diff = _difference(x, y)
     with diff.party.comm.scope("less_than"):
@@ -47,7 +47,7 @@ def is_zero_bits(d: ArithShare) -> BoolShare:
     return words & 1
 
 
-def equal(x: "ArithShare | Public", y: "ArithShare | Public") -> ArithShare:
+def equal(x: ArithShare | Public, y: ArithShare | Public) -> ArithShare:
     """[x == y] as an integer 0/1 share."""
     diff = _difference(x, y)
     with diff.party.comm.scope("equal"):

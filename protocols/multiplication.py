@@ -13,7 +13,7 @@ operands additionally pay for :func:`protocols.truncation.truncate` (2 rounds).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

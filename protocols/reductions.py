@@ -24,7 +24,7 @@ def max_with_argmax(x: ArithShare, dim: int = -1) -> tuple[ArithShare, ArithShar
     party = x.party
     dim = dim % x.ndim
     with party.comm.scope("max"):
-        current = x.transpose(dim, -1) if dim != x.ndim - 1 else x
+        current = x.movedim(dim, -1)
         levels: list[tuple[ArithShare, bool]] = []
         while current.shape[-1] > 1:
             n = current.shape[-1]
@@ -53,6 +53,6 @@ def max_with_argmax(x: ArithShare, dim: int = -1) -> tuple[ArithShare, ArithShar
             interleaved = stack([left, right], dim=-1).reshape(*left.shape[:-1], 2 * pairs)
             flags = cat([interleaved, *rest], dim=-1) if rest else interleaved
         if flags is None:
-            flags = ArithShare.from_public(party, 1).expand(*x.transpose(dim, -1).shape)
-        onehot = flags.transpose(dim, -1) if dim != x.ndim - 1 else flags
+            flags = ArithShare.from_public(party, 1).expand(*current.shape)
+        onehot = flags.movedim(-1, dim)
     return maximum, onehot

@@ -13,7 +13,7 @@ from mpc.arith import ArithShare, Public
 from protocols.conversions import b2a_bit, msb
 
 
-def mux(condition: ArithShare, x: "ArithShare | Public", y: "ArithShare | Public") -> ArithShare:
+def mux(condition: ArithShare, x: ArithShare | Public, y: ArithShare | Public) -> ArithShare:
     """condition ? x : y elementwise (torch broadcasting)."""
     if condition.frac_bits != 0:
         raise ValueError("mux needs an integer 0/1 condition share (frac_bits 0)")

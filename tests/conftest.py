@@ -1,0 +1,23 @@
+"""Shared fixtures: ``run`` executes an SPMD function on three parties.
+
+The protocol suite is written against ``run`` so that the same tests can run over
+any transport (the in-memory simulation here; gRPC in tests/parties).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mpc
+
+
+@pytest.fixture
+def run():
+    return mpc.simulate
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    """Seeded generator for *test inputs* only (protocol randomness never uses it)."""
+    return torch.Generator().manual_seed(1234)

@@ -1,0 +1,83 @@
+"""What a single party sees: uniformly random words, independent of the secret."""
+
+import torch
+
+import mpc
+from mpc.inmemory import InMemoryNetwork
+from protocols.conversions import a2b
+
+N = 20_000
+SECRET = 12345.678
+
+
+class RecordingQueue:
+    def __init__(self, inner, log):
+        self.inner, self.log = inner, log
+
+    def put(self, item):
+        if isinstance(item, torch.Tensor):
+            self.log.append(item.clone())
+        self.inner.put(item)
+
+    def get(self, timeout=None):
+        return self.inner.get(timeout=timeout)
+
+
+class RecordingNetwork(InMemoryNetwork):
+    """Keeps a copy of every tensor each party receives."""
+
+    def __init__(self):
+        super().__init__()
+        self.received = {rank: [] for rank in range(3)}
+        self.queues = {key: RecordingQueue(q, self.received[key[1]]) for key, q in self.queues.items()}
+
+
+def bit_frequencies(words: torch.Tensor) -> torch.Tensor:
+    words = words.reshape(-1)
+    return torch.stack([((words >> k) & 1).double().mean() for k in range(64)])
+
+
+def test_a_partys_shares_of_zero_and_of_a_secret_look_alike():
+    """Party 1's two components for sharings of 0 and of SECRET: same (uniform) bit statistics."""
+
+    def fn(party):
+        zero = mpc.share(party, torch.zeros(N), owner=0)
+        secret = mpc.share(party, torch.full((N,), SECRET), owner=0)
+        return zero.data, secret.data
+
+    view_zero, view_secret = mpc.simulate(fn)[1]
+    for comp in range(2):
+        f0, f1 = bit_frequencies(view_zero[comp]), bit_frequencies(view_secret[comp])
+        # 4.5 sigma for a fair bit over N samples
+        bound = 4.5 * (0.25 / N) ** 0.5
+        assert ((f0 - 0.5).abs() < bound).all()
+        assert ((f1 - 0.5).abs() < bound).all()
+        encoded = mpc.FixedPoint().encode(SECRET)
+        assert not (view_secret[comp] == encoded).any()
+
+
+def test_protocol_messages_and_state_never_hold_the_secret():
+    network = RecordingNetwork()
+    encoded = int(mpc.FixedPoint().encode(SECRET))
+
+    def fn(party):
+        x = mpc.share(party, torch.full((N,), SECRET), owner=0)
+        after_share = len(network.received[party.rank])
+        y = mpc.share(party, torch.full((N,), 0.5), owner=1)
+        outputs = [x * y, x < y, x.eq(y), x.relu(), a2b(x).data, (x * 0.25)]
+        states = [o.data if hasattr(o, "data") else o for o in outputs]
+        return after_share, states
+
+    results = mpc.simulate(fn, network=network)
+    for rank in range(3):
+        after_share, states = results[rank]
+        protocol_traffic = [t for t in network.received[rank][after_share:] if t.numel() >= N]
+        assert protocol_traffic, "expected protocol messages"
+        for message in protocol_traffic:
+            assert not (message == encoded).any()
+            # every message is masked: its words have uniform bits
+            freq = bit_frequencies(message)
+            assert ((freq - 0.5).abs() < 0.05).all(), (rank, freq)
+        for state in states:
+            assert not (state == encoded).any()
+            assert not (state == encoded // 4).any()
