@@ -6,10 +6,15 @@ any transport (the in-memory simulation here; gRPC in tests/parties).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 import mpc
+
+# Models load from installed packages only; never reach for a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture
