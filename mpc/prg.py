@@ -28,6 +28,7 @@ class AesPrg:
         if len(key) != KEY_BYTES:
             raise ValueError(f"PRG key must be {KEY_BYTES} bytes, got {len(key)}")
         self._encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        self._zeros = bytearray()
         self.bytes_drawn = 0
 
     def random_bytes(self, n: int) -> bytes:
@@ -35,7 +36,18 @@ class AesPrg:
         return self._encryptor.update(bytes(n))
 
     def random_int64(self, shape: tuple[int, ...] | torch.Size, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Uniform elements of Z_2^64 as an int64 tensor of ``shape``."""
+        """Uniform elements of Z_2^64 as an int64 tensor of ``shape``.
+
+        The keystream is written straight into the tensor's memory (encrypting a
+        cached zero buffer with ``update_into``): no intermediate copies.
+        """
         count = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
-        raw = np.frombuffer(self.random_bytes(8 * count), dtype=np.int64)
-        return torch.from_numpy(raw.copy()).reshape(shape).to(device)
+        nbytes = 8 * count
+        if len(self._zeros) < nbytes:
+            self._zeros = bytearray(nbytes)
+        # update_into wants room for one extra block beyond the input.
+        out = torch.empty(count + 2, dtype=torch.int64)
+        if nbytes:
+            self._encryptor.update_into(memoryview(self._zeros)[:nbytes], memoryview(out.numpy()).cast("B"))
+        self.bytes_drawn += nbytes
+        return out[:count].reshape(shape).to(device)

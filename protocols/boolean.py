@@ -1,6 +1,7 @@
 """AND of XOR-shared words (ABY3): the boolean twin of multiplication.
 
-z_i = (x_i & y_i) ^ (x_i & y_{i+1}) ^ (x_{i+1} & y_i) ^ alpha_i, alpha a XOR zero-sharing,
+z_i = (x_i & y_i) ^ (x_i & y_{i+1}) ^ (x_{i+1} & y_i) ^ alpha_i
+    = (x_i & (y_i ^ y_{i+1})) ^ (x_{i+1} & y_i) ^ alpha_i, alpha a XOR zero-sharing,
 then z_i goes to party i-1.  Several independent ANDs are packed into one message.
 
 Cost: 1 round; one 64-bit word per element per party (for all 64 bits at once).
@@ -20,18 +21,22 @@ def and_shares(xs: Sequence[BoolShare], ys: Sequence[BoolShare]) -> list[BoolSha
     """[x & y for x, y in zip(xs, ys)] in a single round."""
     party = xs[0].party
     pairs = [aligned_pair(x, y) for x, y in zip(xs, ys)]
-    locals_ = [
-        ((xd[0] & yd[0]) ^ (xd[0] & yd[1]) ^ (xd[1] & yd[0])) for xd, yd in pairs
-    ]
-    shapes = [z.shape for z in locals_]
-    flat = torch.cat([z.reshape(-1) for z in locals_])
+    shapes = [torch.broadcast_shapes(xd.shape[1:], yd.shape[1:]) for xd, yd in pairs]
+    total = sum(shape.numel() for shape in shapes)
     with party.comm.scope("and"):
-        flat = flat ^ party.xor_zero_share(flat.shape)
-        flat_next = party.comm.send_prev_recv_next(flat).to(flat.device)
-    out, start = [], 0
+        # Row 0: this party's 3-out-of-3 share, row 1: the one received from party i+1.
+        out = torch.empty(2, total, dtype=torch.int64, device=xs[0].device)
+        mask = party.xor_zero_share((total,))
+        start = 0
+        for (xd, yd), shape in zip(pairs, shapes):
+            n = shape.numel()
+            local = (xd[0] & (yd[0] ^ yd[1])) ^ (xd[1] & yd[0])
+            torch.bitwise_xor(local.reshape(-1), mask[start:start + n], out=out[0, start:start + n])
+            start += n
+        out[1] = party.comm.send_prev_recv_next(out[0])
+    results, start = [], 0
     for shape in shapes:
         n = shape.numel()
-        data = torch.stack((flat[start:start + n].reshape(shape), flat_next[start:start + n].reshape(shape)))
-        out.append(BoolShare(party, data))
+        results.append(BoolShare(party, out[:, start:start + n].reshape(2, *shape)))
         start += n
-    return out
+    return results

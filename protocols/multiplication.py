@@ -28,16 +28,19 @@ def reshare(party: Party, z: torch.Tensor) -> torch.Tensor:
 
     The caller must already have masked ``z`` with a zero-sharing.
     """
-    z_next = party.comm.send_prev_recv_next(z).to(z.device)
-    return torch.stack((z, z_next))
+    out = torch.empty(2, *z.shape, dtype=z.dtype, device=z.device)
+    out[0] = z
+    out[1] = party.comm.send_prev_recv_next(z)
+    return out
 
 
 def _product(x: ArithShare, y: ArithShare, local: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
              name: str, x_data: torch.Tensor, y_data: torch.Tensor) -> ArithShare:
     party = x.party
     with party.comm.scope(name):
-        z = local(x_data[0], y_data[0] + y_data[1]) + local(x_data[1], y_data[0])
-        z = z + party.zero_share(z.shape)
+        z = local(x_data[0], y_data[0] + y_data[1])
+        z += local(x_data[1], y_data[0])
+        z += party.zero_share(z.shape)
         data = reshare(party, z)
     return x._finish_product(data, x.frac_bits + y.frac_bits)
 
