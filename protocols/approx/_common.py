@@ -1,0 +1,134 @@
+"""Helpers shared by the approximations.
+
+Twins: :func:`quantize` rounds to the fixed-point grid, where a protocol truncates, so a
+twin tracks its protocol to within a few ulp and tests can hold the protocol to the twin
+tightly.
+
+Protocols: :func:`products` runs several independent products in one multiplication
+round (plus one truncation for those that need it), :func:`linear_combination` applies
+public coefficients with a single truncation, and :func:`at_least_powers_of_two` finds the
+power-of-two bracket of a positive secret (reciprocal, rsqrt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mpc.arith import ArithShare, cat
+from mpc.fixedpoint import DEFAULT_FRAC_BITS
+from protocols.comparison import less_than
+from protocols.multiplication import mul
+from protocols.truncation import truncate
+
+FRAC_BITS = DEFAULT_FRAC_BITS
+
+
+def quantize(x: torch.Tensor, frac_bits: int | None) -> torch.Tensor:
+    """Round ``x`` to the grid of ``frac_bits`` fractional bits (``None``: leave it exact)."""
+    if frac_bits is None:
+        return x
+    scale = float(2**frac_bits)
+    return torch.round(x * scale) / scale
+
+
+def with_frac(x: ArithShare, frac_bits: int) -> ArithShare:
+    """The same ring elements read with ``frac_bits`` fractional bits (free).
+
+    Reading with e more bits divides the value by 2^e; products of relabelled operands
+    let a protocol keep extra precision or fold a power of two into a later truncation.
+    """
+    return ArithShare(x.party, x.data, frac_bits)
+
+
+def products(
+    pairs: Sequence[tuple[ArithShare, ArithShare]], out_frac: Sequence[int | None] | None = None
+) -> list[ArithShare]:
+    """``[x * y for x, y in pairs]`` in one multiplication round and one truncation.
+
+    The raw product of each pair carries ``x.frac_bits + y.frac_bits`` fractional bits; it
+    is truncated to ``out_frac[i]`` (default: the party's f when it carries more, else kept).
+    Truncations by the same number of bits share one call (2 rounds).
+    Cost: 1 round and 8 bytes per output element per party, plus truncation.
+    """
+    party = pairs[0][0].party
+    f = party.fxp.frac_bits
+    shapes, xs, ys, raw_fracs = [], [], [], []
+    for x, y in pairs:
+        shape = torch.broadcast_shapes(x.shape, y.shape)
+        shapes.append(shape)
+        xs.append(with_frac(x, 0).expand(*shape).reshape(-1))
+        ys.append(with_frac(y, 0).expand(*shape).reshape(-1))
+        raw_fracs.append(x.frac_bits + y.frac_bits)
+    if out_frac is None:
+        out_frac = [None] * len(pairs)
+    targets = [
+        (min(raw, f) if want is None else want) for raw, want in zip(raw_fracs, out_frac)
+    ]
+    flat = mul(cat(xs), cat(ys)) if len(xs) > 1 else mul(xs[0], ys[0])
+    pieces, start = [], 0
+    for shape, raw in zip(shapes, raw_fracs):
+        n = shape.numel()
+        pieces.append(with_frac(flat[start:start + n], raw))
+        start += n
+    by_shift: dict[int, list[int]] = {}
+    for i, (raw, target) in enumerate(zip(raw_fracs, targets)):
+        if target > raw:
+            raise ValueError("a product cannot gain fractional bits")
+        if target < raw:
+            by_shift.setdefault(raw - target, []).append(i)
+    for shift, members in by_shift.items():
+        joined = cat([with_frac(pieces[i], 0) for i in members]) if len(members) > 1 else pieces[members[0]]
+        cut = truncate(with_frac(joined, shift), shift)
+        start = 0
+        for i in members:
+            n = pieces[i].numel()
+            pieces[i] = with_frac(cut[start:start + n], targets[i])
+            start += n
+    return [p.reshape(*shape) for p, shape in zip(pieces, shapes)]
+
+
+def linear_combination(
+    terms: Sequence[ArithShare], coeffs: Sequence[float], constant: float = 0.0
+) -> ArithShare:
+    """``constant + sum(c * t)`` with one truncation for all terms (2 rounds).
+
+    Each coefficient is encoded with f fractional bits and multiplied in as an integer, so
+    the sum carries 2f bits until the single truncation (terms must have f bits).
+    Cost: 2 rounds, 16 bytes per element per party.
+    """
+    party = terms[0].party
+    f = party.fxp.frac_bits
+    acc = None
+    for term, coeff in zip(terms, coeffs):
+        if term.frac_bits != f:
+            raise ValueError("linear_combination expects terms with f fractional bits")
+        scaled = with_frac(term, 0) * int(round(coeff * 2**f))
+        acc = scaled if acc is None else acc + scaled
+    return truncate(with_frac(acc, 2 * f), f) + constant
+
+
+def at_least_powers_of_two(x: ArithShare, positions: torch.Tensor) -> ArithShare:
+    """Integer 0/1 shares of [ring(x) >= 2^p] for each bit position p, in a new last dim.
+
+    One batched comparison per position (all in the same 10 rounds); cheaper in rounds than
+    bit decomposition + prefix-OR + B2A of every bit, and the per-row normalisations that use
+    it (reciprocal in softmax, rsqrt in LayerNorm) run on few elements, so bytes are small.
+    Cost: 10 rounds, 120 bytes per position per element per party.
+    """
+    thresholds = torch.pow(2, positions.to(torch.int64))
+    below = less_than(with_frac(x, 0).unsqueeze(-1), thresholds)
+    return 1 - below
+
+
+def bracket_combination(at_least: ArithShare, table: torch.Tensor) -> ArithShare:
+    """sum_p onehot_p * table_p for the one-hot of the power-of-two bracket (free).
+
+    ``at_least`` holds [v >= 2^p] for positions p_1 < ... < p_{W-1} (the lowest bracket
+    p_0 is assumed), ``table`` the public integer for each of the W brackets.  With
+    onehot_p = at_least_p - at_least_{p+1} the sum telescopes to
+    table_0 + sum_i at_least_i * (table_i - table_{i-1}).
+    """
+    steps = (table[1:] - table[:-1]).to(torch.int64)
+    return (at_least * steps).sum(-1) + int(table[0])

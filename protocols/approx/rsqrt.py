@@ -1,0 +1,103 @@
+"""1/sqrt(x) for positive x: power-of-two bracket, SPU's quartic initial guess, parity fix.
+
+Formula: write x = u * 2^(e+1) with u in [0.25, 0.5) (e from the secret's bit length).
+SPU's quartic (``rsqrt_init_guess``, from dl.acm.org/doi/10.1145/3411501.3419427)
+    rsqrt(u) ~ 26.02942339 u^4 - 49.86605845 u^3 + 38.4714796 u^2 - 15.47994394 u + 4.14285016
+has relative error 8.2e-5 on [0.25, 0.5), so no Newton step is needed.  Then
+    rsqrt(x) = rsqrt(u) * 2^(-(e+1)/2),
+where the factor, including the sqrt(2) of odd exponents (SPU's parity correction), and an
+optional public ``scale`` are one public table entry per bracket: the bracket's one-hot
+(from comparisons with public powers of two, see :mod:`protocols.approx.reciprocal`) dotted
+with the table gives the secret factor for free.  The factor carries E extra fractional bits
+(as many as the ring allows) so that small results keep their relative precision.
+
+Valid range: x in [2^lo_exp, 2^hi_exp) (default [2^-14, 2^14)), hi_exp - lo_exp <= 40.
+Error: twin vs 1/sqrt(x): relative <= 8.2e-5 + rounding of the f-bit result (one ulp is
+2^-f / rsqrt(x) relative: <= 3e-4 at x = 2^14 for f = 18).  Protocol vs twin: a few ulp.
+Cost: comparisons (10 rounds, 120 (W - 1) bytes, W = hi_exp - lo_exp) + 4 multiplication
+levels (1 round, 8 or 16 bytes) with truncations (2 rounds, 16 or 32 bytes) + the
+polynomial's one truncation: about 25 rounds and 120 (W - 1) + 120 bytes per element per party.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mpc.arith import ArithShare
+from protocols.approx._common import (
+    FRAC_BITS,
+    at_least_powers_of_two,
+    bracket_combination,
+    linear_combination,
+    products,
+    quantize,
+    with_frac,
+)
+
+# rsqrt(u) on [0.25, 0.5): coefficients of u^1..u^4 and the constant (SPU).
+RSQRT_COEFFS = (-15.47994394, 38.4714796, -49.86605845, 26.02942339)
+RSQRT_CONSTANT = 4.14285016
+DEFAULT_LO_EXP = -14
+DEFAULT_HI_EXP = 14
+MAX_WINDOW = 40
+RING_HEADROOM_BITS = 60  # products stay below 2^60, under truncation's 2^62 limit
+
+
+def _guess(u: torch.Tensor, frac_bits: int | None) -> torch.Tensor:
+    u2 = quantize(u * u, frac_bits)
+    u3, u4 = quantize(u2 * u, frac_bits), quantize(u2 * u2, frac_bits)
+    terms = (u, u2, u3, u4)
+    poly = sum(c * t for c, t in zip(RSQRT_COEFFS, terms))
+    return quantize(poly, frac_bits) + RSQRT_CONSTANT
+
+
+def rsqrt_twin(
+    x: torch.Tensor,
+    lo_exp: int = DEFAULT_LO_EXP,
+    hi_exp: int = DEFAULT_HI_EXP,
+    scale: float = 1.0,
+    frac_bits: int | None = FRAC_BITS,
+) -> torch.Tensor:
+    """Float twin of :func:`rsqrt` (times ``scale``)."""
+    x = x.to(torch.float64)
+    _, e = torch.frexp(x)
+    e = e.clamp(lo_exp + 1, hi_exp).to(torch.float64)  # x = u * 2^(e+1)
+    u = quantize(x * torch.pow(2.0, -(e + 1)), frac_bits)
+    return quantize(_guess(u, frac_bits) * scale * torch.pow(2.0, -(e + 1) / 2), frac_bits)
+
+
+def _factor_bits(f: int, lo_exp: int, scale: float) -> int:
+    """Extra fractional bits E of the factor table: as many as keep guess * factor < 2^60."""
+    largest_factor_log2 = f - (lo_exp + 1) / 2 + math.log2(scale)
+    guess_log2 = f + 1.1  # rsqrt(u) <= 2.0 on [0.25, 0.5)
+    return max(0, min(61 - f, math.floor(RING_HEADROOM_BITS - largest_factor_log2 - guess_log2)))
+
+
+def rsqrt(
+    x: ArithShare, lo_exp: int = DEFAULT_LO_EXP, hi_exp: int = DEFAULT_HI_EXP, scale: float = 1.0
+) -> ArithShare:
+    """scale / sqrt(x) for secret x in [2^lo_exp, 2^hi_exp), public ``scale`` > 0."""
+    party = x.party
+    f = party.fxp.frac_bits
+    if x.frac_bits != f:
+        raise ValueError("rsqrt expects a fixed-point share with f fractional bits")
+    if not 0 < hi_exp - lo_exp <= MAX_WINDOW or lo_exp < -f:
+        raise ValueError(f"rsqrt window [2^{lo_exp}, 2^{hi_exp}) is not supported")
+    positions = torch.arange(f + lo_exp, f + hi_exp)  # bit position p of v = x * 2^f
+    # u = v / 2^(p+2); the normaliser 2^(2f-2-p) gets `lift` extra bits where p > 2f - 2.
+    lift = max(0, f + hi_exp - 1 - (2 * f - 2))
+    exponents = positions.to(torch.float64) + 2 - f  # x = u * 2^exponent
+    extra = _factor_bits(f, lo_exp, scale)
+    factors = torch.round(scale * torch.pow(2.0, f + extra - exponents / 2)).to(torch.int64)
+    with party.comm.scope("rsqrt"):
+        at_least = at_least_powers_of_two(x, positions[1:])
+        normalise = bracket_combination(at_least, torch.pow(2, 2 * f - 2 - positions + lift))
+        factor = bracket_combination(at_least, factors)
+        (u,) = products([(x, with_frac(normalise, f + lift))])
+        (u2,) = products([(u, u)])
+        u3, u4 = products([(u2, u), (u2, u2)])
+        guess = linear_combination((u, u2, u3, u4), RSQRT_COEFFS, RSQRT_CONSTANT)
+        (r,) = products([(guess, with_frac(factor, f + extra))])
+    return r
