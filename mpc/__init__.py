@@ -5,7 +5,7 @@ from mpc.boolean import BoolShare
 from mpc.communicator import Communicator, PeerError, PeerTimeoutError
 from mpc.fixedpoint import FixedPoint, FixedPointRangeError
 from mpc.party import Party
-from mpc.sharing import reveal, reveal_to, share
+from mpc.sharing import deal, reconstruct, reveal, reveal_to, share
 from mpc.simulate import simulate
 
 
@@ -26,6 +26,8 @@ __all__ = [
     "PeerError",
     "PeerTimeoutError",
     "cat",
+    "deal",
+    "reconstruct",
     "reveal",
     "reveal_to",
     "share",

@@ -5,6 +5,9 @@ The two components it holds with one neighbour each are drawn from the pairwise 
 (so those neighbours get them without messages); the third is x minus both and goes to
 the two other parties. Cost: one round; the owner sends 2 elements per element.
 
+``deal``/``reconstruct``: an owner outside the three parties (a client, a model owner)
+sends each party its pair and gets output pairs back.
+
 ``reveal``: party i lacks only x_{i+2}, which party i+1 holds as its second
 component, so each party sends that to its predecessor. One round, one element per
 element per party.
@@ -16,7 +19,9 @@ import torch
 
 from mpc.arith import ArithShare
 from mpc.boolean import BoolShare
+from mpc.fixedpoint import FixedPoint
 from mpc.party import Party
+from mpc.prg import AesPrg, new_key
 
 
 def share(party: Party, value: torch.Tensor | float | None, owner: int = 0) -> ArithShare:
@@ -83,3 +88,38 @@ def reveal_to(x: ArithShare, receiver: int) -> torch.Tensor | None:
             return None
         ring = x.data[0] + x.data[1] + party.comm.recv(sender).to(x.device)
     return ring if x.frac_bits == 0 else party.fxp.decode(ring, x.frac_bits)
+
+
+def deal(value: torch.Tensor, fxp: FixedPoint | None = None) -> tuple[list[torch.Tensor], int]:
+    """An *outside* owner (the client, the model owner) secret-shares ``value``.
+
+    Returns each party's stacked pair (x_i, x_{i+1}) and the fractional bits.  Components
+    x_0 and x_1 come from a fresh AES-CTR key that only the owner holds; x_2 = x - x_0 - x_1.
+    Party i receives only its pair, which is uniformly random on its own.
+    """
+    fxp = fxp or FixedPoint()
+    value = torch.as_tensor(value)
+    if value.is_floating_point():
+        ring, frac = fxp.encode(value), fxp.frac_bits
+    else:
+        ring, frac = value.to(torch.int64), 0
+    prg = AesPrg(new_key())
+    c0 = prg.random_int64(ring.shape)
+    c1 = prg.random_int64(ring.shape)
+    components = (c0, c1, ring - c0 - c1)
+    return [torch.stack((components[i], components[(i + 1) % 3])) for i in range(3)], frac
+
+
+def reconstruct(pairs: list[torch.Tensor], frac_bits: int, fxp: FixedPoint | None = None) -> torch.Tensor:
+    """What the client does with the three parties' output pairs.
+
+    Every component arrives from two parties; a mismatch means a party deviated or the
+    shares were mixed up, and is reported instead of returning a wrong answer.
+    """
+    if len(pairs) != 3:
+        raise ValueError(f"need the output shares of all three parties, got {len(pairs)}")
+    for i in range(3):
+        if not torch.equal(pairs[i][1], pairs[(i + 1) % 3][0]):
+            raise ValueError(f"parties {i} and {(i + 1) % 3} disagree on output component {(i + 1) % 3}")
+    ring = pairs[0][0] + pairs[1][0] + pairs[2][0]
+    return ring if frac_bits == 0 else (fxp or FixedPoint()).decode(ring, frac_bits)

@@ -195,3 +195,19 @@ def test_ring_identities_hold_exactly(values):
     assert torch.equal(lhs, rhs)
     assert torch.equal(lhs, x * (y + z))
     assert torch.equal(zero, torch.zeros_like(x))
+
+
+def test_outside_owner_deals_and_client_reconstructs(run):
+    x = torch.tensor([[1.25, -3.5], [0.0, 1e4]], dtype=torch.float64)
+    pairs, frac = mpc.deal(x)
+
+    def fn(party):
+        s = ArithShare(party, pairs[party.rank], frac)
+        return (s * 2.0 + 1).data
+
+    out = run(fn)
+    assert torch.equal(mpc.reconstruct(out, frac), 2 * x + 1)
+    tampered = [out[0], out[1].clone(), out[2]]
+    tampered[1][0] += 1
+    with pytest.raises(ValueError, match="parties 0 and 1 disagree"):
+        mpc.reconstruct(tampered, frac)
