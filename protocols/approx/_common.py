@@ -23,6 +23,8 @@ from protocols.multiplication import mul
 from protocols.truncation import truncate
 
 FRAC_BITS = DEFAULT_FRAC_BITS
+COEFF_BITS = 30
+"""Fractional bits of public polynomial coefficients in :func:`linear_combination`."""
 
 
 def quantize(x: torch.Tensor, frac_bits: int | None) -> torch.Tensor:
@@ -94,8 +96,10 @@ def linear_combination(
 ) -> ArithShare:
     """``constant + sum(c * t)`` with one truncation for all terms (2 rounds).
 
-    Each coefficient is encoded with f fractional bits and multiplied in as an integer, so
-    the sum carries 2f bits until the single truncation (terms must have f bits).
+    Each coefficient is encoded with ``COEFF_BITS`` fractional bits (so small coefficients
+    of high powers, e.g. GeLU's 0.0018 x^6, keep their precision) and multiplied in as an
+    integer; the sum is truncated once.  Terms must have f bits and |c * t| < 2^(61 - f -
+    COEFF_BITS) (8192 for f = 18).
     Cost: 2 rounds, 16 bytes per element per party.
     """
     party = terms[0].party
@@ -104,9 +108,9 @@ def linear_combination(
     for term, coeff in zip(terms, coeffs):
         if term.frac_bits != f:
             raise ValueError("linear_combination expects terms with f fractional bits")
-        scaled = with_frac(term, 0) * int(round(coeff * 2**f))
+        scaled = with_frac(term, 0) * int(round(coeff * 2**COEFF_BITS))
         acc = scaled if acc is None else acc + scaled
-    return truncate(with_frac(acc, 2 * f), f) + constant
+    return truncate(with_frac(acc, f + COEFF_BITS), COEFF_BITS) + constant
 
 
 def at_least_powers_of_two(x: ArithShare, positions: torch.Tensor) -> ArithShare:

@@ -1,0 +1,77 @@
+"""Embedding lookup of secret token ids: a secret one-hot times the secret table.
+
+Formula: onehot[t, v] = [id_t == v], rows = onehot @ table.  The one-hot is built in two
+halves: the id is bit-decomposed once per token (A2B, 8 rounds) and split into its high
+and low halves (H + L = ceil(log2 vocab) bits); equality with every public value of each
+half is the AND of the bits of NOT(half XOR value), a few AND rounds on words that each
+carry one comparison; B2A turns the 2^H + 2^L bits into arithmetic 0/1; their outer
+product (one multiplication, no truncation: both are integers) is the full one-hot.
+So the width is reduced once per token, and the per-vocabulary-entry cost is the single
+outer-product multiplication (8 bytes) instead of an equality test (72 bytes for a
+64-bit ``equal``).  The product with the fixed-point table has an integer operand, so it
+needs no truncation and the rows come out exactly (bit for bit) as shared.
+Source: the one-hot embedding of PUMA (arXiv 2307.12533 §4.4); the split is ours.
+
+Valid range: ids in [0, vocab) (others give a zero row).
+Error: none: the result equals the table rows exactly (fixed-point encoding of the table).
+Cost per token, per party: A2B (8 rounds, 104 bytes), AND-reduce (log2 of the lane width,
+3-4 rounds, 8 (2^H + 2^L) bytes each), B2A (2 rounds, 16 (2^H + 2^L) bytes), outer product
+(1 round, 8 * 2^(H+L) bytes), matmul (1 round, 8 * dim bytes): about 16 rounds and, for
+a 30522 x 768 table (H = 7, L = 8), 280 kB per token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mpc.arith import ArithShare, cat
+from protocols.approx._common import FRAC_BITS, products, quantize
+from protocols.conversions import a2b, b2a_bit
+
+
+def embedding_twin(ids: torch.Tensor, table: torch.Tensor, frac_bits: int | None = FRAC_BITS) -> torch.Tensor:
+    """Float twin of :func:`embedding` (the exact rows, rounded like the shared table)."""
+    return quantize(table.to(torch.float64), frac_bits)[ids]
+
+
+def _and_reduce_shifts(width: int) -> list[int]:
+    """Halving shifts that AND bits 0..width-1 of a word into bit 0."""
+    shifts, span = [], 1
+    while span < width:
+        shifts.append(span)
+        span *= 2
+    return shifts[::-1]
+
+
+def half_onehots(ids: ArithShare, id_bits: int) -> tuple[ArithShare, ArithShare, int]:
+    """One-hots of the high and low halves of the ids: (..., 2^H), (..., 2^L), and L."""
+    low_bits = (id_bits + 1) // 2
+    high_bits = id_bits - low_bits
+    words = a2b(ids)
+    halves = [(words >> low_bits) & ((1 << high_bits) - 1), words & ((1 << low_bits) - 1)]
+    tests = []
+    for half, bits in zip(halves, (high_bits, low_bits)):
+        values = torch.arange(1 << bits, dtype=torch.int64, device=ids.device)
+        low_mask = (1 << bits) - 1
+        # Bits 0..bits-1 are 1 where the half equals the value; the rest are set to 1.
+        tests.append(((~(half.unsqueeze(-1) ^ values)) & low_mask) ^ ~low_mask)
+    words = cat(tests, dim=-1)
+    for shift in _and_reduce_shifts(max(low_bits, high_bits, 1)):
+        words = words & (words >> shift)
+    onehots = b2a_bit(words)
+    split = 1 << high_bits
+    return onehots[..., :split], onehots[..., split:], low_bits
+
+
+def embedding(ids: ArithShare, table: ArithShare) -> ArithShare:
+    """Rows ``table[ids]`` for secret integer ids (..., ) -> (..., dim)."""
+    if ids.frac_bits != 0:
+        raise ValueError("token ids must be an integer share (frac_bits 0)")
+    vocab = table.shape[0]
+    with ids.party.comm.scope("embedding"):
+        high, low, low_bits = half_onehots(ids, max(1, math.ceil(math.log2(vocab))))
+        (outer,) = products([(high.unsqueeze(-1), low.unsqueeze(-2))])
+        onehot = outer.reshape(*ids.shape, -1)[..., :vocab]
+        return onehot @ table
