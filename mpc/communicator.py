@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterator
@@ -44,12 +45,16 @@ class Traffic:
     bytes_received: int = 0
     messages_sent: int = 0
     rounds: int = 0
+    seconds: float = 0.0  # wall time inside the scope, including nested scopes
+    calls: int = 0
 
     def add(self, other: Traffic) -> None:
         self.bytes_sent += other.bytes_sent
         self.bytes_received += other.bytes_received
         self.messages_sent += other.messages_sent
         self.rounds += other.rounds
+        self.seconds += other.seconds
+        self.calls += other.calls
 
 
 @dataclass
@@ -71,6 +76,26 @@ class CommStats:
         out: dict[str, Traffic] = defaultdict(Traffic)
         for path, traffic in self.by_scope.items():
             out[path.split("/", 1)[0]].add(traffic)
+        return dict(out)
+
+    def by_child_scope(self, parent: str) -> dict[str, Traffic]:
+        """Traffic under ``parent`` grouped by the next scope name below it.
+
+        Time is inclusive, so the children's seconds do not double count each other.
+        """
+        out: dict[str, Traffic] = defaultdict(Traffic)
+        prefix = parent + "/"
+        for path, traffic in self.by_scope.items():
+            if path.startswith(prefix):
+                child, _, rest = path[len(prefix):].partition("/")
+                entry = out[child]
+                entry.bytes_sent += traffic.bytes_sent
+                entry.bytes_received += traffic.bytes_received
+                entry.messages_sent += traffic.messages_sent
+                entry.rounds += traffic.rounds
+                if not rest:
+                    entry.seconds += traffic.seconds
+                    entry.calls += traffic.calls
         return dict(out)
 
     def by_leaf_scope(self) -> dict[str, Traffic]:
@@ -152,9 +177,13 @@ class Communicator(ABC):
         # A scope's first send always opens a round of its own, so a protocol's
         # round count does not depend on what ran before it.
         self._last_op_was_send = False
+        start = time.perf_counter()
         try:
             yield
         finally:
+            entry = self._current()
+            entry.seconds += time.perf_counter() - start
+            entry.calls += 1
             stack.pop()
             self._last_op_was_send = False
 
