@@ -1,0 +1,34 @@
+"""Helpers for the approximation tests: run a protocol on shared inputs, with its cost."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import mpc
+from mpc.communicator import Traffic
+
+FXP = mpc.FixedPoint()
+ULP = 2.0**-FXP.frac_bits
+
+
+def on_grid(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to the fixed-point grid (what sharing it encodes)."""
+    return FXP.decode(FXP.encode(x))
+
+
+def run_protocol(protocol: Callable[..., Any], *inputs: Any, **kwargs: Any) -> tuple[Any, Traffic]:
+    """Share each tensor input (floats as fixed point, ints as integers; None passes through),
+    run ``protocol`` on the shares, and return party 0's opened result and traffic."""
+
+    def fn(party: mpc.Party) -> tuple[Any, Traffic]:
+        shares = [mpc.share(party, x, owner=0) if isinstance(x, torch.Tensor) else x for x in inputs]
+        party.comm.stats.by_scope.clear()
+        out = protocol(*shares, **kwargs)
+        traffic = party.comm.stats.total()
+        opened = tuple(o.reveal() for o in out) if isinstance(out, tuple) else out.reveal()
+        return opened, traffic
+
+    return mpc.simulate(fn)[0]

@@ -1,0 +1,36 @@
+"""Embedding (secret ids -> exact table rows) and secret argmax (one-hot and index)."""
+
+import torch
+
+from protocols.approx.argmax import argmax, argmax_twin
+from protocols.approx.embedding import embedding, embedding_twin
+from tests.protocols.approx_helpers import run_protocol
+
+
+def test_embedding_rows_are_exact():
+    """Vocab 1000 (H = 5, L = 5 bits), ids at both ends and around the split: exact rows."""
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(1000, 16, generator=g, dtype=torch.float64)
+    ids = torch.tensor([[0, 1, 31, 32, 33], [511, 512, 998, 999, 500]])
+    y, traffic = run_protocol(embedding, ids, table)
+    assert torch.equal(y, embedding_twin(ids, table))
+    assert traffic.rounds <= 16
+
+
+def test_embedding_odd_vocab_width():
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    ids = torch.tensor([0, 4, 2, 3, 1])
+    y, _ = run_protocol(embedding, ids, table)
+    assert torch.equal(y, embedding_twin(ids, table))
+
+
+def test_argmax_onehot_and_index():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 3000, generator=g, dtype=torch.float64)
+    x[1, 7] = x[1, 2900] = 10.0  # a tie goes to the lower index
+    (onehot, index), traffic = run_protocol(argmax, x)
+    expected_onehot, expected_index = argmax_twin(x)
+    assert torch.equal(index, expected_index)
+    assert torch.equal(onehot, expected_onehot)
+    assert traffic.rounds <= 12 * 11 + 11

@@ -1,0 +1,49 @@
+"""LayerNorm and RMSNorm: <= 5e-3 max abs error with per-row scales in [1e-2, 1e2]."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from protocols.approx.layernorm import layernorm, layernorm_twin, rmsnorm, rmsnorm_twin
+from tests.protocols.approx_helpers import run_protocol
+
+BOUND = 5e-3
+
+
+def _rows(n_rows: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.pow(10.0, torch.rand(n_rows, 1, generator=g, dtype=torch.float64) * 4 - 2)
+    offset = torch.randn(n_rows, 1, generator=g, dtype=torch.float64)
+    x = torch.randn(n_rows, 768, generator=g, dtype=torch.float64) * scale + offset
+    weight = 1 + 0.1 * torch.randn(768, generator=g, dtype=torch.float64)
+    bias = 0.1 * torch.randn(768, generator=g, dtype=torch.float64)
+    return x, weight, bias
+
+
+def _rms_reference(x, weight, eps):
+    return weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def test_twins_on_128x768():
+    x, weight, bias = _rows(128)
+    assert (layernorm_twin(x, weight, bias) - F.layer_norm(x, (768,), weight, bias, 1e-5)).abs().max() <= BOUND
+    assert (rmsnorm_twin(x, weight) - _rms_reference(x, weight, 1e-6)).abs().max() <= BOUND
+
+
+@pytest.mark.parametrize("n_rows", [16])
+def test_layernorm_protocol(n_rows):
+    """Rows at scales 1e-2..1e2 (incl. both ends): within 5e-3 of torch; <= 32 rounds."""
+    x, weight, bias = _rows(n_rows, seed=1)
+    x[0] = x[0] * 1e-2 / x[0].std()
+    x[1] = x[1] * 1e2 / x[1].std()
+    y, traffic = run_protocol(layernorm, x, weight, bias)
+    assert (y - F.layer_norm(x, (768,), weight, bias, 1e-5)).abs().max() <= BOUND
+    assert (y - layernorm_twin(x, weight, bias)).abs().max() <= 2e-3
+    assert traffic.rounds <= 32
+
+
+def test_rmsnorm_protocol():
+    x, weight, _ = _rows(16, seed=2)
+    y, traffic = run_protocol(rmsnorm, x, weight)
+    assert (y - _rms_reference(x, weight, 1e-6)).abs().max() <= BOUND
+    assert traffic.rounds <= 30

@@ -1,0 +1,42 @@
+"""Softmax: <= 0.01 max abs error on N(0, 3^2) rows of 128 and on causal-masked rows."""
+
+import pytest
+import torch
+
+from protocols.approx.softmax import softmax, softmax_twin
+from tests.protocols.approx_helpers import run_protocol
+
+CAUSAL = torch.tril(torch.ones(128, 128, dtype=torch.bool))
+
+
+def _logits(batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 128, 128, generator=g, dtype=torch.float64) * 3
+
+
+def _reference(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return torch.softmax(x if mask is None else x.masked_fill(~mask, float("-inf")), -1)
+
+
+@pytest.mark.parametrize("mask", [None, CAUSAL], ids=["plain", "causal"])
+def test_twin_error_on_12x128x128(mask):
+    x = _logits(12)
+    assert (softmax_twin(x, mask) - _reference(x, mask)).abs().max() <= 0.01
+
+
+def test_puma_linear_exp_misses_the_bound():
+    """PUMA's t = 5 linear exp gives 6.4e-2-scale errors: the reason for the quadratic base."""
+    x = _logits(12)
+    assert (softmax_twin(x, base="linear") - _reference(x, None)).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("mask", [None, CAUSAL], ids=["plain", "causal"])
+def test_protocol_matches_twin_and_bound(mask):
+    """2x128x128: |protocol - twin| <= 1e-4, masked entries exactly 0, <= 140 rounds."""
+    x = _logits(2, seed=1)
+    y, traffic = run_protocol(softmax, x, mask=mask)
+    assert (y - softmax_twin(x, mask)).abs().max() <= 1e-4
+    assert (y - _reference(x, mask)).abs().max() <= 0.01
+    if mask is not None:
+        assert y[..., ~mask].eq(0).all()
+    assert traffic.rounds <= 140
