@@ -123,6 +123,15 @@ def _exact_gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x)
 
 
+def _in_dtype(fn: UnaryFn) -> UnaryFn:
+    """``fn`` with its result cast back to its argument's dtype."""
+
+    def wrapped(x: torch.Tensor) -> torch.Tensor:
+        return fn(x).to(x.dtype)
+
+    return wrapped
+
+
 class ApproxBackend(ExactBackend):
     """Float torch computing each nonlinearity the way the MPC protocols do.
 
@@ -130,8 +139,10 @@ class ApproxBackend(ExactBackend):
     protocols (max-subtract, ``exp``, one ``reciprocal`` per row; one ``rsqrt`` per row),
     and GeLU, SiLU and tanh are taken whole.  Each primitive is a float function given to
     the constructor (the float twin of a protocol); one left out is computed exactly, so
-    ``ApproxBackend()`` equals :class:`ExactBackend` up to float rounding.  GeLU has one
-    approximation for both reference forms, as in PUMA.
+    ``ApproxBackend()`` equals :class:`ExactBackend` up to float rounding, and
+    :meth:`puma` uses the twins of :mod:`protocols.approx`.  GeLU has one approximation for
+    both reference forms, as in PUMA.  Results come back in the input's dtype (the twins
+    compute in float64).
     """
 
     def __init__(
@@ -144,12 +155,34 @@ class ApproxBackend(ExactBackend):
         silu: UnaryFn = F.silu,
         tanh: UnaryFn = torch.tanh,
     ):
-        self._exp = exp
-        self._reciprocal = reciprocal
-        self._rsqrt = rsqrt
-        self._gelu = gelu
-        self._silu = silu
-        self._tanh = tanh
+        self._exp = _in_dtype(exp)
+        self._reciprocal = _in_dtype(reciprocal)
+        self._rsqrt = _in_dtype(rsqrt)
+        self._gelu = _in_dtype(gelu)
+        self._silu = _in_dtype(silu)
+        self._tanh = _in_dtype(tanh)
+
+    @classmethod
+    def puma(cls, **overrides: UnaryFn) -> ApproxBackend:
+        """The float twins of the MPC protocols (PUMA's approximations, fixed-point rounded).
+
+        ``overrides`` replace single primitives, e.g. a twin with another input window.
+        tanh has no protocol yet and stays exact.
+        """
+        from protocols.approx.exp import exp_twin
+        from protocols.approx.gelu import gelu_twin
+        from protocols.approx.reciprocal import reciprocal_twin
+        from protocols.approx.rsqrt import rsqrt_twin
+        from protocols.approx.silu import silu_twin
+
+        twins: dict[str, UnaryFn] = {
+            "exp": exp_twin,
+            "reciprocal": reciprocal_twin,
+            "rsqrt": rsqrt_twin,
+            "gelu": gelu_twin,
+            "silu": silu_twin,
+        }
+        return cls(**(twins | overrides))
 
     def gelu(self, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
         return self._gelu(x)

@@ -1,0 +1,284 @@
+"""Private inference: the models of :mod:`nn` on secret shares across three parties.
+
+Roles (DESIGN.md): the *model owner* secret-shares the weights once
+(:class:`PrivateModel`); a *client* secret-shares its token ids per request and alone
+reconstructs the output; the three compute parties run the same model code with
+:class:`MPCBackend`, which maps every backend call to a protocol of :mod:`protocols`.
+
+Here the three parties are simulated in one process (:func:`mpc.simulate`); the dealt
+shares are exactly what each party would receive over the network, and no party's
+program ever sees another party's pair.
+
+Example::
+
+    pm = PrivateModel.from_hf(hf_bert)                 # the model owner shares the weights
+    result = pm.sentence_embedding(input_ids, attention_mask)
+    result.output                                      # what the client reconstructs
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import mpc
+from mpc import ArithShare
+from mpc.communicator import Traffic
+from mpc.fixedpoint import FixedPoint
+from nn.modules import Module
+from nn.progress import Progress
+from protocols.approx import argmax as argmax_protocol
+from protocols.approx import embedding as embedding_protocol
+from protocols.approx import gelu as gelu_protocol
+from protocols.approx import layernorm as layernorm_protocol
+from protocols.approx import silu as silu_protocol
+from protocols.approx import softmax as softmax_protocol
+from protocols.approx import tanh as tanh_protocol
+
+
+class MPCBackend:
+    """:class:`nn.backend.Backend` on :class:`mpc.ArithShare` values at one party."""
+
+    def __init__(self, party: mpc.Party):
+        self.party = party
+
+    def private_ids(self, ids: ArithShare) -> ArithShare:
+        if not isinstance(ids, ArithShare) or ids.frac_bits != 0:
+            raise TypeError("token ids must arrive as integer shares dealt by the client")
+        return ids
+
+    def reveal(self, x: ArithShare) -> ArithShare:
+        """Results go to the client as shares: the party returns its pair, never opens it."""
+        return x
+
+    def cat(self, xs: Sequence[ArithShare], dim: int) -> ArithShare:
+        return mpc.cat(list(xs), dim=dim)
+
+    def gelu(self, x: ArithShare, approximate: str = "none") -> ArithShare:
+        return gelu_protocol.gelu(x)
+
+    def silu(self, x: ArithShare) -> ArithShare:
+        return silu_protocol.silu(x)
+
+    def tanh(self, x: ArithShare) -> ArithShare:
+        return tanh_protocol.tanh(x)
+
+    def softmax(self, x: ArithShare, dim: int = -1, mask: torch.Tensor | None = None) -> ArithShare:
+        if dim not in (-1, x.ndim - 1):
+            raise ValueError("the softmax protocol works over the last dimension")
+        return softmax_protocol.softmax(x, mask=mask)
+
+    def layernorm(
+        self, x: ArithShare, weight: ArithShare, bias: ArithShare, eps: float
+    ) -> ArithShare:
+        return layernorm_protocol.layernorm(x, weight, bias, eps)
+
+    def rmsnorm(self, x: ArithShare, weight: ArithShare, eps: float) -> ArithShare:
+        return layernorm_protocol.rmsnorm(x, weight, eps)
+
+    def embedding(self, ids: ArithShare, table: ArithShare) -> ArithShare:
+        return embedding_protocol.embedding(ids, table)
+
+    def embedding_onehot(self, onehot: ArithShare, table: ArithShare) -> ArithShare:
+        return embedding_protocol.embedding_onehot(onehot, table)
+
+    def argmax(self, x: ArithShare) -> tuple[ArithShare, ArithShare]:
+        return argmax_protocol.argmax(x)
+
+
+@dataclass
+class Dealt:
+    """A tensor secret-shared by an outside owner: each party's pair, and the scale."""
+
+    pairs: list[torch.Tensor]
+    frac_bits: int
+
+    @classmethod
+    def of(cls, value: torch.Tensor, fxp: FixedPoint) -> Dealt:
+        pairs, frac = mpc.deal(value.detach(), fxp)
+        return cls(pairs, frac)
+
+    def at(self, party: mpc.Party) -> ArithShare:
+        return ArithShare(party, self.pairs[party.rank].to(party.device), self.frac_bits)
+
+
+@dataclass
+class PartyReport:
+    """What one party spent on a request."""
+
+    wall_s: float
+    traffic: Traffic
+    by_protocol: dict[str, Traffic] = field(default_factory=dict)
+
+
+@dataclass
+class PrivateResult:
+    """The client's reconstructed output and each party's costs."""
+
+    output: Any
+    reports: list[PartyReport]
+
+    @property
+    def wall_s(self) -> float:
+        return max(r.wall_s for r in self.reports)
+
+    @property
+    def max_bytes_sent(self) -> int:
+        return max(r.traffic.bytes_sent for r in self.reports)
+
+    @property
+    def max_rounds(self) -> int:
+        return max(r.traffic.rounds for r in self.reports)
+
+    def summary(self) -> str:
+        sent = ", ".join(
+            f"P{i} {r.traffic.bytes_sent / 1e6:.1f} MB" for i, r in enumerate(self.reports)
+        )
+        return f"wall {self.wall_s:.1f} s; sent {sent}; rounds {self.max_rounds}"
+
+
+class PrivateModel:
+    """A model whose weights the model owner has secret-shared once; reused across requests."""
+
+    def __init__(self, model: Module, fxp: FixedPoint | None = None, device: str = "cpu"):
+        self.fxp = fxp or FixedPoint()
+        self.device = device
+        self._shared = model.map_params(lambda t: Dealt.of(t, self.fxp))
+        self._lock = threading.Lock()
+
+    def _model_at(self, party: mpc.Party) -> Module:
+        """This party's copy of the model: the same structure, holding only its own pairs."""
+        dealt = {id(p): p for _, p in self._shared.named_params()}
+        local = copy.deepcopy(self._shared, memo=dict(dealt))
+        return local.map_params(lambda d: d.at(party))
+
+    def run(
+        self,
+        program: Callable[..., Any],
+        client_inputs: dict[str, torch.Tensor],
+        public: dict[str, Any] | None = None,
+        progress: tuple[int, str] | None = None,
+    ) -> PrivateResult:
+        """Run ``program(model, ops, **shares, **public, progress=...)`` at the three parties.
+
+        ``client_inputs`` are dealt by the client (secret); ``program`` returns an
+        ArithShare or a list of them, which go back to the client as shares and are
+        reconstructed only there.  ``progress`` = (steps, label) draws a bar from party 0.
+        Requests are served one at a time.
+        """
+        inputs = {name: Dealt.of(torch.as_tensor(v), self.fxp) for name, v in client_inputs.items()}
+        public = public or {}
+
+        def party_program(party: mpc.Party):
+            model = self._model_at(party)
+            ops = MPCBackend(party)
+            shares = {name: d.at(party) for name, d in inputs.items()}
+            bar = Progress(*progress) if progress is not None and party.rank == 0 else None
+            start = time.perf_counter()
+            with party.comm.scope("inference"):
+                out = program(model, ops, **shares, **public, progress=bar)
+            wall = time.perf_counter() - start
+            outs = out if isinstance(out, list) else [out]
+            report = PartyReport(
+                wall,
+                party.comm.stats.total("inference"),
+                party.comm.stats.by_child_scope("inference"),
+            )
+            return [(o.data, o.frac_bits) for o in outs], report
+
+        with self._lock:
+            results = mpc.simulate(party_program, fxp=self.fxp, device=self.device)
+        outputs = []
+        for k in range(len(results[0][0])):
+            frac = results[0][0][k][1]
+            outputs.append(mpc.reconstruct([results[r][0][k][0] for r in range(3)], frac, self.fxp))
+        reports = [r[1] for r in results]
+        return PrivateResult(outputs, reports)
+
+    # -- the requests of each model family --------------------------------------------
+    def sentence_embedding(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        show_progress: bool = False,
+    ) -> PrivateResult:
+        """Mean-pooled BERT embeddings (batch, hidden); the client normalises them."""
+        result = self.run(
+            _sentence_embedding_program,
+            {"input_ids": input_ids},
+            {"attention_mask": attention_mask, "token_type_ids": token_type_ids},
+            (len(self._shared.layers), "private layers") if show_progress else None,
+        )
+        result.output = result.output[0]
+        return result
+
+    def logits(
+        self, input_ids: torch.Tensor, show_progress: bool = False, **public: Any
+    ) -> PrivateResult:
+        """The model's output for secret ids: (batch, seq, vocab) for decoders, class
+        logits for BertForSequenceClassification, hidden states for BertModel."""
+        result = self.run(_forward_program, {"input_ids": input_ids}, public)
+        result.output = result.output[0]
+        return result
+
+    def generate(
+        self, input_ids: torch.Tensor, max_new_tokens: int, show_progress: bool = False
+    ) -> PrivateResult:
+        """Greedy continuation; ``output`` is the (batch, max_new_tokens) ids only the client sees."""
+        steps = len(self._shared.blocks) * max_new_tokens
+        result = self.run(
+            _generate_program,
+            {"input_ids": input_ids},
+            {"max_new_tokens": max_new_tokens},
+            (steps, "private layers x tokens") if show_progress else None,
+        )
+        result.output = torch.stack(result.output, dim=-1)
+        return result
+
+    @classmethod
+    def from_hf(
+        cls, hf_model: Any, fxp: FixedPoint | None = None, device: str = "cpu"
+    ) -> PrivateModel:
+        """Import a ``transformers`` model (BERT, GPT-2, LLaMA family) and share its weights."""
+        return cls(import_hf(hf_model), fxp, device)
+
+
+def import_hf(hf_model: Any) -> Module:
+    """Our model for a ``transformers`` model, by its class name."""
+    from nn.bert import BertForSequenceClassification, BertModel
+    from nn.gpt2 import GPT2LMHeadModel
+    from nn.llama import LlamaForCausalLM
+
+    families = {
+        "BertModel": lambda m: BertModel.from_hf(m, pooler=False),
+        "BertForSequenceClassification": BertForSequenceClassification.from_hf,
+        "GPT2LMHeadModel": GPT2LMHeadModel.from_hf,
+        "LlamaForCausalLM": LlamaForCausalLM.from_hf,
+    }
+    name = type(hf_model).__name__
+    if name not in families:
+        raise ValueError(f"unsupported model class {name}; supported: {', '.join(families)}")
+    return families[name](hf_model)
+
+
+def _sentence_embedding_program(model, ops, input_ids, attention_mask, token_type_ids, progress):
+    from nn.bert import sentence_embedding
+
+    return sentence_embedding(model, ops, input_ids, attention_mask, token_type_ids, progress)
+
+
+def _forward_program(model, ops, input_ids, progress, **public):
+    return model(ops, input_ids, **public)
+
+
+def _generate_program(model, ops, input_ids, max_new_tokens, progress):
+    from nn.generate import generate
+
+    return generate(model, ops, input_ids, max_new_tokens, progress)

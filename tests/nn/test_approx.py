@@ -1,0 +1,45 @@
+"""The models on the float twins of the MPC approximations (PUMA) stay close to exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nn.backend import ExactBackend
+from nn.bert import BertModel, normalize, sentence_embedding
+from nn.demo import chat_ids, puma_twins
+from nn.generate import generate
+from nn.llama import LlamaForCausalLM
+
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A monkey is playing drums.",
+]
+
+
+@torch.no_grad()
+def test_minilm_embeddings_on_puma_twins(minilm):
+    """Range: real sentences; bound: cosine to the exact embedding >= 0.999."""
+    hf, tokenizer = minilm
+    enc = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    model = BertModel.from_hf(hf, pooler=False)
+
+    def embed(ops):
+        return normalize(sentence_embedding(model, ops, enc["input_ids"], enc["attention_mask"]))
+
+    cosine = (embed(ExactBackend()) * embed(puma_twins())).sum(-1)
+    assert torch.all(cosine >= 0.999), cosine
+
+
+@pytest.mark.slow
+@torch.no_grad()
+@pytest.mark.parametrize("prompt", ["What is the capital of France?", "Name three primary colors."])
+def test_smollm2_greedy_on_puma_twins_matches_exact(smollm2, prompt):
+    hf, tokenizer = smollm2
+    model = LlamaForCausalLM.from_hf(hf)
+    ids = chat_ids(tokenizer, prompt)
+    exact = generate(model, ExactBackend(), ids, max_new_tokens=12)
+    approx = generate(model, puma_twins(), ids, max_new_tokens=12)
+    assert torch.equal(torch.cat(exact), torch.cat(approx))
