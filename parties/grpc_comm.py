@@ -1,0 +1,335 @@
+"""The gRPC communicator: one process per party, tensors streamed over (m)TLS.
+
+Each party runs a gRPC server (the :class:`PartyLink` service) and keeps one
+long-lived client stream open to each of its two peers.  A send chunks the
+tensor (:mod:`parties.wire`) onto the stream for that peer and returns; the
+peer's server reassembles the chunks, validates them, and appends the tensor
+to the FIFO queue for that source, where :meth:`GrpcCommunicator.recv` finds it.
+
+Failures surface as :class:`PeerError` naming the peer, never as a hang:
+
+- a malformed or out-of-sequence message, or a sender rank that does not match
+  the authenticated certificate, poisons that peer's queue and aborts its stream;
+- a peer that disconnects (crash, kill, clean close) poisons its queue too, after
+  whatever it sent before, so a pending or later receive fails at once;
+- a peer that stalls makes the receive fail after ``timeout`` seconds;
+- :meth:`GrpcCommunicator.abort` tells the peers why this party gives up.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+import torch
+
+from mpc.communicator import WORLD_SIZE, Communicator, PeerError, PeerTimeoutError
+from parties import tls
+from parties.config import ClusterConfig, ConfigError
+from parties.wire import Reassembler, WireError, tensor_chunks
+from proto import veil_pb2, veil_pb2_grpc
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+ABORT_DTYPE = "abort"  # a control chunk: the sender gives up, ``tag`` says why
+_SERVER_THREADS = 8  # two peer streams plus client calls (inference runs block one each)
+
+AddServices = Callable[[grpc.Server], None]
+
+
+@dataclass(frozen=True)
+class _PeerGone:
+    """Queued after a peer's last message when its stream ends or turns bad."""
+
+    reason: str
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1")
+
+
+class GrpcCommunicator(Communicator):
+    """Communicator for party ``rank`` of the cluster described by ``config``.
+
+    Construction starts the server (on ``config``'s port for this rank; port 0
+    picks a free one, see :attr:`port`); :meth:`connect` then opens the streams to
+    the peers.  :func:`connect_party` does both.
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        config: ClusterConfig,
+        *,
+        device: torch.device | str = "cpu",
+        timeout: float | None = None,
+        add_services: AddServices | None = None,
+    ):
+        super().__init__(rank, config.timeout if timeout is None else timeout)
+        self.config = config
+        self.device = torch.device(device)
+        spec = config.party(rank)
+        self._peers = [r for r in range(WORLD_SIZE) if r != rank]
+        self._inbox: dict[int, queue.SimpleQueue] = {r: queue.SimpleQueue() for r in self._peers}
+        self._expected_seq = dict.fromkeys(self._peers, 0)
+        self._send_seq = dict.fromkeys(self._peers, 0)
+        self._outgoing: dict[int, _OutgoingStream] = {}
+        self._channels: list[grpc.Channel] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=_SERVER_THREADS, thread_name_prefix=f"party{rank}-rpc"),
+            options=tls.SERVER_OPTIONS,
+        )
+        veil_pb2_grpc.add_PartyLinkServicer_to_server(_LinkServicer(self), self._server)
+        if add_services is not None:
+            add_services(self._server)
+        bind_host = spec.host if _loopback(spec.host) else "::"
+        bind = f"[{bind_host}]:{spec.port}" if ":" in bind_host else f"{bind_host}:{spec.port}"
+        try:
+            if config.insecure:
+                self.port = self._server.add_insecure_port(bind)
+            else:
+                self.port = self._server.add_secure_port(bind, tls.server_credentials(config, rank))
+        except RuntimeError as exc:
+            raise ConfigError(f"party {rank} cannot listen on {bind}: {exc}") from None
+        if self.port == 0:
+            raise ConfigError(f"party {rank} cannot listen on {bind} (port in use?)")
+        self._server.start()
+
+    # -- connection management ---------------------------------------------------
+    def connect(self, config: ClusterConfig | None = None) -> None:
+        """Open the streams to both peers; fail naming the first one unreachable in time.
+
+        ``config`` may update the peers' addresses (when they listened on port 0).
+        """
+        config = config or self.config
+        own = config.party(self.rank)
+        deadline = time.monotonic() + config.connect_timeout
+        for dst in self._peers:
+            address = config.party(dst).address
+            channel = tls.open_channel(config, address, own.cert, own.key)
+            self._channels.append(channel)
+            try:
+                grpc.channel_ready_future(channel).result(
+                    timeout=max(0.0, deadline - time.monotonic())
+                )
+            except grpc.FutureTimeoutError:
+                raise PeerTimeoutError(
+                    dst,
+                    f"unreachable at {address} after {config.connect_timeout:g} s (not running, "
+                    "or its certificate is not from this cluster's CA?)",
+                ) from None
+            self._outgoing[dst] = _OutgoingStream(channel, dst)
+
+    def close(self) -> None:
+        """Finish sending what is queued, end the streams, stop the server."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for stream in self._outgoing.values():
+            stream.finish()
+        for stream in self._outgoing.values():
+            stream.wait(timeout=self.timeout)
+        self._shutdown()
+
+    def abort(self, reason: str) -> None:
+        """Give up: tell the peers why (best effort) and drop everything."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for stream in self._outgoing.values():
+            stream.finish(abort_reason=reason, sender=self.rank)
+        for stream in self._outgoing.values():
+            stream.wait(timeout=1.0)
+            stream.cancel()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._server.stop(grace=0.5).wait()
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(f"{type(exc).__name__}: {exc}")
+
+    # -- transport -----------------------------------------------------------------
+    def _send(self, dst: int, tensor: torch.Tensor) -> None:
+        stream = self._outgoing.get(dst)
+        if stream is None:
+            raise PeerError(dst, "not connected (call connect() first)")
+        stream.raise_if_failed()
+        seq = self._send_seq[dst]
+        self._send_seq[dst] = seq + 1
+        scope = "/".join(self._stack())
+        # Copy off the device here, in the caller's thread and CUDA stream; chunking
+        # happens in gRPC's sender thread so the caller can go on computing.
+        stream.put(tensor.detach().to("cpu"), sender=self.rank, seq=seq, tag=scope)
+
+    def _recv(self, src: int, timeout: float) -> torch.Tensor:
+        inbox = self._inbox[src]
+        try:
+            item = inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise PeerTimeoutError(src, f"no message within {timeout:g} s") from None
+        if isinstance(item, _PeerGone):
+            inbox.put(item)  # every later receive from this peer fails the same way
+            raise PeerError(src, item.reason)
+        return item if self.device.type == "cpu" else item.to(self.device)
+
+    # -- called by the server ------------------------------------------------------
+    def _deliver(self, src: int, item: torch.Tensor | _PeerGone) -> None:
+        self._inbox[src].put(item)
+
+
+class _OutgoingStream:
+    """The client stream to one peer, fed from a queue by gRPC's sender thread."""
+
+    def __init__(self, channel: grpc.Channel, dst: int):
+        self.dst = dst
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        stub = veil_pb2_grpc.PartyLinkStub(channel)
+        self._call = stub.Stream.future(self._requests(), wait_for_ready=True)
+
+    def put(self, tensor: torch.Tensor, *, sender: int, seq: int, tag: str) -> None:
+        self._queue.put((tensor, sender, seq, tag))
+
+    def finish(self, abort_reason: str | None = None, sender: int = 0) -> None:
+        if abort_reason is not None:
+            self._queue.put(
+                veil_pb2.TensorChunk(sender=sender, dtype=ABORT_DTYPE, tag=abort_reason)
+            )
+        self._queue.put(None)
+
+    def wait(self, timeout: float) -> None:
+        try:
+            self._call.result(timeout=timeout)
+        except (grpc.RpcError, grpc.FutureTimeoutError, grpc.FutureCancelledError):
+            pass  # the peer is gone or slow; close/abort must not fail because of it
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def raise_if_failed(self) -> None:
+        if self._call.done():
+            try:
+                self._call.result(timeout=0)
+            except grpc.RpcError as exc:
+                raise PeerError(
+                    self.dst, f"link closed: {exc.code().name}: {exc.details()}"
+                ) from None
+            except grpc.FutureCancelledError:
+                raise PeerError(self.dst, "link was cancelled") from None
+            raise PeerError(self.dst, "link already closed")
+
+    def _requests(self) -> Iterator[veil_pb2.TensorChunk]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, veil_pb2.TensorChunk):
+                yield item
+                continue
+            tensor, sender, seq, tag = item
+            yield from tensor_chunks(tensor, sender=sender, seq=seq, tag=tag)
+
+
+class _LinkServicer(veil_pb2_grpc.PartyLinkServicer):
+    """Receives one peer's stream: authenticate, reassemble, validate, enqueue."""
+
+    def __init__(self, comm: GrpcCommunicator):
+        self.comm = comm
+
+    def Stream(self, request_iterator, context):
+        comm = self.comm
+        src = self._authenticated_rank(context)
+        reassembler = Reassembler()
+        delivered = 0
+        error: str | None = None
+        try:
+            for chunk in request_iterator:
+                if src is None:  # plaintext: the first chunk names its sender, unverifiable
+                    if chunk.sender not in comm._inbox:
+                        context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT, f"bad sender {chunk.sender}"
+                        )
+                    src = chunk.sender
+                if chunk.sender != src:
+                    error = f"sent a chunk claiming to be from party {chunk.sender}"
+                    break
+                if chunk.dtype == ABORT_DTYPE:
+                    comm._deliver(src, _PeerGone(f"aborted: {chunk.tag}"))
+                    return veil_pb2.StreamSummary(messages=delivered)
+                if not reassembler.in_progress and chunk.seq != comm._expected_seq[src]:
+                    error = (
+                        f"message {chunk.seq} out of sequence, expected {comm._expected_seq[src]}"
+                    )
+                    break
+                try:
+                    tensor = reassembler.add(chunk)
+                except WireError as exc:
+                    error = f"malformed message {chunk.seq}: {exc}"
+                    break
+                if tensor is not None:
+                    comm._expected_seq[src] += 1
+                    comm._deliver(src, tensor)
+                    delivered += 1
+        except grpc.RpcError:
+            # The request iterator raises when the peer's side of the stream breaks.
+            if src is not None:
+                comm._deliver(src, _PeerGone("connection lost"))
+            return veil_pb2.StreamSummary(messages=delivered)
+        if src is None:
+            return veil_pb2.StreamSummary(messages=0)
+        if error is not None:
+            comm._deliver(src, _PeerGone(error))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {comm.rank} rejects: {error}")
+        reason = "closed its link mid-message" if reassembler.in_progress else "closed its link"
+        comm._deliver(src, _PeerGone(reason))
+        return veil_pb2.StreamSummary(messages=delivered)
+
+    def _authenticated_rank(self, context: grpc.ServicerContext) -> int | None:
+        comm = self.comm
+        if comm.config.insecure:
+            return None
+        name = tls.caller_name(context)
+        rank = comm.config.rank_of(name) if name is not None else None
+        if rank is None or rank == comm.rank:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"party {comm.rank}: certificate {name!r} is not a peer in this cluster",
+            )
+        return rank
+
+
+def connect_party(
+    config: ClusterConfig,
+    rank: int,
+    *,
+    device: torch.device | str = "cpu",
+    add_services: AddServices | None = None,
+) -> GrpcCommunicator:
+    """Start party ``rank``'s server and connect to its peers (the usual entry point)."""
+    comm = GrpcCommunicator(rank, config, device=device, add_services=add_services)
+    try:
+        comm.connect()
+    except BaseException:
+        comm.abort("could not connect to the cluster")
+        raise
+    return comm
