@@ -6,8 +6,9 @@ convention called ``ops``.  :class:`Backend` lists every call the models make, s
 backend is complete when it implements this protocol:
 
 - :class:`ExactBackend`: float torch with the exact functions (matches Hugging Face);
-- :class:`ApproxBackend`: float torch with the float twins of the MPC approximations, so
-  approximation error can be measured apart from protocol error;
+- :class:`ApproxBackend`: float torch with the float twins of the MPC protocols
+  (:mod:`protocols.approx`), so approximation error can be measured apart from protocol
+  error;
 - the MPC backend (in :mod:`protocols`): the same calls on secret shares.
 
 Token ids enter through :meth:`Backend.private_ids` and results leave through
@@ -24,8 +25,6 @@ import torch.nn.functional as F
 
 TensorLike = Any
 """A float tensor in plaintext backends, a secret share in the MPC backend."""
-
-UnaryFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Backend(Protocol):
@@ -119,95 +118,85 @@ class ExactBackend:
         return onehot, index
 
 
-def _exact_gelu(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x)
-
-
-def _in_dtype(fn: UnaryFn) -> UnaryFn:
-    """``fn`` with its result cast back to its argument's dtype."""
-
-    def wrapped(x: torch.Tensor) -> torch.Tensor:
-        return fn(x).to(x.dtype)
-
-    return wrapped
-
-
 class ApproxBackend(ExactBackend):
-    """Float torch computing each nonlinearity the way the MPC protocols do.
+    """Float torch computing each nonlinearity with the float twin of its MPC protocol.
 
-    Softmax, LayerNorm and RMSNorm are composed from the same primitives as their
-    protocols (max-subtract, ``exp``, one ``reciprocal`` per row; one ``rsqrt`` per row),
-    and GeLU, SiLU and tanh are taken whole.  Each primitive is a float function given to
-    the constructor (the float twin of a protocol); one left out is computed exactly, so
-    ``ApproxBackend()`` equals :class:`ExactBackend` up to float rounding, and
-    :meth:`puma` uses the twins of :mod:`protocols.approx`.  GeLU has one approximation for
-    both reference forms, as in PUMA.  Results come back in the input's dtype (the twins
-    compute in float64).
+    Each twin is given to the constructor with the signature of the method it replaces
+    (``gelu`` and ``silu``, ``tanh``: one tensor; ``softmax(x, mask)`` over the last dim;
+    ``layernorm(x, weight, bias, eps)``; ``rmsnorm(x, weight, eps)``); one left out is
+    computed exactly, so ``ApproxBackend()`` equals :class:`ExactBackend`.  :meth:`puma`
+    takes the twins of :mod:`protocols.approx`.  GeLU has one approximation for both
+    reference forms, as in PUMA.  Results come back in the input's dtype (the twins compute
+    in float64).  Embedding and argmax are exact in MPC too, so they are not replaced.
     """
 
     def __init__(
         self,
         *,
-        exp: UnaryFn = torch.exp,
-        reciprocal: UnaryFn = torch.reciprocal,
-        rsqrt: UnaryFn = torch.rsqrt,
-        gelu: UnaryFn = _exact_gelu,
-        silu: UnaryFn = F.silu,
-        tanh: UnaryFn = torch.tanh,
+        gelu: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        silu: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        tanh: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        softmax: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+        layernorm: Callable[..., torch.Tensor] | None = None,
+        rmsnorm: Callable[..., torch.Tensor] | None = None,
     ):
-        self._exp = _in_dtype(exp)
-        self._reciprocal = _in_dtype(reciprocal)
-        self._rsqrt = _in_dtype(rsqrt)
-        self._gelu = _in_dtype(gelu)
-        self._silu = _in_dtype(silu)
-        self._tanh = _in_dtype(tanh)
+        self._gelu = gelu
+        self._silu = silu
+        self._tanh = tanh
+        self._softmax = softmax
+        self._layernorm = layernorm
+        self._rmsnorm = rmsnorm
 
     @classmethod
-    def puma(cls, **overrides: UnaryFn) -> ApproxBackend:
+    def puma(cls, **overrides: Callable[..., torch.Tensor]) -> ApproxBackend:
         """The float twins of the MPC protocols (PUMA's approximations, fixed-point rounded).
 
-        ``overrides`` replace single primitives, e.g. a twin with another input window.
-        tanh has no protocol yet and stays exact.
+        ``overrides`` replace single twins, e.g. one with another input window.
         """
-        from protocols.approx.exp import exp_twin
         from protocols.approx.gelu import gelu_twin
-        from protocols.approx.reciprocal import reciprocal_twin
-        from protocols.approx.rsqrt import rsqrt_twin
+        from protocols.approx.layernorm import layernorm_twin, rmsnorm_twin
         from protocols.approx.silu import silu_twin
+        from protocols.approx.softmax import softmax_twin
+        from protocols.approx.tanh import tanh_twin
 
-        twins: dict[str, UnaryFn] = {
-            "exp": exp_twin,
-            "reciprocal": reciprocal_twin,
-            "rsqrt": rsqrt_twin,
+        twins: dict[str, Callable[..., torch.Tensor]] = {
             "gelu": gelu_twin,
             "silu": silu_twin,
+            "tanh": tanh_twin,
+            "softmax": softmax_twin,
+            "layernorm": layernorm_twin,
+            "rmsnorm": rmsnorm_twin,
         }
         return cls(**(twins | overrides))
 
     def gelu(self, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-        return self._gelu(x)
+        if self._gelu is None:
+            return super().gelu(x, approximate)
+        return self._gelu(x).to(x.dtype)
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
-        return self._silu(x)
+        return super().silu(x) if self._silu is None else self._silu(x).to(x.dtype)
 
     def tanh(self, x: torch.Tensor) -> torch.Tensor:
-        return self._tanh(x)
+        return super().tanh(x) if self._tanh is None else self._tanh(x).to(x.dtype)
 
     def softmax(
         self, x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if mask is None:
-            mask = torch.ones((), dtype=torch.bool)
-        x = x - x.masked_fill(~mask, float("-inf")).amax(dim=dim, keepdim=True)
-        e = self._exp(x.masked_fill(~mask, 0.0)) * mask
-        return e * self._reciprocal(e.sum(dim=dim, keepdim=True))
+        if self._softmax is None:
+            return super().softmax(x, dim, mask)
+        if dim not in (-1, x.dim() - 1):
+            raise ValueError("the softmax protocol works over the last dim only")
+        return self._softmax(x, mask).to(x.dtype)
 
     def layernorm(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
     ) -> torch.Tensor:
-        centred = x - x.mean(-1, keepdim=True)
-        variance = (centred * centred).mean(-1, keepdim=True)
-        return centred * self._rsqrt(variance + eps) * weight + bias
+        if self._layernorm is None:
+            return super().layernorm(x, weight, bias, eps)
+        return self._layernorm(x, weight, bias, eps).to(x.dtype)
 
     def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        return weight * (x * self._rsqrt((x * x).mean(-1, keepdim=True) + eps))
+        if self._rmsnorm is None:
+            return super().rmsnorm(x, weight, eps)
+        return self._rmsnorm(x, weight, eps).to(x.dtype)

@@ -12,7 +12,6 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable
-from functools import partial
 
 import torch
 
@@ -31,19 +30,7 @@ DEFAULT_SENTENCES = [
 ]
 DEFAULT_PROMPT = "What is the capital of France?"
 
-# SmolLM2's first position (its attention sink) reaches a mean square of 2^20 before
-# RMSNorm, above the default rsqrt window [2^-14, 2^14); its smallest is about 2^-7.
-WIDE_RSQRT_WINDOW = {"lo_exp": -10, "hi_exp": 22}
-
-
-def puma_twins() -> ApproxBackend:
-    """The PUMA approximations in float, with an rsqrt window wide enough for SmolLM2."""
-    from protocols.approx.rsqrt import rsqrt_twin
-
-    return ApproxBackend.puma(rsqrt=partial(rsqrt_twin, **WIDE_RSQRT_WINDOW))
-
-
-BACKENDS: dict[str, Callable[[], Backend]] = {"exact": ExactBackend, "approx": puma_twins}
+BACKENDS: dict[str, Callable[[], Backend]] = {"exact": ExactBackend, "approx": ApproxBackend.puma}
 """Backends the demo can run our models on, by name."""
 
 
