@@ -107,8 +107,8 @@ class ClusterConfig:
         }
 
 
-def load_config(path: str | Path) -> ClusterConfig:
-    """Read and validate a cluster config file."""
+def load_config(path: str | Path, *, insecure: bool | None = None) -> ClusterConfig:
+    """Read and validate a cluster config file; ``insecure`` overrides its flag (``--insecure``)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -120,6 +120,8 @@ def load_config(path: str | Path) -> ClusterConfig:
         raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (ValueError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    if insecure is not None and isinstance(raw, dict):
+        raw = {**raw, "insecure": insecure}
     return config_from_dict(raw, base_dir=path.parent, source=path)
 
 
@@ -128,6 +130,8 @@ def config_from_dict(
 ) -> ClusterConfig:
     """Validate a parsed config; relative file paths are resolved against ``base_dir``."""
     where = f"{source}: " if source else ""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}a cluster config must be a table/object at the top level")
     base = Path(base_dir)
     known = {"parties", "ca", "clients", "insecure", "frac_bits", "timeout", "connect_timeout"}
     unknown = set(raw) - known

@@ -1,0 +1,110 @@
+"""``veil launch``: the three parties as local subprocesses, torn down together.
+
+A deployment runs ``veil party`` once per host; on one machine the launcher does
+it for you and makes sure nothing outlives it: when one party fails, on Ctrl-C,
+on SIGTERM, or when the launcher itself dies (Linux parent-death signal), every
+party process is stopped, so no orphan keeps a port bound.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mpc.communicator import WORLD_SIZE
+
+_POLL_SECONDS = 0.1
+_STOP_GRACE_SECONDS = 5.0
+_PR_SET_PDEATHSIG = 1
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: get SIGTERM if the launcher disappears."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: Ctrl-C/SIGTERM handling still applies
+        pass
+
+
+class _Terminated(Exception):
+    """The launcher got SIGTERM."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def party_command(config: str, rank: int, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "parties.cli",
+        "party",
+        "--config",
+        config,
+        "--rank",
+        str(rank),
+        *extra,
+    ]
+
+
+def launch(config: str, extra: list[str]) -> int:
+    """Run the three parties; return 0 if all succeed, else the first failure's exit code."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    procs: list[subprocess.Popen] = []
+    try:
+        for rank in range(WORLD_SIZE):
+            procs.append(
+                subprocess.Popen(
+                    party_command(config, rank, extra),
+                    env=env,
+                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - the launcher runs no threads
+                )
+            )
+        return _wait(procs)
+    except KeyboardInterrupt:
+        print("veil launch: interrupted, stopping the parties", file=sys.stderr)
+        return 130
+    except _Terminated:
+        print("veil launch: terminated, stopping the parties", file=sys.stderr)
+        return 143
+    finally:
+        _stop(procs)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait(procs: list[subprocess.Popen]) -> int:
+    while True:
+        codes = [proc.poll() for proc in procs]
+        for rank, code in enumerate(codes):
+            if code not in (None, 0):
+                print(
+                    f"veil launch: party {rank} exited with code {code}, stopping the others",
+                    file=sys.stderr,
+                )
+                return code
+        if all(code == 0 for code in codes):
+            return 0
+        time.sleep(_POLL_SECONDS)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM (parties abort their links and exit), then SIGKILL whatever lingers."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + _STOP_GRACE_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
