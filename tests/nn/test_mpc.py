@@ -1,0 +1,101 @@
+"""The same model code on secret shares: tiny models under the three-party simulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from mpc import simulate
+from nn.backend import ApproxBackend, ExactBackend
+from nn.bert import BertForSequenceClassification
+from nn.generate import generate
+from nn.gpt2 import GPT2LMHeadModel
+from nn.llama import LlamaForCausalLM
+from nn.mpc_backend import MPCBackend, share_weights
+
+VOCAB = 50
+
+
+@torch.no_grad()
+def test_bert_classifier_on_shares_matches_the_twins():
+    """Bound: protocol vs float twin 1e-2 on the logits (twins' error excluded)."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        num_labels=3,
+    )
+    hf = transformers.BertForSequenceClassification(config).eval()
+    ids = torch.randint(0, VOCAB, (2, 6))
+    attention_mask = torch.ones(2, 6, dtype=torch.long)
+    attention_mask[1, 4:] = 0
+
+    def run(party):
+        model = share_weights(BertForSequenceClassification.from_hf(hf), party)
+        ops = MPCBackend(party)
+        return ops.reveal(model(ops, ops.private_ids(ids), attention_mask))
+
+    logits = simulate(run)[0]
+    twin = BertForSequenceClassification.from_hf(hf)(ApproxBackend.puma(), ids, attention_mask)
+    assert (logits - twin).abs().max() < 1e-2
+
+
+def _gpt2() -> transformers.GPT2LMHeadModel:
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        initializer_range=0.2,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def _llama() -> transformers.LlamaForCausalLM:
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+# Seeds whose greedy steps all have a top-2 logit gap >= 0.18, well above the twins' logit
+# error (about 0.04), so that the comparison with exact decoding is not a coin toss.
+@torch.no_grad()
+@pytest.mark.parametrize(
+    ("make_hf", "family", "seed"),
+    [(_gpt2, GPT2LMHeadModel, 5), (_llama, LlamaForCausalLM, 1)],
+    ids=["gpt2", "llama"],
+)
+def test_private_greedy_generation_matches_plaintext(make_hf, family, seed):
+    """Secret ids in, secret one-hot tokens fed back; only the chosen indices are opened."""
+    torch.manual_seed(seed)
+    hf = make_hf()
+    prompt = torch.randint(0, VOCAB, (1, 5))
+
+    def run(party):
+        model = share_weights(family.from_hf(hf), party)
+        ops = MPCBackend(party)
+        indices = generate(model, ops, ops.private_ids(prompt), max_new_tokens=4)
+        return torch.cat([ops.reveal(index) for index in indices])
+
+    tokens = simulate(run)
+    expected = torch.cat(generate(family.from_hf(hf), ExactBackend(), prompt, 4))
+    assert all(torch.equal(t, expected) for t in tokens)
