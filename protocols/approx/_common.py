@@ -108,9 +108,26 @@ def linear_combination(
     for term, coeff in zip(terms, coeffs):
         if term.frac_bits != f:
             raise ValueError("linear_combination expects terms with f fractional bits")
-        scaled = with_frac(term, 0) * int(round(coeff * 2**COEFF_BITS))
+        scaled = with_frac(term, 0) * round(coeff * 2**COEFF_BITS)
         acc = scaled if acc is None else acc + scaled
     return truncate(with_frac(acc, f + COEFF_BITS), COEFF_BITS) + constant
+
+
+def truncate_together(parts: Sequence[tuple[ArithShare, int]]) -> list[ArithShare]:
+    """Truncate each share by its own number of bits, all in one call (2 rounds).
+
+    Each share is first scaled up (locally, exactly) to the largest shift M, so a share
+    truncated by m must satisfy |ring value| * 2^(M - m) < 2^62.
+    """
+    top = max(m for _, m in parts)
+    flat = cat([(with_frac(x, 0) * (1 << (top - m))).reshape(-1) for x, m in parts])
+    cut = truncate(with_frac(flat, top), top)
+    out, start = [], 0
+    for x, m in parts:
+        n = x.numel()
+        out.append(with_frac(cut[start:start + n], x.frac_bits - m).reshape(*x.shape))
+        start += n
+    return out
 
 
 def at_least_powers_of_two(x: ArithShare, positions: torch.Tensor) -> ArithShare:

@@ -45,8 +45,8 @@ def _and_reduce_shifts(width: int) -> list[int]:
     return shifts[::-1]
 
 
-def half_onehots(ids: ArithShare, id_bits: int) -> tuple[ArithShare, ArithShare, int]:
-    """One-hots of the high and low halves of the ids: (..., 2^H), (..., 2^L), and L."""
+def half_onehots(ids: ArithShare, id_bits: int) -> tuple[ArithShare, ArithShare]:
+    """One-hots of the high and low halves of the ids: (..., 2^H) and (..., 2^L)."""
     low_bits = (id_bits + 1) // 2
     high_bits = id_bits - low_bits
     words = a2b(ids)
@@ -62,7 +62,7 @@ def half_onehots(ids: ArithShare, id_bits: int) -> tuple[ArithShare, ArithShare,
         words = words & (words >> shift)
     onehots = b2a_bit(words)
     split = 1 << high_bits
-    return onehots[..., :split], onehots[..., split:], low_bits
+    return onehots[..., :split], onehots[..., split:]
 
 
 def embedding(ids: ArithShare, table: ArithShare) -> ArithShare:
@@ -71,7 +71,7 @@ def embedding(ids: ArithShare, table: ArithShare) -> ArithShare:
         raise ValueError("token ids must be an integer share (frac_bits 0)")
     vocab = table.shape[0]
     with ids.party.comm.scope("embedding"):
-        high, low, low_bits = half_onehots(ids, max(1, math.ceil(math.log2(vocab))))
+        high, low = half_onehots(ids, max(1, math.ceil(math.log2(vocab))))
         (outer,) = products([(high.unsqueeze(-1), low.unsqueeze(-2))])
         onehot = outer.reshape(*ids.shape, -1)[..., :vocab]
         return onehot @ table

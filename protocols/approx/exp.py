@@ -56,6 +56,7 @@ def exp_twin(
     base: str = "quadratic",
     clip: float | None = EXP_CLIP,
     frac_bits: int | None = FRAC_BITS,
+    untruncated: bool = False,
 ) -> torch.Tensor:
     """Float twin of :func:`exp` (rounded where the protocol truncates)."""
     if base not in BASES:
@@ -63,12 +64,10 @@ def exp_twin(
     x = x.to(torch.float64)
     z = 1 + x / 2**squarings
     if base == "quadratic":
-        z = quantize(z * z, frac_bits) + 1
-        z = quantize((z / 2) * (z / 2), frac_bits)
-    else:
-        z = quantize(z * z, frac_bits)
-    for _ in range(squarings - 1):
-        z = quantize(z * z, frac_bits)
+        z = (quantize(z * z, frac_bits) + 1) / 2
+    last_bits = None if frac_bits is None or untruncated else frac_bits
+    for step in range(squarings):
+        z = quantize(z * z, last_bits if step == squarings - 1 else frac_bits)
     if clip is not None:
         z = torch.where(x < clip, torch.zeros_like(z), z)
     return z
@@ -79,8 +78,13 @@ def exp(
     squarings: int = DEFAULT_SQUARINGS,
     base: str = "quadratic",
     clip: float | None = EXP_CLIP,
+    untruncated: bool = False,
 ) -> ArithShare:
-    """exp(x) for secret x <= 0 (see the module docstring for range, error and cost)."""
+    """exp(x) for secret x <= 0 (see the module docstring for range, error and cost).
+
+    ``untruncated=True`` returns the last square before its truncation, with 2f fractional
+    bits, for a caller that multiplies it again and pays one truncation for both (softmax).
+    """
     if base not in BASES:
         raise ValueError(f"unknown exp base {base!r}: expected one of {BASES}")
     party = x.party
@@ -90,15 +94,14 @@ def exp(
     with party.comm.scope("exp"):
         # 1 + x / 2^t, read with f + t fractional bits: no truncation needed.
         z = with_frac(x, f + squarings) + 1
-        (z,) = products([(z, z)])  # truncated by f + 2t
-        remaining = squarings - 1
         if base == "quadratic":
-            # p = (z^2 + 1) / 2: reading z^2 + 1 with f + 1 bits halves it for free.
-            half = with_frac(z + 1, f + 1)
-            (z,) = products([(half, half)])
-        for _ in range(remaining):
-            (z,) = products([(z, z)])
+            (z,) = products([(z, z)])  # (1 + y)^2, truncated by f + 2t
+            # p = ((1 + y)^2 + 1) / 2: reading it with f + 1 bits halves it for free.
+            z = with_frac(z + 1, f + 1)
+        for step in range(squarings):
+            last = step == squarings - 1
+            (z,) = products([(z, z)], out_frac=[2 * f if last and untruncated else f])
         if clip is not None:
             below = less_than(x, clip)
-            z = z - products([(below, z)])[0]
+            z = z - products([(below, z)], out_frac=[z.frac_bits])[0]
     return z

@@ -27,37 +27,36 @@ import math
 import torch
 
 from mpc.arith import ArithShare
-from protocols.approx._common import FRAC_BITS, products, quantize, with_frac
+from protocols.approx._common import FRAC_BITS, products, quantize, truncate_together, with_frac
 from protocols.approx.rsqrt import rsqrt, rsqrt_twin
-from protocols.truncation import truncate
 
 MEAN_BITS = 32
 """Fractional bits of the public 1/n used for the row mean."""
+GAMMA_BITS = 16
+"""gamma is narrowed to 16 fractional bits (one truncation of n elements, shared with a
+per-row truncation) so that x * r * gamma needs one elementwise truncation, not two."""
 NORM_LO_EXP = -8
 NORM_HI_EXP = 26
 
 
-def _divide(total: ArithShare, n: int) -> ArithShare:
-    """total / n for public n: multiply by round(2^MEAN_BITS / n), one truncation.
-
-    The rounding of 2^MEAN_BITS / n costs |mean| * n / 2^(MEAN_BITS+1) absolute (1e-7 for
-    a mean of 1 and n = 768), which matters once divided by a small row deviation.
-    """
-    scaled = with_frac(total, 0) * round(2**MEAN_BITS / n)
-    return truncate(with_frac(scaled, total.frac_bits + MEAN_BITS), MEAN_BITS)
-
-
 def _row_dot(x: ArithShare) -> ArithShare:
-    """sum(x^2) over the last dim, shape (..., 1): one matmul output per row."""
-    return (x.unsqueeze(-2) @ x.unsqueeze(-1)).squeeze(-1)
+    """sum(x^2) over the last dim, shape (..., 1), untruncated (2f bits): one matmul output."""
+    return with_frac((with_frac(x, 0).unsqueeze(-2) @ x.unsqueeze(-1)).squeeze(-1), 2 * x.frac_bits)
 
 
-def _normalise(x: ArithShare, sum_sq: ArithShare, weight: ArithShare, eps: float) -> ArithShare:
+def _normalise(x: ArithShare, sum_sq: ArithShare, gamma: ArithShare, eps: float) -> ArithShare:
+    """x * sqrt(n) rsqrt(sum_sq + n eps) * gamma, gamma with GAMMA_BITS fractional bits."""
     n = x.shape[-1]
+    f = x.frac_bits
     r = rsqrt(sum_sq + n * eps, NORM_LO_EXP, NORM_HI_EXP, scale=math.sqrt(n))
-    (y,) = products([(x, r)])
-    (y,) = products([(y, weight)])
+    (scaled,) = products([(x, r)], out_frac=[2 * f])  # untruncated: |x r| <= sqrt(n)
+    (y,) = products([(scaled, gamma)], out_frac=[f])
     return y
+
+
+def _narrow(gamma: ArithShare) -> tuple[ArithShare, int]:
+    """gamma and the shift that narrows it to GAMMA_BITS fractional bits."""
+    return gamma, gamma.frac_bits - GAMMA_BITS
 
 
 def layernorm_twin(
@@ -75,16 +74,21 @@ def layernorm_twin(
     sum_sq = quantize((d * d).sum(-1, keepdim=True), frac_bits)
     r = rsqrt_twin(sum_sq + quantize(torch.tensor(n * eps), frac_bits), NORM_LO_EXP, NORM_HI_EXP,
                    math.sqrt(n), frac_bits)
-    return quantize(quantize(d * r, frac_bits) * weight, frac_bits) + bias
+    return quantize(d * r * quantize(weight, GAMMA_BITS), frac_bits) + bias
 
 
 def layernorm(x: ArithShare, weight: ArithShare, bias: ArithShare, eps: float = 1e-5) -> ArithShare:
     """LayerNorm of secret rows with secret gamma (``weight``) and beta (``bias``)."""
     with x.party.comm.scope("layernorm"):
         n = x.shape[-1]
-        mean = _divide(x.sum(-1, keepdim=True), n)
+        # total / n: multiply by round(2^MEAN_BITS / n), truncate (with gamma's narrowing).
+        total = with_frac(x.sum(-1, keepdim=True), 0) * round(2**MEAN_BITS / n)
+        mean, gamma = truncate_together(
+            [(with_frac(total, x.frac_bits + MEAN_BITS), MEAN_BITS), _narrow(weight)]
+        )
         d = x - mean
-        return _normalise(d, _row_dot(d), weight, eps) + bias
+        (sum_sq,) = truncate_together([(_row_dot(d), x.frac_bits)])
+        return _normalise(d, sum_sq, gamma, eps) + bias
 
 
 def rmsnorm_twin(
@@ -96,10 +100,11 @@ def rmsnorm_twin(
     sum_sq = quantize((x * x).sum(-1, keepdim=True), frac_bits)
     r = rsqrt_twin(sum_sq + quantize(torch.tensor(n * eps), frac_bits), NORM_LO_EXP, NORM_HI_EXP,
                    math.sqrt(n), frac_bits)
-    return quantize(quantize(x * r, frac_bits) * weight, frac_bits)
+    return quantize(x * r * quantize(weight, GAMMA_BITS), frac_bits)
 
 
 def rmsnorm(x: ArithShare, weight: ArithShare, eps: float = 1e-6) -> ArithShare:
     """RMSNorm of secret rows with secret gamma (``weight``)."""
     with x.party.comm.scope("rmsnorm"):
-        return _normalise(x, _row_dot(x), weight, eps)
+        sum_sq, gamma = truncate_together([(_row_dot(x), x.frac_bits), _narrow(weight)])
+        return _normalise(x, sum_sq, gamma, eps)

@@ -3,7 +3,9 @@
 Formula (PUMA, arXiv 2307.12533 §4.2): z = x - max(x) (tree of comparisons), e = exp(z)
 (:mod:`protocols.approx.exp`, quadratic base, t = 5, clipped below -14), s = sum(e), one
 reciprocal per row (:mod:`protocols.approx.reciprocal`, on [1, 2^ceil(log2(n+1))), result
-with 8 extra fractional bits), softmax = e * (1/s).
+with 6 extra fractional bits), softmax = e * (1/s).  The last squaring of exp is left
+untruncated (2f bits) and truncated together with the final product: one truncation
+per element fewer.
 Mask: a public bool tensor broadcastable to x, True = keep.  Masked logits are pushed down
 by 2^20 before the max (so they never win) and their exp is multiplied by the public 0/1
 mask, so masked probabilities are exactly 0.  Every row needs at least one kept entry.
@@ -25,13 +27,15 @@ import math
 import torch
 
 from mpc.arith import ArithShare
-from protocols.approx._common import FRAC_BITS, products, quantize
+from protocols.approx._common import FRAC_BITS, products, quantize, with_frac
 from protocols.approx.exp import DEFAULT_SQUARINGS, EXP_CLIP, exp, exp_twin
 from protocols.approx.reciprocal import reciprocal, reciprocal_twin
+from protocols.truncation import truncate
 
 MASK_OFFSET = float(2**20)
 """Subtracted from masked logits so that they never win the max."""
-RECIPROCAL_EXTRA_BITS = 8
+RECIPROCAL_EXTRA_BITS = 6
+"""1/s carries f + 6 bits: e (2f bits) * 1/s stays below 2^(3f+6) = 2^60."""
 
 
 def _row_window(n: int) -> tuple[int, int]:
@@ -52,11 +56,12 @@ def softmax_twin(
     if mask is not None:
         x = x - (~mask).to(torch.float64) * MASK_OFFSET
     z = x - x.amax(-1, keepdim=True)
-    e = exp_twin(z, squarings, base, clip, frac_bits)
+    e = exp_twin(z, squarings, base, clip, frac_bits, untruncated=True)
     if mask is not None:
         e = e * mask
     lo, hi = _row_window(x.shape[-1])
-    r = reciprocal_twin(e.sum(-1, keepdim=True), lo, hi, RECIPROCAL_EXTRA_BITS, frac_bits)
+    total = quantize(e.sum(-1, keepdim=True), frac_bits)
+    r = reciprocal_twin(total, lo, hi, RECIPROCAL_EXTRA_BITS, frac_bits)
     return quantize(e * r, frac_bits)
 
 
@@ -75,10 +80,12 @@ def softmax(
             mask = torch.as_tensor(mask, dtype=torch.bool, device=x.device)
             x = x - (~mask).to(torch.float64) * MASK_OFFSET
         z = x - x.max(-1, keepdim=True)
-        e = exp(z, squarings, base, clip)
+        # e keeps 2f bits: its truncation is folded into the final product's.
+        e = exp(z, squarings, base, clip, untruncated=True)
         if mask is not None:
-            e = e * mask.to(torch.int64)
+            e = with_frac(with_frac(e, 0) * mask.to(torch.int64), e.frac_bits)
+        total = truncate(e.sum(-1, keepdim=True), f)
         lo, hi = _row_window(x.shape[-1])
-        r = reciprocal(e.sum(-1, keepdim=True), lo, hi, RECIPROCAL_EXTRA_BITS)
+        r = reciprocal(total, lo, hi, RECIPROCAL_EXTRA_BITS)
         (y,) = products([(e, r)], out_frac=[f])
     return y
