@@ -75,3 +75,15 @@ def embedding(ids: ArithShare, table: ArithShare) -> ArithShare:
         (outer,) = products([(high.unsqueeze(-1), low.unsqueeze(-2))])
         onehot = outer.reshape(*ids.shape, -1)[..., :vocab]
         return onehot @ table
+
+
+def embedding_onehot(onehot: ArithShare, table: ArithShare) -> ArithShare:
+    """``onehot @ table`` for a secret integer 0/1 one-hot (..., vocab), e.g. from argmax.
+
+    The one-hot is an integer share, so the product needs no truncation and the rows come
+    out exactly.  Cost: 1 round, 8 * dim bytes per row per party.
+    """
+    if onehot.frac_bits != 0:
+        raise ValueError("the one-hot must be an integer share (frac_bits 0)")
+    with onehot.party.comm.scope("embedding"):
+        return onehot @ table

@@ -34,3 +34,19 @@ def test_argmax_onehot_and_index():
     assert torch.equal(index, expected_index)
     assert torch.equal(onehot, expected_onehot)
     assert traffic.rounds <= 12 * 11 + 11
+
+
+def test_argmax_onehot_feeds_embedding_exactly():
+    """Greedy decoding's next-token embedding: argmax one-hot @ table, no truncation."""
+    from protocols.approx.embedding import embedding_onehot
+
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(64, 8, generator=g, dtype=torch.float64)
+    logits = torch.randn(2, 64, generator=g, dtype=torch.float64)
+
+    def next_rows(logits, table):
+        onehot, _ = argmax(logits)
+        return embedding_onehot(onehot, table)
+
+    y, _ = run_protocol(next_rows, logits, table)
+    assert torch.equal(y, embedding_twin(logits.argmax(-1), table))
