@@ -17,7 +17,6 @@ from nn.modules import (
     Module,
     detached,
     gelu_form,
-    linear_weight,
     padding_mask,
 )
 from nn.progress import Progress, tracked
@@ -52,10 +51,6 @@ class BertConfig:
         )
 
 
-def _hf_linear(layer) -> Linear:
-    return Linear(linear_weight(layer.weight), detached(layer.bias))
-
-
 def _hf_layernorm(layer, eps: float) -> LayerNorm:
     return LayerNorm(detached(layer.weight), detached(layer.bias), eps)
 
@@ -76,22 +71,18 @@ class BertLayer(Module):
     @classmethod
     def from_hf(cls, hf_layer, config: BertConfig) -> BertLayer:
         a = hf_layer.attention.self
-        qkv = Linear(
-            torch.cat([linear_weight(m.weight) for m in (a.query, a.key, a.value)], dim=1),
-            torch.cat([m.bias.detach() for m in (a.query, a.key, a.value)]),
-        )
         head_dim = config.hidden_size // config.n_head
         eps = config.layer_norm_eps
         return cls(
-            attn=Attention(
-                qkv,
-                _hf_linear(hf_layer.attention.output.dense),
+            attn=Attention.from_projections(
+                Linear.from_torch(a.query, a.key, a.value),
+                Linear.from_torch(hf_layer.attention.output.dense),
                 AttentionShape(config.n_head, config.n_head, head_dim),
             ),
             ln_attn=_hf_layernorm(hf_layer.attention.output.LayerNorm, eps),
             mlp=MLP(
-                _hf_linear(hf_layer.intermediate.dense),
-                _hf_linear(hf_layer.output.dense),
+                Linear.from_torch(hf_layer.intermediate.dense),
+                Linear.from_torch(hf_layer.output.dense),
                 config.gelu_approximate,
             ),
             ln_mlp=_hf_layernorm(hf_layer.output.LayerNorm, eps),
@@ -164,7 +155,7 @@ class BertModel(Module):
             wtt=Embedding(detached(emb.token_type_embeddings.weight)),
             ln_emb=_hf_layernorm(emb.LayerNorm, config.layer_norm_eps),
             layers=[BertLayer.from_hf(layer, config) for layer in hf_model.encoder.layer],
-            pooler=_hf_linear(hf_model.pooler.dense) if keep_pooler else None,
+            pooler=Linear.from_torch(hf_model.pooler.dense) if keep_pooler else None,
         )
 
 
@@ -188,7 +179,7 @@ class BertForSequenceClassification(Module):
 
     @classmethod
     def from_hf(cls, hf_model) -> BertForSequenceClassification:
-        return cls(BertModel.from_hf(hf_model.bert), _hf_linear(hf_model.classifier))
+        return cls(BertModel.from_hf(hf_model.bert), Linear.from_torch(hf_model.classifier))
 
 
 def mean_pool(hidden: TensorLike, attention_mask: torch.Tensor) -> TensorLike:

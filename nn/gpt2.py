@@ -79,7 +79,7 @@ class Block(Module):
         head_dim = config.n_embd // config.n_head
         return cls(
             ln_1=_layernorm(hf_block.ln_1, eps),
-            attn=Attention(
+            attn=Attention.from_projections(
                 _conv1d(hf_block.attn.c_attn),
                 _conv1d(hf_block.attn.c_proj),
                 AttentionShape(config.n_head, config.n_head, head_dim),

@@ -20,7 +20,6 @@ from nn.modules import (
     SwiGLU,
     causal_mask,
     detached,
-    linear_weight,
 )
 from nn.progress import Progress, tracked
 
@@ -64,14 +63,6 @@ class LlamaConfig:
         )
 
 
-def _linear(*layers) -> Linear:
-    """``torch.nn.Linear`` layers on the same input as one Linear, outputs side by side."""
-    weight = torch.cat([linear_weight(layer.weight) for layer in layers], dim=1)
-    if layers[0].bias is None:
-        return Linear(weight)
-    return Linear(weight, torch.cat([layer.bias.detach() for layer in layers]))
-
-
 class Block(Module):
     """x + attn(norm(x)), then x + swiglu(norm(x))."""
 
@@ -98,13 +89,13 @@ class Block(Module):
         eps = config.rms_norm_eps
         return cls(
             attn_norm=RMSNorm(detached(hf_layer.input_layernorm.weight), eps),
-            attn=Attention(
-                _linear(a.q_proj, a.k_proj, a.v_proj),
-                _linear(a.o_proj),
+            attn=Attention.from_projections(
+                Linear.from_torch(a.q_proj, a.k_proj, a.v_proj),
+                Linear.from_torch(a.o_proj),
                 AttentionShape(config.n_head, config.n_kv_head, config.head_dim),
             ),
             mlp_norm=RMSNorm(detached(hf_layer.post_attention_layernorm.weight), eps),
-            mlp=SwiGLU(_linear(m.gate_proj, m.up_proj), _linear(m.down_proj)),
+            mlp=SwiGLU(Linear.from_torch(m.gate_proj, m.up_proj), Linear.from_torch(m.down_proj)),
         )
 
 
@@ -167,5 +158,5 @@ class LlamaForCausalLM(Module):
             embed=Embedding(detached(m.embed_tokens.weight)),
             blocks=[Block.from_hf(layer, config) for layer in m.layers],
             norm=RMSNorm(detached(m.norm.weight), config.rms_norm_eps),
-            lm_head=None if tied else _linear(hf_model.lm_head),
+            lm_head=None if tied else Linear.from_torch(hf_model.lm_head),
         )

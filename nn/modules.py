@@ -72,11 +72,6 @@ class Module:
             child._map_params(fn, done)
 
 
-def linear_weight(hf_weight: torch.Tensor) -> torch.Tensor:
-    """A ``torch.nn.Linear`` weight (out, in) as our (in, out) layout."""
-    return hf_weight.detach().t().contiguous()
-
-
 def detached(t: torch.Tensor | None) -> torch.Tensor | None:
     """A parameter without autograd history (shares storage with the source)."""
     return None if t is None else t.detach()
@@ -104,6 +99,17 @@ class Linear(Module):
     def __call__(self, x: TensorLike) -> TensorLike:
         y = x @ self.weight
         return y if self.bias is None else y + self.bias
+
+    @classmethod
+    def from_torch(cls, *layers: torch.nn.Linear) -> Linear:
+        """One or more ``torch.nn.Linear`` layers on the same input, outputs side by side.
+
+        Fusing projections (QKV, gate and up) makes one matmul, so one MPC round, of them.
+        """
+        weight = torch.cat([layer.weight.detach().t() for layer in layers], dim=1)
+        if layers[0].bias is None:
+            return cls(weight)
+        return cls(weight, torch.cat([layer.bias.detach() for layer in layers]))
 
 
 class Embedding(Module):
@@ -240,12 +246,22 @@ class Attention(Module):
     """Multi-head (or grouped-query) self-attention with a fused QKV projection.
 
     The one QKV matmul and the one output matmul keep the MPC round count per layer low.
+    The query columns of ``qkv`` carry the 1/sqrt(head_dim) score scale (build them with
+    :meth:`from_projections`), which saves a fixed-point truncation of every score.
     """
 
     def __init__(self, qkv: Linear, out: Linear, shape: AttentionShape):
         self.qkv = qkv
         self.out = out
         self.shape = shape
+
+    @classmethod
+    def from_projections(cls, qkv: Linear, out: Linear, shape: AttentionShape) -> Attention:
+        """From plaintext projections, folding the score scale into the query columns."""
+        scale = torch.ones(qkv.weight.shape[1])
+        scale[: shape.n_head * shape.head_dim] = 1.0 / math.sqrt(shape.head_dim)
+        bias = None if qkv.bias is None else qkv.bias * scale
+        return cls(Linear(qkv.weight * scale, bias), out, shape)
 
     def __call__(
         self,
@@ -275,7 +291,7 @@ class Attention(Module):
             k, v = cache.append(ops, k, v)
         k = self._repeat_kv(k)
         v = self._repeat_kv(v)
-        scores = (q @ k.transpose(2, 3)) * (1.0 / math.sqrt(s.head_dim))
+        scores = q @ k.transpose(2, 3)
         y = ops.softmax(scores, dim=-1, mask=mask) @ v
         return self.out(y.transpose(1, 2).reshape(batch, seq, q_width))
 
