@@ -17,7 +17,7 @@ import mpc
 from mpc import ArithShare, Party
 from nn.modules import Module
 from protocols.approx.argmax import argmax
-from protocols.approx.embedding import embedding
+from protocols.approx.embedding import embedding, embedding_onehot
 from protocols.approx.gelu import gelu
 from protocols.approx.layernorm import layernorm, rmsnorm
 from protocols.approx.silu import silu
@@ -83,8 +83,7 @@ class MPCBackend:
         return embedding(ids, table)
 
     def embedding_onehot(self, onehot: ArithShare, table: ArithShare) -> ArithShare:
-        # The one-hot is an integer share, so this product needs no truncation.
-        return onehot @ table
+        return embedding_onehot(onehot, table)
 
     def argmax(self, x: ArithShare) -> tuple[ArithShare, ArithShare]:
         return argmax(x)
