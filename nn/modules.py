@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -48,6 +47,18 @@ class Module:
             for name, value in child.named_params():
                 yield f"{prefix}.{name}", value
 
+    def modules(self) -> Iterator[Module]:
+        """This module and every submodule, each once (even if reachable twice)."""
+        seen: set[int] = set()
+        stack: list[Module] = [self]
+        while stack:
+            module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield module
+            stack.extend(child for _, child in module.children())
+
     def map_params(self, fn: Callable[[TensorLike], TensorLike]) -> Module:
         """Replace every parameter ``p`` by ``fn(p)`` in place and return ``self``.
 
@@ -55,21 +66,20 @@ class Module:
         The old values are dropped as they are replaced, so sharing the weights of a large
         model never holds two full copies.
         """
-        self._map_params(fn, {})
+        # Group the slots by parameter identity while every old parameter is still alive,
+        # so that ids are unique; no id is taken once replacing (and freeing) has begun.
+        slots: dict[int, list[tuple[Module, str]]] = {}
+        for module in self.modules():
+            for name in module.param_names:
+                value = getattr(module, name)
+                if value is not None:
+                    slots.setdefault(id(value), []).append((module, name))
+        for owners in slots.values():
+            first, name = owners[0]
+            new = fn(getattr(first, name))
+            for module, name in owners:
+                setattr(module, name, new)
         return self
-
-    def _map_params(self, fn: Callable[[TensorLike], TensorLike], done: dict[int, Any]) -> None:
-        # Keys are ids of old parameters still alive when looked up, so an id is never reused
-        # for a different old parameter during one mapping.
-        for name in self.param_names:
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if id(value) not in done:
-                done[id(value)] = fn(value)
-            setattr(self, name, done[id(value)])
-        for _, child in self.children():
-            child._map_params(fn, done)
 
 
 def detached(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -136,6 +146,8 @@ class Embedding(Module):
 
 
 class LayerNorm(Module):
+    """LayerNorm over the last dim with gain ``weight`` and shift ``bias``."""
+
     param_names = ("weight", "bias")
 
     def __init__(self, weight: TensorLike, bias: TensorLike, eps: float):
@@ -148,6 +160,8 @@ class LayerNorm(Module):
 
 
 class RMSNorm(Module):
+    """RMSNorm over the last dim with gain ``weight``."""
+
     param_names = ("weight",)
 
     def __init__(self, weight: TensorLike, eps: float):

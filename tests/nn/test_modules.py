@@ -38,6 +38,16 @@ def test_map_params_maps_every_parameter_once_and_keeps_ties():
     assert model.heads[1].bias is None
 
 
+def test_map_params_visits_a_module_reachable_twice_once():
+    model = _Tied()
+    model.again = model.embed
+    calls = []
+    model.map_params(lambda t: calls.append(t) or ("mapped", t))
+    assert len(calls) == 3
+    assert model.again.weight[0] == "mapped"
+    assert isinstance(model.again.weight[1], torch.Tensor), "mapped twice"
+
+
 def test_causal_mask_with_past():
     expected = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
     assert torch.equal(causal_mask(2, past=2), expected)
