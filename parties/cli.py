@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -147,7 +148,10 @@ def _party(args: argparse.Namespace) -> int:
         return 1
     comm.close()
     if result is not None:
-        print(result, flush=True)
+        # One write(2) per report: lines of the three parties sharing a terminal or pipe
+        # must not interleave mid-line.
+        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), f"{result}\n".encode())
     return 0
 
 
