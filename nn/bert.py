@@ -24,6 +24,8 @@ from nn.progress import Progress, tracked
 
 @dataclass
 class BertConfig:
+    """The public hyper-parameters of a BERT encoder."""
+
     vocab_size: int
     hidden_size: int
     n_layer: int
@@ -51,10 +53,6 @@ class BertConfig:
         )
 
 
-def _hf_layernorm(layer, eps: float) -> LayerNorm:
-    return LayerNorm(detached(layer.weight), detached(layer.bias), eps)
-
-
 class BertLayer(Module):
     """Post-norm encoder layer: attention, add & norm, GeLU MLP, add & norm."""
 
@@ -72,20 +70,19 @@ class BertLayer(Module):
     def from_hf(cls, hf_layer, config: BertConfig) -> BertLayer:
         a = hf_layer.attention.self
         head_dim = config.hidden_size // config.n_head
-        eps = config.layer_norm_eps
         return cls(
             attn=Attention.from_projections(
                 Linear.from_torch(a.query, a.key, a.value),
                 Linear.from_torch(hf_layer.attention.output.dense),
                 AttentionShape(config.n_head, config.n_head, head_dim),
             ),
-            ln_attn=_hf_layernorm(hf_layer.attention.output.LayerNorm, eps),
+            ln_attn=LayerNorm.from_torch(hf_layer.attention.output.LayerNorm),
             mlp=MLP(
                 Linear.from_torch(hf_layer.intermediate.dense),
                 Linear.from_torch(hf_layer.output.dense),
                 config.gelu_approximate,
             ),
-            ln_mlp=_hf_layernorm(hf_layer.output.LayerNorm, eps),
+            ln_mlp=LayerNorm.from_torch(hf_layer.output.LayerNorm),
         )
 
 
@@ -153,7 +150,7 @@ class BertModel(Module):
             wte=Embedding(detached(emb.word_embeddings.weight)),
             wpe=Embedding(detached(emb.position_embeddings.weight)),
             wtt=Embedding(detached(emb.token_type_embeddings.weight)),
-            ln_emb=_hf_layernorm(emb.LayerNorm, config.layer_norm_eps),
+            ln_emb=LayerNorm.from_torch(emb.LayerNorm),
             layers=[BertLayer.from_hf(layer, config) for layer in hf_model.encoder.layer],
             pooler=Linear.from_torch(hf_model.pooler.dense) if keep_pooler else None,
         )

@@ -26,6 +26,8 @@ from nn.progress import Progress, tracked
 
 @dataclass
 class GPT2Config:
+    """The public hyper-parameters of GPT-2."""
+
     vocab_size: int
     n_positions: int
     n_embd: int
@@ -54,10 +56,6 @@ def _conv1d(layer) -> Linear:
     return Linear(detached(layer.weight), detached(layer.bias))
 
 
-def _layernorm(layer, eps: float) -> LayerNorm:
-    return LayerNorm(detached(layer.weight), detached(layer.bias), eps)
-
-
 class Block(Module):
     """x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
@@ -75,16 +73,15 @@ class Block(Module):
 
     @classmethod
     def from_hf(cls, hf_block, config: GPT2Config) -> Block:
-        eps = config.layer_norm_eps
         head_dim = config.n_embd // config.n_head
         return cls(
-            ln_1=_layernorm(hf_block.ln_1, eps),
+            ln_1=LayerNorm.from_torch(hf_block.ln_1),
             attn=Attention.from_projections(
                 _conv1d(hf_block.attn.c_attn),
                 _conv1d(hf_block.attn.c_proj),
                 AttentionShape(config.n_head, config.n_head, head_dim),
             ),
-            ln_2=_layernorm(hf_block.ln_2, eps),
+            ln_2=LayerNorm.from_torch(hf_block.ln_2),
             mlp=MLP(
                 _conv1d(hf_block.mlp.c_fc), _conv1d(hf_block.mlp.c_proj), config.gelu_approximate
             ),
@@ -92,6 +89,8 @@ class Block(Module):
 
 
 class GPT2LMHeadModel(Module):
+    """Token and position embeddings, pre-norm blocks, final LayerNorm, LM head tied to ``wte``."""
+
     def __init__(
         self,
         config: GPT2Config,
@@ -149,5 +148,5 @@ class GPT2LMHeadModel(Module):
             wte=Embedding(detached(t.wte.weight)),
             wpe=Embedding(detached(t.wpe.weight)),
             blocks=[Block.from_hf(block, config) for block in t.h],
-            ln_f=_layernorm(t.ln_f, config.layer_norm_eps),
+            ln_f=LayerNorm.from_torch(t.ln_f),
         )

@@ -26,6 +26,8 @@ from nn.progress import Progress, tracked
 
 @dataclass
 class LlamaConfig:
+    """The public hyper-parameters of a LLaMA-family decoder (GQA when n_kv_head < n_head)."""
+
     vocab_size: int
     hidden_size: int
     n_layer: int
@@ -100,6 +102,8 @@ class Block(Module):
 
 
 class LlamaForCausalLM(Module):
+    """Token embeddings, pre-norm blocks with RoPE, final RMSNorm, LM head (tied: ``lm_head=None``)."""
+
     def __init__(
         self,
         config: LlamaConfig,
@@ -108,7 +112,6 @@ class LlamaForCausalLM(Module):
         norm: RMSNorm,
         lm_head: Linear | None,
     ):
-        """``lm_head=None`` ties the output projection to the token embeddings."""
         self.config = config
         self.embed = embed
         self.blocks = blocks

@@ -158,6 +158,10 @@ class LayerNorm(Module):
     def __call__(self, ops: Backend, x: TensorLike) -> TensorLike:
         return ops.layernorm(x, self.weight, self.bias, self.eps)
 
+    @classmethod
+    def from_torch(cls, layer: torch.nn.LayerNorm) -> LayerNorm:
+        return cls(layer.weight.detach(), layer.bias.detach(), layer.eps)
+
 
 class RMSNorm(Module):
     """RMSNorm over the last dim with gain ``weight``."""
