@@ -94,23 +94,26 @@ def products(
 def linear_combination(
     terms: Sequence[ArithShare], coeffs: Sequence[float], constant: float = 0.0
 ) -> ArithShare:
-    """``constant + sum(c * t)`` with one truncation for all terms (2 rounds).
+    """``constant + sum(c * t)`` with f fractional bits and one truncation for all terms.
 
     Each coefficient is encoded with ``COEFF_BITS`` fractional bits (so small coefficients
     of high powers, e.g. GeLU's 0.0018 x^6, keep their precision) and multiplied in as an
-    integer; the sum is truncated once.  Terms must have f bits and |c * t| < 2^(61 - f -
-    COEFF_BITS) (8192 for f = 18).
+    integer; the sum is truncated once.  Terms share one number of fractional bits F >= f
+    (more than f keeps the rounding of large alternating coefficients small) and must
+    satisfy |c * t| < 2^(61 - F - COEFF_BITS) (8192 for F = 18).
     Cost: 2 rounds, 16 bytes per element per party.
     """
     party = terms[0].party
     f = party.fxp.frac_bits
+    term_bits = terms[0].frac_bits
     acc = None
     for term, coeff in zip(terms, coeffs):
-        if term.frac_bits != f:
-            raise ValueError("linear_combination expects terms with f fractional bits")
+        if term.frac_bits != term_bits or term_bits < f:
+            raise ValueError("linear_combination expects terms with one scale of >= f bits")
         scaled = with_frac(term, 0) * round(coeff * 2**COEFF_BITS)
         acc = scaled if acc is None else acc + scaled
-    return truncate(with_frac(acc, f + COEFF_BITS), COEFF_BITS) + constant
+    shift = term_bits + COEFF_BITS - f
+    return truncate(with_frac(acc, term_bits + COEFF_BITS), shift) + constant
 
 
 def truncate_together(parts: Sequence[tuple[ArithShare, int]]) -> list[ArithShare]:

@@ -43,11 +43,15 @@ DEFAULT_LO_EXP = -14
 DEFAULT_HI_EXP = 14
 MAX_WINDOW = 40
 RING_HEADROOM_BITS = 60  # products stay below 2^60, under truncation's 2^62 limit
+POWER_EXTRA_BITS = 8
+"""u and its powers carry f + 8 bits: the quartic's coefficients (up to 50, alternating)
+would otherwise turn one-ulp truncation errors into 2.5e-4 relative error."""
 
 
 def _guess(u: torch.Tensor, frac_bits: int | None) -> torch.Tensor:
-    u2 = quantize(u * u, frac_bits)
-    u3, u4 = quantize(u2 * u, frac_bits), quantize(u2 * u2, frac_bits)
+    wide = None if frac_bits is None else frac_bits + POWER_EXTRA_BITS
+    u2 = quantize(u * u, wide)
+    u3, u4 = quantize(u2 * u, wide), quantize(u2 * u2, wide)
     terms = (u, u2, u3, u4)
     poly = sum(c * t for c, t in zip(RSQRT_COEFFS, terms))
     return quantize(poly, frac_bits) + RSQRT_CONSTANT
@@ -59,13 +63,16 @@ def rsqrt_twin(
     hi_exp: int = DEFAULT_HI_EXP,
     scale: float = 1.0,
     frac_bits: int | None = FRAC_BITS,
+    extra_bits: int = 0,
 ) -> torch.Tensor:
     """Float twin of :func:`rsqrt` (times ``scale``)."""
     x = x.to(torch.float64)
     _, e = torch.frexp(x)
     e = e.clamp(lo_exp + 1, hi_exp).to(torch.float64)  # x = u * 2^(e+1)
-    u = quantize(x * torch.pow(2.0, -(e + 1)), frac_bits)
-    return quantize(_guess(u, frac_bits) * scale * torch.pow(2.0, -(e + 1) / 2), frac_bits)
+    wide = None if frac_bits is None else frac_bits + POWER_EXTRA_BITS
+    u = quantize(x * torch.pow(2.0, -(e + 1)), wide)
+    out_bits = None if frac_bits is None else frac_bits + extra_bits
+    return quantize(_guess(u, frac_bits) * scale * torch.pow(2.0, -(e + 1) / 2), out_bits)
 
 
 def _factor_bits(f: int, lo_exp: int, scale: float) -> int:
@@ -76,9 +83,17 @@ def _factor_bits(f: int, lo_exp: int, scale: float) -> int:
 
 
 def rsqrt(
-    x: ArithShare, lo_exp: int = DEFAULT_LO_EXP, hi_exp: int = DEFAULT_HI_EXP, scale: float = 1.0
+    x: ArithShare,
+    lo_exp: int = DEFAULT_LO_EXP,
+    hi_exp: int = DEFAULT_HI_EXP,
+    scale: float = 1.0,
+    extra_bits: int = 0,
 ) -> ArithShare:
-    """scale / sqrt(x) for secret x in [2^lo_exp, 2^hi_exp), public ``scale`` > 0."""
+    """scale / sqrt(x) for secret x in [2^lo_exp, 2^hi_exp), public ``scale`` > 0.
+
+    The result has f + ``extra_bits`` fractional bits (more relative precision for small
+    results, e.g. LayerNorm of rows with a large variance).
+    """
     party = x.party
     f = party.fxp.frac_bits
     if x.frac_bits != f:
@@ -95,9 +110,10 @@ def rsqrt(
         at_least = at_least_powers_of_two(x, positions[1:])
         normalise = bracket_combination(at_least, torch.pow(2, 2 * f - 2 - positions + lift))
         factor = bracket_combination(at_least, factors)
-        (u,) = products([(x, with_frac(normalise, f + lift))])
-        (u2,) = products([(u, u)])
-        u3, u4 = products([(u2, u), (u2, u2)])
+        wide = f + POWER_EXTRA_BITS
+        (u,) = products([(x, with_frac(normalise, f + lift))], out_frac=[wide])
+        (u2,) = products([(u, u)], out_frac=[wide])
+        u3, u4 = products([(u2, u), (u2, u2)], out_frac=[wide, wide])
         guess = linear_combination((u, u2, u3, u4), RSQRT_COEFFS, RSQRT_CONSTANT)
-        (r,) = products([(guess, with_frac(factor, f + extra))])
+        (r,) = products([(guess, with_frac(factor, f + extra))], out_frac=[f + extra_bits])
     return r

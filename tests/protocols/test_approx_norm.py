@@ -38,7 +38,7 @@ def test_layernorm_protocol(n_rows):
     x[1] = x[1] * 1e2 / x[1].std()
     y, traffic = run_protocol(layernorm, x, weight, bias)
     assert (y - F.layer_norm(x, (768,), weight, bias, 1e-5)).abs().max() <= BOUND
-    assert (y - layernorm_twin(x, weight, bias)).abs().max() <= 2e-3
+    assert (y - layernorm_twin(x, weight, bias)).abs().max() <= 1.5e-3
     assert traffic.rounds <= 32
 
 
@@ -47,3 +47,13 @@ def test_rmsnorm_protocol():
     y, traffic = run_protocol(rmsnorm, x, weight)
     assert (y - _rms_reference(x, weight, 1e-6)).abs().max() <= BOUND
     assert traffic.rounds <= 30
+
+
+def test_rmsnorm_headroom_allows_massive_activations():
+    """Rows with RMS 1000 (S = 768e6 > 2^26): headroom_bits = 4 keeps them exact to 5e-3."""
+    x, weight, _ = _rows(4, seed=3)
+    x = x / x.pow(2).mean(-1, keepdim=True).sqrt() * 1000
+    y, traffic = run_protocol(rmsnorm, x, weight, headroom_bits=4)
+    assert (y - _rms_reference(x, weight, 1e-6)).abs().max() <= BOUND
+    assert (y - rmsnorm_twin(x, weight, headroom_bits=4)).abs().max() <= 2e-3
+    assert traffic.rounds <= 32
