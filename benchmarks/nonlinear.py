@@ -53,6 +53,7 @@ def _cases(quick: bool) -> list[tuple[str, dict, object, object, dict]]:
     return [
         (f"gelu {seq}x{4 * hidden}", {"x": gelu_wide}, gelu, F.gelu, {}),
         (f"gelu {seq}x{hidden}", {"x": gelu_narrow}, gelu, F.gelu, {}),
+        (f"gelu {seq}x{hidden} puma", {"x": gelu_narrow}, lambda x: gelu(x, "puma"), F.gelu, {}),
         (f"softmax {heads}x{seq}x{seq}", {"x": logits}, softmax, lambda x: torch.softmax(x, -1), {}),
         (f"softmax {heads}x{seq}x{seq} causal", {"x": logits}, lambda x: softmax(x, causal),
          lambda x: torch.softmax(x.masked_fill(~causal, -math.inf), -1), {}),
