@@ -1,8 +1,10 @@
 """``veil demo``: MiniLM sentence similarity and SmolLM2 greedy generation, next to Hugging Face.
 
 Each model runs through :func:`run_minilm` / :func:`run_smollm2`, which take the backend and
-a model prepared for it (float weights for the plaintext backends, shared weights for MPC),
-so a private run is one more entry in :data:`BACKENDS`.
+a model prepared for it (float weights for the plaintext backends, shared weights for MPC);
+:func:`on_backend` supplies both: the plaintext backends of :data:`BACKENDS` directly, and
+``mpc`` at three parties simulated in this process (party 0 shares the weights and the
+token ids; the results are opened).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -19,7 +22,11 @@ from nn.backend import ApproxBackend, Backend, ExactBackend
 from nn.bert import BertModel, normalize, sentence_embedding
 from nn.generate import generate
 from nn.llama import LlamaForCausalLM
+from nn.modules import Module
 from nn.progress import Progress
+
+M = TypeVar("M", bound=Module)
+T = TypeVar("T")
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SENTENCES = [
@@ -31,7 +38,26 @@ DEFAULT_SENTENCES = [
 DEFAULT_PROMPT = "What is the capital of France?"
 
 BACKENDS: dict[str, Callable[[], Backend]] = {"exact": ExactBackend, "approx": ApproxBackend.puma}
-"""Backends the demo can run our models on, by name."""
+"""The plaintext backends the demo can run our models on, by name (besides ``mpc``)."""
+MPC = "mpc"
+
+
+def on_backend(name: str, build_model: Callable[[], M], run: Callable[[Backend, M, bool], T]) -> T:
+    """``run(backend, model, show_progress)`` on the named backend; returns its result.
+
+    For ``mpc`` every simulated party builds the model, shares its weights from party 0 and
+    runs ``run``; only party 0 draws progress.
+    """
+    if name != MPC:
+        return run(BACKENDS[name](), build_model(), True)
+    from mpc import simulate
+    from nn.mpc_backend import MPCBackend, share_weights
+
+    def party_main(party) -> T:
+        model = share_weights(build_model(), party)
+        return run(MPCBackend(party), model, party.rank == 0)
+
+    return simulate(party_main, timeout=3600.0)[0]
 
 
 def load_minilm():
@@ -53,10 +79,12 @@ def load_smollm2():
     return model, AutoTokenizer.from_pretrained(pkg_dir, gguf_file=SMOLLM2_GGUF)
 
 
-def run_minilm(backend: Backend, model: BertModel, tokenizer, sentences: list[str]) -> torch.Tensor:
+def run_minilm(
+    backend: Backend, model: BertModel, tokenizer, sentences: list[str], show_progress: bool = True
+) -> torch.Tensor:
     """L2-normalised sentence embeddings (len(sentences), dim), as the client receives them."""
     enc = tokenizer(sentences, padding=True, return_tensors="pt")
-    progress = Progress(len(model.layers), "minilm layers")
+    progress = Progress(len(model.layers), "minilm layers") if show_progress else None
     embeddings = sentence_embedding(
         model,
         backend,
@@ -65,7 +93,7 @@ def run_minilm(backend: Backend, model: BertModel, tokenizer, sentences: list[st
         enc["token_type_ids"],
         progress,
     )
-    return normalize(backend.reveal(embeddings))
+    return normalize(backend.reveal(embeddings).float())
 
 
 def chat_ids(tokenizer, prompt: str) -> torch.Tensor:
@@ -76,10 +104,15 @@ def chat_ids(tokenizer, prompt: str) -> torch.Tensor:
 
 
 def run_smollm2(
-    backend: Backend, model: LlamaForCausalLM, input_ids: torch.Tensor, max_new_tokens: int
+    backend: Backend,
+    model: LlamaForCausalLM,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    show_progress: bool = True,
 ) -> list[int]:
     """Greedy continuation of ``input_ids`` (1, seq): the token ids the client receives."""
-    progress = Progress(len(model.blocks) * max_new_tokens, "smollm2 layers x tokens")
+    steps = len(model.blocks) * max_new_tokens
+    progress = Progress(steps, "smollm2 layers x tokens") if show_progress else None
     indices = generate(model, backend, backend.private_ids(input_ids), max_new_tokens, progress)
     return [int(backend.reveal(index)[0]) for index in indices]
 
@@ -102,8 +135,10 @@ def demo_minilm(backend_name: str, sentences: list[str]) -> None:
     weights = enc["attention_mask"][:, :, None].float()
     expected = normalize((hf(**enc).last_hidden_state * weights).sum(1) / weights.sum(1))
     _print_similarities("Hugging Face", expected, sentences)
-    ours = run_minilm(
-        BACKENDS[backend_name](), BertModel.from_hf(hf, pooler=False), tokenizer, sentences
+    ours = on_backend(
+        backend_name,
+        lambda: BertModel.from_hf(hf, pooler=False),
+        lambda backend, model, show: run_minilm(backend, model, tokenizer, sentences, show),
     )
     _print_similarities(f"veil ({backend_name})", ours, sentences)
     print(f"max |difference| of embeddings: {(ours - expected).abs().max():.2e}")
@@ -119,7 +154,11 @@ def demo_smollm2(backend_name: str, prompt: str, max_new_tokens: int) -> None:
     )[0, ids.shape[1] :].tolist()
     print(f"prompt: {prompt!r}")
     print(f"Hugging Face: {tokenizer.decode(_until_eos(expected, eos))!r}")
-    ours = run_smollm2(BACKENDS[backend_name](), LlamaForCausalLM.from_hf(hf), ids, max_new_tokens)
+    ours = on_backend(
+        backend_name,
+        lambda: LlamaForCausalLM.from_hf(hf),
+        lambda backend, model, show: run_smollm2(backend, model, ids, max_new_tokens, show),
+    )
     print(f"veil ({backend_name}): {tokenizer.decode(_until_eos(ours, eos))!r}")
     same = _until_eos(ours, eos) == _until_eos(expected, eos)
     print(f"identical tokens: {'yes' if same else 'no'}")
@@ -135,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the SmolLM2 user prompt")
     parser.add_argument("--max-new-tokens", type=int, default=20)
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default="exact")
+    parser.add_argument(
+        "--backend",
+        choices=[*BACKENDS, MPC],
+        default="exact",
+        help="exact: float; approx: float twins of the MPC approximations; "
+        "mpc: secret shares at three parties simulated in this process",
+    )
     args = parser.parse_args(argv)
     if args.text is not None and len(args.text) < 2:
         parser.error("give at least two --text sentences to compare")

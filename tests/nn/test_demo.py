@@ -16,6 +16,24 @@ def test_minilm_demo_matches_hf(minilm, monkeypatch, capsys):
     assert "minilm layers" in out.err
 
 
+def test_minilm_demo_on_secret_shares(minilm, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "load_minilm", lambda: minilm)
+    args = [
+        "--model",
+        "minilm",
+        "--backend",
+        "mpc",
+        "--text",
+        "A cat sat.",
+        "--text",
+        "A cat sits.",
+    ]
+    assert demo.main(args) == 0
+    difference = capsys.readouterr().out.splitlines()[-1]
+    assert difference.startswith("max |difference| of embeddings")
+    assert float(difference.split()[-1]) < 0.02
+
+
 @pytest.mark.slow
 def test_smollm2_demo_generates_the_hf_tokens(smollm2, monkeypatch, capsys):
     monkeypatch.setattr(demo, "load_smollm2", lambda: smollm2)
