@@ -11,13 +11,16 @@ by 2^20 before the max (so they never win) and their exp is multiplied by the pu
 mask, so masked probabilities are exactly 0.  Every row needs at least one kept entry.
 
 Valid range: |x| < 2^20 for the logits (comparisons and the mask offset stay in range).
-Error vs torch.softmax (measured, f = 18): rows of 128 logits ~ N(0, 3^2) and causal-masked
-rows alike, twin 4.0e-3 max abs (PUMA's t = 5 linear exp: 6.4e-2); protocol vs twin about
-1e-5.  See :mod:`protocols.approx.exp` for the exp trade-off table.
-Cost per row of n, per party: max tree (n - 1 comparisons and multiplexers, 11 rounds per
-level, about 128 bytes per element), exp (29 rounds, 272 bytes per element; 18 and 144
-without the clip), reciprocal on one element per row (22 rounds, 120 ceil(log2(n+1)) bytes),
-the final product (3 rounds, 24 bytes per element).  12x128x128: see benchmarks/nonlinear.py.
+Error vs torch.softmax (measured, f = 18, rows of 128 logits ~ N(0, 3^2), plain and
+causal-masked, 12x128x128): 3.9e-3 max abs (bound 1e-2; PUMA's t = 5 linear exp: 6.4e-2);
+protocol vs twin about 3e-5.  See :mod:`protocols.approx.exp` for the exp trade-off table.
+Cost per party, 12x128x128 (benchmarks/nonlinear.py): 128 rounds, 81.5 MB, of which the
+max tree 26.5 MB (77 rounds), exp's clip comparison 25 MB, exp's 6 products 26 MB, the
+final product 4.7 MB, the per-row sum and reciprocal 1.7 MB.  SPU's PUMA: 160 send steps,
+47.0 MB; the comparisons (120 bytes per element each, protocols/comparison.py) make up
+the difference.  Trading robustness for bytes, ``clip=None`` (exp valid for x - max >= -50
+at t = 5, or >= -120 with ``squarings=6``, garbage below) costs 56.4 MB and 117 rounds
+(t = 5) or 61 MB (t = 6, error 9e-4): only for logits with a known spread.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import math
 import torch
 
 from mpc.arith import ArithShare
-from protocols.approx._common import FRAC_BITS, products, quantize, with_frac
+from protocols.approx._common import FRAC_BITS, products, quantize, row_max, with_frac
 from protocols.approx.exp import DEFAULT_SQUARINGS, EXP_CLIP, exp, exp_twin
 from protocols.approx.reciprocal import reciprocal, reciprocal_twin
 from protocols.truncation import truncate
@@ -79,7 +82,7 @@ def softmax(
         if mask is not None:
             mask = torch.as_tensor(mask, dtype=torch.bool, device=x.device)
             x = x - (~mask).to(torch.float64) * MASK_OFFSET
-        z = x - x.max(-1, keepdim=True)
+        z = x - row_max(x)
         # e keeps 2f bits: its truncation is folded into the final product's.
         e = exp(z, squarings, base, clip, untruncated=True)
         if mask is not None:
