@@ -7,33 +7,34 @@ CrypTen's (1 + x/2^t)^(2^t) (arXiv 2307.12533 §4; SPU ``exp_taylor_series``).
 
 Why quadratic: log p(y) = y - y^3/6 + O(y^4), so the relative error is about
 -x^3 / (6 * 4^t) instead of the linear base's -x^2 / 2^(t+1).  For the same number of
-squarings it is far more accurate; measured (float64, f = 18 rounding, rows of 128
-logits ~ N(0, 3^2), 12x128x128; causal rows alike):
+squarings it is far more accurate.  Measured (errors: float64 twin with f = 18 rounding;
+softmax on 12x128x128 rows of logits ~ N(0, 3^2), causal rows alike; cost per element per
+party with the clip / without it, from the communicator counters):
 
-    variant              mul levels   exp abs err on [-14, 0]   softmax max abs err
-    linear,    t = 5 (PUMA)   5           8.6e-3                    6.6e-2
-    linear,    t = 7          7           2.1e-3                    1.6e-2
-    linear,    t = 8          8           1.1e-3                    8.2e-3
-    quadratic, t = 4          5           1.0e-3                    2.0e-2
-    quadratic, t = 5          6           2.4e-4                    4.0e-3   <- default
-    quadratic, t = 6          7           1.5e-4                    9.2e-4
+    variant                products  rounds   bytes      exp err [-14, 0]  softmax err
+    linear,    t = 5 (PUMA)    5      24 / 13  248 / 120     8.6e-3          6.6e-2
+    linear,    t = 8           8      32 / 21  320 / 192     1.1e-3          8.2e-3
+    quadratic, t = 4           5      24 / 13  248 / 120     1.0e-3          2.0e-2
+    quadratic, t = 5           6      27 / 16  272 / 144     2.4e-4          4.0e-3  <- default
+    quadratic, t = 6           7      29 / 18  296 / 168     1.5e-4          9.2e-4
+    quadratic, t = 7           8      32 / 21  320 / 192     3.0e-4          2.3e-4
 
-So quadratic t = 5 meets the softmax bound (0.01) with 2.5x margin at one multiplication
-level more than PUMA's t = 5 (and two fewer than the cheapest linear variant that passes).
-Neither variant needs a separate truncation for x / 2^t: x is read with f + t fractional
-bits (free) and the first product is truncated by f + 2t instead of f.
+So quadratic t = 5 meets the softmax bound (0.01) with 2.5x margin for one product more
+than PUMA's t = 5 (and two fewer than linear t = 8, the cheapest linear variant that
+passes, and that one only just).  No variant needs a separate truncation for x / 2^t: x is
+read with f + t fractional bits (free) and the first product is truncated by f + 2t.
 
 Valid range: any x <= 0 (x < -14 gives exactly 0 through the multiplexer, whatever the
-squarings produced).  Without the clip (``clip=None``) the quadratic base with t = 5 keeps
-its 2.4e-4 absolute error on [-50, 0] (measured; 9.7e-4 at -57, 1.9e-2 at -60, garbage
-below -64 where |1 + x/32| > 1), so that variant needs a caller that bounds x, e.g. softmax
-inputs after max-subtraction with a known logit spread.
-Error: twin vs exp: the table above; protocol vs twin: a few ulp (each truncation is off by
-at most one ulp, and squaring doubles an earlier relative error, so about 2^t ulp worst case
-relative to values near 1).
-Cost (quadratic, t = 5, with clip): 6 products with truncation (3 rounds, 24 bytes each)
-plus one comparison (10 rounds, 120 bytes) and one multiplexer (1 round, 8 bytes):
-29 rounds, 272 bytes per element per party; without the clip 18 rounds, 144 bytes.
+squarings produced).  Without the clip (``clip=None``) the quadratic base is accurate
+(measured max abs error) on [-50, 0] for t = 5 (2.4e-4), [-120, 0] for t = 6 (3.4e-4),
+[-220, 0] for t = 7 (2.3e-4), and garbage below -2^(t+1) where |1 + x/2^t| > 1; that
+variant needs a caller that bounds x, e.g. softmax logits with a known spread.
+Error: twin vs exp: the table above; protocol vs twin: at most about 2^(t+1) ulp (each
+truncation is off by at most one ulp, and every later squaring doubles a relative error);
+measured 1.1e-4 for t = 5.
+Cost: the table above (quadratic t = 5: 6 products with truncation, one comparison for the
+clip, one multiplexer).  ``untruncated=True`` skips the last truncation (16 bytes, 2
+rounds) for a caller that multiplies the result again (softmax).
 """
 
 from __future__ import annotations
