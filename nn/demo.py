@@ -1,10 +1,10 @@
 """``veil demo``: MiniLM sentence similarity and SmolLM2 greedy generation, next to Hugging Face.
 
-Each model runs through :func:`run_minilm` / :func:`run_smollm2`, which take the backend and
-a model prepared for it (float weights for the plaintext backends, shared weights for MPC);
-:func:`on_backend` supplies both: the plaintext backends of :data:`BACKENDS` directly, and
-``mpc`` at three parties simulated in this process (party 0 shares the weights and the
-token ids; the results are opened).
+On the plaintext backends of :data:`BACKENDS` each model runs through :func:`run_minilm` /
+:func:`run_smollm2` (backend and model in, what the client receives out).  ``mpc`` runs the
+same model code through :class:`nn.private.PrivateModel`: the weights and token ids are
+secret-shared to three parties simulated in this process, and only the client reconstructs
+the output.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
 
 import torch
 
@@ -22,11 +21,7 @@ from nn.backend import ApproxBackend, Backend, ExactBackend
 from nn.bert import BertModel, normalize, sentence_embedding
 from nn.generate import generate
 from nn.llama import LlamaForCausalLM
-from nn.modules import Module
 from nn.progress import Progress
-
-M = TypeVar("M", bound=Module)
-T = TypeVar("T")
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SENTENCES = [
@@ -40,24 +35,7 @@ DEFAULT_PROMPT = "What is the capital of France?"
 BACKENDS: dict[str, Callable[[], Backend]] = {"exact": ExactBackend, "approx": ApproxBackend.puma}
 """The plaintext backends the demo can run our models on, by name (besides ``mpc``)."""
 MPC = "mpc"
-
-
-def on_backend(name: str, build_model: Callable[[], M], run: Callable[[Backend, M, bool], T]) -> T:
-    """``run(backend, model, show_progress)`` on the named backend; returns its result.
-
-    For ``mpc`` every simulated party builds the model, shares its weights from party 0 and
-    runs ``run``; only party 0 draws progress.
-    """
-    if name != MPC:
-        return run(BACKENDS[name](), build_model(), True)
-    from mpc import simulate
-    from nn.mpc_backend import MPCBackend, share_weights
-
-    def party_main(party) -> T:
-        model = share_weights(build_model(), party)
-        return run(MPCBackend(party), model, party.rank == 0)
-
-    return simulate(party_main, timeout=3600.0)[0]
+"""The private run: secret shares at three parties simulated in this process."""
 
 
 def load_minilm():
@@ -79,12 +57,10 @@ def load_smollm2():
     return model, AutoTokenizer.from_pretrained(pkg_dir, gguf_file=SMOLLM2_GGUF)
 
 
-def run_minilm(
-    backend: Backend, model: BertModel, tokenizer, sentences: list[str], show_progress: bool = True
-) -> torch.Tensor:
+def run_minilm(backend: Backend, model: BertModel, tokenizer, sentences: list[str]) -> torch.Tensor:
     """L2-normalised sentence embeddings (len(sentences), dim), as the client receives them."""
     enc = tokenizer(sentences, padding=True, return_tensors="pt")
-    progress = Progress(len(model.layers), "minilm layers") if show_progress else None
+    progress = Progress(len(model.layers), "minilm layers")
     embeddings = sentence_embedding(
         model,
         backend,
@@ -93,7 +69,7 @@ def run_minilm(
         enc["token_type_ids"],
         progress,
     )
-    return normalize(backend.reveal(embeddings).float())
+    return normalize(backend.reveal(embeddings))
 
 
 def chat_ids(tokenizer, prompt: str) -> torch.Tensor:
@@ -108,11 +84,9 @@ def run_smollm2(
     model: LlamaForCausalLM,
     input_ids: torch.Tensor,
     max_new_tokens: int,
-    show_progress: bool = True,
 ) -> list[int]:
     """Greedy continuation of ``input_ids`` (1, seq): the token ids the client receives."""
-    steps = len(model.blocks) * max_new_tokens
-    progress = Progress(steps, "smollm2 layers x tokens") if show_progress else None
+    progress = Progress(len(model.blocks) * max_new_tokens, "smollm2 layers x tokens")
     indices = generate(model, backend, backend.private_ids(input_ids), max_new_tokens, progress)
     return [int(backend.reveal(index)[0]) for index in indices]
 
@@ -135,11 +109,17 @@ def demo_minilm(backend_name: str, sentences: list[str]) -> None:
     weights = enc["attention_mask"][:, :, None].float()
     expected = normalize((hf(**enc).last_hidden_state * weights).sum(1) / weights.sum(1))
     _print_similarities("Hugging Face", expected, sentences)
-    ours = on_backend(
-        backend_name,
-        lambda: BertModel.from_hf(hf, pooler=False),
-        lambda backend, model, show: run_minilm(backend, model, tokenizer, sentences, show),
-    )
+    if backend_name == MPC:
+        from nn.private import PrivateModel
+
+        result = PrivateModel.from_hf(hf).sentence_embedding(
+            enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], show_progress=True
+        )
+        print(f"private run: {result.summary()}")
+        ours = normalize(result.output.float())
+    else:
+        model = BertModel.from_hf(hf, pooler=False)
+        ours = run_minilm(BACKENDS[backend_name](), model, tokenizer, sentences)
     _print_similarities(f"veil ({backend_name})", ours, sentences)
     print(f"max |difference| of embeddings: {(ours - expected).abs().max():.2e}")
 
@@ -154,11 +134,15 @@ def demo_smollm2(backend_name: str, prompt: str, max_new_tokens: int) -> None:
     )[0, ids.shape[1] :].tolist()
     print(f"prompt: {prompt!r}")
     print(f"Hugging Face: {tokenizer.decode(_until_eos(expected, eos))!r}")
-    ours = on_backend(
-        backend_name,
-        lambda: LlamaForCausalLM.from_hf(hf),
-        lambda backend, model, show: run_smollm2(backend, model, ids, max_new_tokens, show),
-    )
+    if backend_name == MPC:
+        from nn.private import PrivateModel
+
+        result = PrivateModel.from_hf(hf).generate(ids, max_new_tokens, show_progress=True)
+        print(f"private run: {result.summary()}")
+        ours = result.output[0].tolist()
+    else:
+        model = LlamaForCausalLM.from_hf(hf)
+        ours = run_smollm2(BACKENDS[backend_name](), model, ids, max_new_tokens)
     print(f"veil ({backend_name}): {tokenizer.decode(_until_eos(ours, eos))!r}")
     same = _until_eos(ours, eos) == _until_eos(expected, eos)
     print(f"identical tokens: {'yes' if same else 'no'}")

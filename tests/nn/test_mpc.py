@@ -1,4 +1,4 @@
-"""The same model code on secret shares: tiny models under the three-party simulation."""
+"""The same model code on secret shares: tiny models through :class:`nn.private.PrivateModel`."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import pytest
 import torch
 import transformers
 
-from mpc import simulate
 from nn.backend import ApproxBackend, ExactBackend
 from nn.bert import BertForSequenceClassification
 from nn.generate import generate
 from nn.gpt2 import GPT2LMHeadModel
 from nn.llama import LlamaForCausalLM
-from nn.mpc_backend import MPCBackend, share_weights
+from nn.private import PrivateModel
 
 VOCAB = 50
 
@@ -35,12 +34,7 @@ def test_bert_classifier_on_shares_matches_the_twins():
     attention_mask = torch.ones(2, 6, dtype=torch.long)
     attention_mask[1, 4:] = 0
 
-    def run(party):
-        model = share_weights(BertForSequenceClassification.from_hf(hf), party)
-        ops = MPCBackend(party)
-        return ops.reveal(model(ops, ops.private_ids(ids), attention_mask))
-
-    logits = simulate(run)[0]
+    logits = PrivateModel.from_hf(hf).logits(ids, attention_mask=attention_mask).output
     twin = BertForSequenceClassification.from_hf(hf)(ApproxBackend.puma(), ids, attention_mask)
     assert (logits - twin).abs().max() < 1e-2
 
@@ -90,12 +84,6 @@ def test_private_greedy_generation_matches_plaintext(make_hf, family, seed):
     hf = make_hf()
     prompt = torch.randint(0, VOCAB, (1, 5))
 
-    def run(party):
-        model = share_weights(family.from_hf(hf), party)
-        ops = MPCBackend(party)
-        indices = generate(model, ops, ops.private_ids(prompt), max_new_tokens=4)
-        return torch.cat([ops.reveal(index) for index in indices])
-
-    tokens = simulate(run)
-    expected = torch.cat(generate(family.from_hf(hf), ExactBackend(), prompt, 4))
-    assert all(torch.equal(t, expected) for t in tokens)
+    tokens = PrivateModel.from_hf(hf).generate(prompt, max_new_tokens=4).output
+    expected = torch.stack(generate(family.from_hf(hf), ExactBackend(), prompt, 4), dim=-1)
+    assert torch.equal(tokens, expected)
