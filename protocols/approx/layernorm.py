@@ -64,26 +64,34 @@ def _row_dot(x: ArithShare, headroom_bits: int) -> ArithShare:
 
 
 def _normalise(
-    x: ArithShare, sum_sq: ArithShare, gamma: ArithShare, eps: float, headroom_bits: int
+    x: ArithShare, sum_sq: ArithShare, gamma: ArithShare | None, eps: float, headroom_bits: int
 ) -> ArithShare:
-    """x * sqrt(n) rsqrt(S + n eps) * gamma, with sum_sq = S / 4^h and gamma at GAMMA_BITS."""
+    """x * sqrt(n) rsqrt(S + n eps) [* gamma], with sum_sq = S / 4^h and gamma at GAMMA_BITS."""
     n = x.shape[-1]
     f = x.frac_bits
     lift = 2.0**headroom_bits
-    r = rsqrt(sum_sq + n * eps / lift**2, NORM_LO_EXP, NORM_HI_EXP, math.sqrt(n) / lift, RSQRT_EXTRA_BITS)
-    # Untruncated (2f + 4 bits, |x r| <= sqrt(n)); the one truncation follows gamma.
+    r = rsqrt(sum_sq + n * eps / lift**2, NORM_LO_EXP, NORM_HI_EXP, math.sqrt(n) / lift,
+              RSQRT_EXTRA_BITS)
+    if gamma is None:
+        (y,) = products([(x, r)], out_frac=[f])
+        return y
+    # Untruncated (2f + 3 bits, |x r| <= sqrt(n)); the one truncation follows gamma.
     (scaled,) = products([(x, r)], out_frac=[2 * f + RSQRT_EXTRA_BITS])
     (y,) = products([(scaled, gamma)], out_frac=[f])
     return y
 
 
-def _narrow(gamma: ArithShare) -> tuple[ArithShare, int]:
-    """gamma and the shift that narrows it to GAMMA_BITS fractional bits."""
-    return gamma, gamma.frac_bits - GAMMA_BITS
+def _narrow(gamma: ArithShare | None) -> list[tuple[ArithShare, int]]:
+    """gamma with the shift that narrows it to GAMMA_BITS fractional bits (none if absent)."""
+    return [] if gamma is None else [(gamma, gamma.frac_bits - GAMMA_BITS)]
 
 
 def _normalise_twin(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, headroom_bits: int, frac_bits: int | None
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float,
+    headroom_bits: int,
+    frac_bits: int | None,
 ) -> torch.Tensor:
     n = x.shape[-1]
     lift = 2.0**headroom_bits
@@ -92,13 +100,15 @@ def _normalise_twin(
     offset = quantize(torch.tensor(n * eps / lift**2, dtype=torch.float64), frac_bits)
     r = rsqrt_twin(sum_sq + offset, NORM_LO_EXP, NORM_HI_EXP, math.sqrt(n) / lift, frac_bits,
                    RSQRT_EXTRA_BITS)
+    if weight is None:
+        return quantize(x * r, frac_bits)
     return quantize(x * r * quantize(weight.to(torch.float64), GAMMA_BITS), frac_bits)
 
 
 def layernorm_twin(
     x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
     eps: float = 1e-5,
     headroom_bits: int = 0,
     frac_bits: int | None = FRAC_BITS,
@@ -107,28 +117,39 @@ def layernorm_twin(
     x = quantize(x.to(torch.float64), frac_bits)
     n = x.shape[-1]
     mean = quantize(x.sum(-1, keepdim=True) * (round(2**MEAN_BITS / n) / 2**MEAN_BITS), frac_bits)
-    return _normalise_twin(x - mean, weight, eps, headroom_bits, frac_bits) + bias
+    y = _normalise_twin(x - mean, weight, eps, headroom_bits, frac_bits)
+    return y if bias is None else y + bias
 
 
 def layernorm(
-    x: ArithShare, weight: ArithShare, bias: ArithShare, eps: float = 1e-5, headroom_bits: int = 0
+    x: ArithShare,
+    weight: ArithShare | None,
+    bias: ArithShare | None,
+    eps: float = 1e-5,
+    headroom_bits: int = 0,
 ) -> ArithShare:
-    """LayerNorm of secret rows with secret gamma (``weight``) and beta (``bias``)."""
+    """LayerNorm of secret rows with secret gamma (``weight``) and beta (``bias``).
+
+    ``weight=None`` (and ``bias=None``) skips the affine step, for a model owner who folds
+    gamma and beta into the next linear layer before sharing it: 24 instead of 32 bytes
+    per element.
+    """
     with x.party.comm.scope("layernorm"):
         n = x.shape[-1]
         # total / n: multiply by round(2^MEAN_BITS / n), truncate (with gamma's narrowing).
         total = with_frac(x.sum(-1, keepdim=True), 0) * round(2**MEAN_BITS / n)
-        mean, gamma = truncate_together(
-            [(with_frac(total, x.frac_bits + MEAN_BITS), MEAN_BITS), _narrow(weight)]
+        mean, *gamma = truncate_together(
+            [(with_frac(total, x.frac_bits + MEAN_BITS), MEAN_BITS), *_narrow(weight)]
         )
         d = x - mean
         (sum_sq,) = truncate_together([(_row_dot(d, headroom_bits), x.frac_bits)])
-        return _normalise(d, sum_sq, gamma, eps, headroom_bits) + bias
+        y = _normalise(d, sum_sq, gamma[0] if gamma else None, eps, headroom_bits)
+        return y if bias is None else y + bias
 
 
 def rmsnorm_twin(
     x: torch.Tensor,
-    weight: torch.Tensor,
+    weight: torch.Tensor | None,
     eps: float = 1e-6,
     headroom_bits: int = 0,
     frac_bits: int | None = FRAC_BITS,
@@ -139,10 +160,10 @@ def rmsnorm_twin(
 
 
 def rmsnorm(
-    x: ArithShare, weight: ArithShare, eps: float = 1e-6, headroom_bits: int = 0
+    x: ArithShare, weight: ArithShare | None, eps: float = 1e-6, headroom_bits: int = 0
 ) -> ArithShare:
-    """RMSNorm of secret rows with secret gamma (``weight``)."""
+    """RMSNorm of secret rows with secret gamma (``weight``; None: gamma folded elsewhere)."""
     with x.party.comm.scope("rmsnorm"):
         raw = _row_dot(x, headroom_bits)
-        sum_sq, gamma = truncate_together([(raw, x.frac_bits), _narrow(weight)])
-        return _normalise(x, sum_sq, gamma, eps, headroom_bits)
+        sum_sq, *gamma = truncate_together([(raw, x.frac_bits), *_narrow(weight)])
+        return _normalise(x, sum_sq, gamma[0] if gamma else None, eps, headroom_bits)

@@ -57,3 +57,12 @@ def test_rmsnorm_headroom_allows_massive_activations():
     assert (y - _rms_reference(x, weight, 1e-6)).abs().max() <= BOUND
     assert (y - rmsnorm_twin(x, weight, headroom_bits=4)).abs().max() <= 2e-3
     assert traffic.rounds <= 32
+
+
+def test_layernorm_without_affine_is_cheaper():
+    """weight=None, bias=None (gamma, beta folded into the next layer): 24 bytes/element."""
+    x, _, _ = _rows(16, seed=4)
+    y, traffic = run_protocol(layernorm, x, None, None)
+    assert (y - F.layer_norm(x, (768,))).abs().max() <= BOUND
+    assert (y - layernorm_twin(x, None, None)).abs().max() <= 1.5e-3
+    assert traffic.bytes_sent <= 24 * x.numel() + 5000 * 16
