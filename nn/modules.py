@@ -217,10 +217,16 @@ class Rotary:
 
 
 def apply_rotary(ops: Backend, x: TensorLike, cos: torch.Tensor, sin: torch.Tensor) -> TensorLike:
-    """Rotate (batch, heads, seq, head_dim) by public tables; rotate_half by slicing."""
+    """``x * cos + rotate_half(x) * sin`` for x (batch, heads, seq, head_dim), public tables.
+
+    The two products are taken as one product with the stacked public (cos, sin), so that
+    MPC truncates them together: one round instead of two.
+    """
     half = x.shape[-1] // 2
     rotated = ops.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    tables = torch.stack((cos, sin))[:, None, None]  # (2, 1, 1, seq, head_dim)
+    both = ops.cat([x.unsqueeze(0), rotated.unsqueeze(0)], dim=0) * tables
+    return both[0] + both[1]
 
 
 @dataclass
@@ -302,9 +308,9 @@ class Attention(Module):
         k = self._heads(qkv[..., q_width : q_width + kv_width], batch, seq, s.n_kv_head)
         v = self._heads(qkv[..., q_width + kv_width :], batch, seq, s.n_kv_head)
         if rope is not None:
-            cos, sin = rope
-            q = apply_rotary(ops, q, cos, sin)
-            k = apply_rotary(ops, k, cos, sin)
+            # Queries and keys rotate in one go: one truncation per layer in MPC.
+            qk = apply_rotary(ops, ops.cat([q, k], dim=1), *rope)
+            q, k = qk[:, : s.n_head], qk[:, s.n_head :]
         if cache is not None:
             k, v = cache.append(ops, k, v)
         k = self._repeat_kv(k)
