@@ -24,8 +24,9 @@ from protocols.select import mux
 from protocols.truncation import truncate
 
 FRAC_BITS = DEFAULT_FRAC_BITS
-COEFF_BITS = 30
-"""Fractional bits of public polynomial coefficients in :func:`linear_combination`."""
+SUM_RANGE_BITS = 10
+""":func:`linear_combination` results must satisfy |sum| < 2^SUM_RANGE_BITS; coefficients get
+the remaining 62 - SUM_RANGE_BITS - F fractional bits (34 for terms with F = f = 18)."""
 
 
 def quantize(x: torch.Tensor, frac_bits: int | None) -> torch.Tensor:
@@ -97,32 +98,35 @@ def linear_combination(
 ) -> ArithShare:
     """``constant + sum(c * t)`` with f fractional bits and one truncation for all terms.
 
-    Each coefficient is encoded with ``COEFF_BITS`` fractional bits (so small coefficients
-    of high powers, e.g. GeLU's 0.0018 x^6, keep their precision) and multiplied in as an
-    integer; the sum is truncated once.  Terms share one number of fractional bits F >= f
-    (more than f keeps the rounding of large alternating coefficients small) and must
-    satisfy |c * t| < 2^(61 - F - COEFF_BITS) (8192 for F = 18).
+    Each coefficient is encoded with 62 - SUM_RANGE_BITS - F fractional bits (so small
+    coefficients of high powers, e.g. GeLU's 0.0018 x^6, keep their precision) and
+    multiplied in as an integer; the sum is truncated once (intermediate wrap-around is
+    harmless, only |sum| < 2^SUM_RANGE_BITS matters).  Terms share one number of fractional
+    bits F >= f (more than f keeps the rounding of large alternating coefficients small).
     Cost: 2 rounds, 16 bytes per element per party.
     """
     party = terms[0].party
     f = party.fxp.frac_bits
     term_bits = terms[0].frac_bits
+    coeff_bits = 62 - SUM_RANGE_BITS - term_bits
     acc = None
     for term, coeff in zip(terms, coeffs):
         if term.frac_bits != term_bits or term_bits < f:
             raise ValueError("linear_combination expects terms with one scale of >= f bits")
-        scaled = with_frac(term, 0) * round(coeff * 2**COEFF_BITS)
+        scaled = with_frac(term, 0) * round(coeff * 2**coeff_bits)
         acc = scaled if acc is None else acc + scaled
-    shift = term_bits + COEFF_BITS - f
-    return truncate(with_frac(acc, term_bits + COEFF_BITS), shift) + constant
+    shift = term_bits + coeff_bits - f
+    return truncate(with_frac(acc, term_bits + coeff_bits), shift) + constant
 
 
 def truncate_together(parts: Sequence[tuple[ArithShare, int]]) -> list[ArithShare]:
     """Truncate each share by its own number of bits, all in one call (2 rounds).
 
     Each share is first scaled up (locally, exactly) to the largest shift M, so a share
-    truncated by m must satisfy |ring value| * 2^(M - m) < 2^62.
+    truncated by m must satisfy |ring value| * 2^(M - m) < 2^62.  A shift of 0 is a no-op.
     """
+    if all(m == 0 for _, m in parts):
+        return [x for x, _ in parts]
     top = max(m for _, m in parts)
     flat = cat([(with_frac(x, 0) * (1 << (top - m))).reshape(-1) for x, m in parts])
     cut = truncate(with_frac(flat, top), top)

@@ -6,13 +6,13 @@ Formulas (n = row length):
 sqrt(n) rsqrt(S + n eps) = rsqrt(S / n + eps) exactly; folding 1/n into rsqrt's public
 factor table (free) avoids dividing a small variance by n in fixed point, which would cost
 its relative precision (var = 1e-4 is only 26 ulp at f = 18; S = n var is 768 times more).
-The mean divides by n with a 32-bit reciprocal of n (one truncation on one element per
+The mean divides by n with a (50 - f)-bit reciprocal of n (one truncation on one element per
 row); S is a row dot product (one matmul output per row, truncated once).
 Source: PUMA (arXiv 2307.12533) §4.3 (one rsqrt per row), SPU's rsqrt.
 
-Valid range: |mean(x)| < 2^(61 - f - MEAN_BITS) = 2048; S < 2^(62 - 2f) = 2^26 (the row
+Valid range: |mean(x)| < 2^11; S < 2^(62 - 2f) = 2^26 (the row
 dot product is summed in the ring before its truncation), i.e. row RMS < 8192 / sqrt(n)
-(296 at n = 768); S + n eps in the rsqrt window [2^-8, 2^26); |y| < 2^(62 - 2f - 3 - 13) = 1024.
+(296 at n = 768); S + n eps in the rsqrt window [2^-8, 2^26); |y| < 1024.
 ``headroom_bits = h`` truncates the row by h bits before the dot product (2 rounds, 16
 bytes per element) and so allows S < 2^(26 + 2h) (row RMS 2^h times larger), at a relative
 precision of S of about 2^(h - f) / RMS, for models with massive activations.
@@ -40,12 +40,15 @@ from protocols.approx._common import FRAC_BITS, products, quantize, truncate_tog
 from protocols.approx.rsqrt import rsqrt, rsqrt_twin
 from protocols.truncation import truncate
 
-MEAN_BITS = 32
-"""Fractional bits of the public 1/n used for the row mean."""
-GAMMA_BITS = 13
-"""gamma is narrowed to 13 fractional bits (one truncation of n elements, shared with a
-per-row truncation) so that x * r * gamma needs one elementwise truncation, not two;
-its rounding is a relative error of about 1e-4 of the output."""
+MEAN_RANGE_BITS = 50
+"""The public 1/n of the row mean gets 50 - f fractional bits (32 at f = 18): |mean| < 2^11."""
+OUTPUT_RANGE_BITS = 52
+"""x (f bits) * r (f + 3 bits) * gamma (G bits) must stay below 2^62 for |y| < 2^10, so
+G = 52 - 2f - 3 (13 at f = 18).  gamma is narrowed to G bits once (a truncation of n
+elements, shared with a per-row truncation) so that x * r * gamma needs one elementwise
+truncation, not two; its rounding is a relative error of about 1e-4 of the output."""
+MIN_GAMMA_BITS = 12
+"""Below this (f > 18) gamma keeps f bits and x * r is truncated on its own."""
 RSQRT_EXTRA_BITS = 3
 """r = rsqrt(var + eps) carries f + 3 bits (5e-5 relative at r = 0.01, variance 1e4).
 Measured max abs error (E extra bits of r, G of gamma; E + G = 16 keeps |y| < 1024):
@@ -53,6 +56,16 @@ Measured max abs error (E extra bits of r, G of gamma; E + G = 16 keeps |y| < 10
 (3, 13) 5.6e-4, 4.1e-4; (4, 12) 9.9e-4, 1.1e-3."""
 NORM_LO_EXP = -8
 NORM_HI_EXP = 26
+
+
+def _mean_bits(f: int) -> int:
+    return MEAN_RANGE_BITS - f
+
+
+def _gamma_bits(f: int) -> int | None:
+    """Fractional bits gamma is narrowed to, or None for two elementwise truncations."""
+    bits = min(f, OUTPUT_RANGE_BITS - 2 * f - RSQRT_EXTRA_BITS)
+    return bits if bits >= MIN_GAMMA_BITS else None
 
 
 def _row_dot(x: ArithShare, headroom_bits: int) -> ArithShare:
@@ -66,15 +79,15 @@ def _row_dot(x: ArithShare, headroom_bits: int) -> ArithShare:
 def _normalise(
     x: ArithShare, sum_sq: ArithShare, gamma: ArithShare | None, eps: float, headroom_bits: int
 ) -> ArithShare:
-    """x * sqrt(n) rsqrt(S + n eps) [* gamma], with sum_sq = S / 4^h and gamma at GAMMA_BITS."""
+    """x * sqrt(n) rsqrt(S + n eps) [* gamma], with sum_sq = S / 4^h, gamma narrowed."""
     n = x.shape[-1]
     f = x.frac_bits
     lift = 2.0**headroom_bits
     r = rsqrt(sum_sq + n * eps / lift**2, NORM_LO_EXP, NORM_HI_EXP, math.sqrt(n) / lift,
               RSQRT_EXTRA_BITS)
-    if gamma is None:
+    if gamma is None or gamma.frac_bits == f and _gamma_bits(f) is None:
         (y,) = products([(x, r)], out_frac=[f])
-        return y
+        return y if gamma is None else products([(y, gamma)])[0]
     # Untruncated (2f + 3 bits, |x r| <= sqrt(n)); the one truncation follows gamma.
     (scaled,) = products([(x, r)], out_frac=[2 * f + RSQRT_EXTRA_BITS])
     (y,) = products([(scaled, gamma)], out_frac=[f])
@@ -82,8 +95,11 @@ def _normalise(
 
 
 def _narrow(gamma: ArithShare | None) -> list[tuple[ArithShare, int]]:
-    """gamma with the shift that narrows it to GAMMA_BITS fractional bits (none if absent)."""
-    return [] if gamma is None else [(gamma, gamma.frac_bits - GAMMA_BITS)]
+    """gamma with the shift that narrows it to _gamma_bits (nothing to do if absent)."""
+    if gamma is None:
+        return []
+    bits = _gamma_bits(gamma.party.fxp.frac_bits)
+    return [(gamma, 0 if bits is None else gamma.frac_bits - bits)]
 
 
 def _normalise_twin(
@@ -102,7 +118,13 @@ def _normalise_twin(
                    RSQRT_EXTRA_BITS)
     if weight is None:
         return quantize(x * r, frac_bits)
-    return quantize(x * r * quantize(weight.to(torch.float64), GAMMA_BITS), frac_bits)
+    weight = weight.to(torch.float64)
+    if frac_bits is None:
+        return x * r * weight
+    bits = _gamma_bits(frac_bits)
+    if bits is None:
+        return quantize(quantize(x * r, frac_bits) * weight, frac_bits)
+    return quantize(x * r * quantize(weight, bits), frac_bits)
 
 
 def layernorm_twin(
@@ -116,7 +138,8 @@ def layernorm_twin(
     """Float twin of :func:`layernorm`."""
     x = quantize(x.to(torch.float64), frac_bits)
     n = x.shape[-1]
-    mean = quantize(x.sum(-1, keepdim=True) * (round(2**MEAN_BITS / n) / 2**MEAN_BITS), frac_bits)
+    mean_bits = _mean_bits(FRAC_BITS if frac_bits is None else frac_bits)
+    mean = quantize(x.sum(-1, keepdim=True) * (round(2**mean_bits / n) / 2**mean_bits), frac_bits)
     y = _normalise_twin(x - mean, weight, eps, headroom_bits, frac_bits)
     return y if bias is None else y + bias
 
@@ -136,10 +159,11 @@ def layernorm(
     """
     with x.party.comm.scope("layernorm"):
         n = x.shape[-1]
-        # total / n: multiply by round(2^MEAN_BITS / n), truncate (with gamma's narrowing).
-        total = with_frac(x.sum(-1, keepdim=True), 0) * round(2**MEAN_BITS / n)
+        # total / n: multiply by round(2^mean_bits / n), truncate (with gamma's narrowing).
+        mean_bits = _mean_bits(x.frac_bits)
+        total = with_frac(x.sum(-1, keepdim=True), 0) * round(2**mean_bits / n)
         mean, *gamma = truncate_together(
-            [(with_frac(total, x.frac_bits + MEAN_BITS), MEAN_BITS), *_narrow(weight)]
+            [(with_frac(total, x.frac_bits + mean_bits), mean_bits), *_narrow(weight)]
         )
         d = x - mean
         (sum_sq,) = truncate_together([(_row_dot(d, headroom_bits), x.frac_bits)])

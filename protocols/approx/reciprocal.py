@@ -19,7 +19,8 @@ row).  The scale 2^-e is applied to w0 before the iterations, carried with E ext
 fractional bits so that small results keep their relative precision; this saves one
 multiplication level.
 
-Valid range: x in [2^lo_exp, 2^hi_exp), hi_exp - lo_exp <= 22 (default [2^-10, 2^10)).
+Valid range: x in [2^lo_exp, 2^hi_exp), hi_exp - lo_exp <= 59 - 2f (23 for f = 18; default
+[2^-10, 2^10)).
 Outside it the bracket saturates and the error grows quickly.
 Error (measured): the iteration's relative error is <= 5.4e-5; the f-bit result adds
 one ulp, 2^-f x relative.  Protocol vs 1/x: 3.7e-4 relative on [2^-10, 2^7] (bound 1e-3);
@@ -48,7 +49,8 @@ GOLDSCHMIDT_W0_OFFSET = 2.9142
 GOLDSCHMIDT_W0_SLOPE = -2.0
 DEFAULT_LO_EXP = -10
 DEFAULT_HI_EXP = 10
-MAX_WINDOW = 22
+RING_BITS_USED = 59
+"""The scaled guess times (1 + e0) carries about 2f + (hi_exp - lo_exp) + 1 bits."""
 
 
 def _exponents(x: torch.Tensor, lo_exp: int, hi_exp: int) -> torch.Tensor:
@@ -85,7 +87,7 @@ def reciprocal(
     f = party.fxp.frac_bits
     if x.frac_bits != f:
         raise ValueError("reciprocal expects a fixed-point share with f fractional bits")
-    if not 0 < hi_exp - lo_exp <= MAX_WINDOW or hi_exp > f or lo_exp < -f:
+    if not 0 < hi_exp - lo_exp <= RING_BITS_USED - 2 * f or hi_exp > f or lo_exp < -f:
         raise ValueError(f"reciprocal window [2^{lo_exp}, 2^{hi_exp}) is not supported")
     wide = hi_exp  # extra fractional bits of the scaled guess (so 2^(f-1-p+wide) >= 1)
     positions = torch.arange(f + lo_exp, f + hi_exp)  # bit position p of v = x * 2^f

@@ -12,8 +12,8 @@ with the table gives the secret factor for free.  The factor carries E extra fra
 (as many as the ring allows) so that small results keep their relative precision.
 
 Valid range: x in [2^lo_exp, 2^hi_exp) (default [2^-14, 2^14)), hi_exp - lo_exp <= 40.
-Error (measured): the quartic's relative error is 8.2e-5; u and its powers carry f + 8
-bits so the large alternating coefficients add little; the result adds one ulp
+Error (measured): the quartic's relative error is 8.2e-5; u and its powers carry 26
+bits (f + 8 at f = 18) so the large alternating coefficients add little; the result adds one ulp
 (2^-(f + extra_bits) / rsqrt(x) relative).  Protocol vs 1/sqrt(x): 4.0e-4 relative over
 the default window (bound 1e-3), 9.7e-5 with ``extra_bits=4``; protocol vs twin 4.7e-4
 (one or two ulp of the result).
@@ -46,13 +46,14 @@ DEFAULT_LO_EXP = -14
 DEFAULT_HI_EXP = 14
 MAX_WINDOW = 40
 RING_HEADROOM_BITS = 60  # products stay below 2^60, under truncation's 2^62 limit
-POWER_EXTRA_BITS = 8
-"""u and its powers carry f + 8 bits: the quartic's coefficients (up to 50, alternating)
-would otherwise turn one-ulp truncation errors into 2.5e-4 relative error."""
+POWER_BITS = 26
+"""u and its powers carry 26 fractional bits (f + 8 for f = 18; u^2 < 2^(2 * 26 - 2) stays
+in range): the quartic's coefficients (up to 50, alternating) would otherwise turn one-ulp
+truncation errors into 2.5e-4 relative error."""
 
 
 def _guess(u: torch.Tensor, frac_bits: int | None) -> torch.Tensor:
-    wide = None if frac_bits is None else frac_bits + POWER_EXTRA_BITS
+    wide = None if frac_bits is None else max(frac_bits, POWER_BITS)
     u2 = quantize(u * u, wide)
     u3, u4 = quantize(u2 * u, wide), quantize(u2 * u2, wide)
     terms = (u, u2, u3, u4)
@@ -72,7 +73,7 @@ def rsqrt_twin(
     x = x.to(torch.float64)
     _, e = torch.frexp(x)
     e = e.clamp(lo_exp + 1, hi_exp).to(torch.float64)  # x = u * 2^(e+1)
-    wide = None if frac_bits is None else frac_bits + POWER_EXTRA_BITS
+    wide = None if frac_bits is None else max(frac_bits, POWER_BITS)
     u = quantize(x * torch.pow(2.0, -(e + 1)), wide)
     out_bits = None if frac_bits is None else frac_bits + extra_bits
     return quantize(_guess(u, frac_bits) * scale * torch.pow(2.0, -(e + 1) / 2), out_bits)
@@ -113,7 +114,7 @@ def rsqrt(
         at_least = at_least_powers_of_two(x, positions[1:])
         normalise = bracket_combination(at_least, torch.pow(2, 2 * f - 2 - positions + lift))
         factor = bracket_combination(at_least, factors)
-        wide = f + POWER_EXTRA_BITS
+        wide = max(f, POWER_BITS)
         (u,) = products([(x, with_frac(normalise, f + lift))], out_frac=[wide])
         (u2,) = products([(u, u)], out_frac=[wide])
         u3, u4 = products([(u2, u), (u2, u2)], out_frac=[wide, wide])

@@ -38,7 +38,16 @@ from protocols.truncation import truncate
 MASK_OFFSET = float(2**20)
 """Subtracted from masked logits so that they never win the max."""
 RECIPROCAL_EXTRA_BITS = 6
-"""1/s carries f + 6 bits: e (2f bits) * 1/s stays below 2^(3f+6) = 2^60."""
+"""1/s carries f + 6 bits (at f = 18: e with 2f bits times 1/s stays below 2^60)."""
+PRODUCT_BITS = 60
+
+
+def _plan(f: int) -> tuple[bool, int]:
+    """(exp's last product left untruncated?, extra bits of 1/s) for f fractional bits:
+    e (2f bits, <= 1) times 1/s (f + extra bits, <= 1) must stay below 2^PRODUCT_BITS."""
+    if 3 * f <= PRODUCT_BITS:
+        return True, min(RECIPROCAL_EXTRA_BITS, PRODUCT_BITS - 3 * f)
+    return False, RECIPROCAL_EXTRA_BITS
 
 
 def _row_window(n: int) -> tuple[int, int]:
@@ -59,12 +68,13 @@ def softmax_twin(
     if mask is not None:
         x = x - (~mask).to(torch.float64) * MASK_OFFSET
     z = x - x.amax(-1, keepdim=True)
-    e = exp_twin(z, squarings, base, clip, frac_bits, untruncated=True)
+    untruncated, extra_bits = _plan(FRAC_BITS if frac_bits is None else frac_bits)
+    e = exp_twin(z, squarings, base, clip, frac_bits, untruncated)
     if mask is not None:
         e = e * mask
     lo, hi = _row_window(x.shape[-1])
     total = quantize(e.sum(-1, keepdim=True), frac_bits)
-    r = reciprocal_twin(total, lo, hi, RECIPROCAL_EXTRA_BITS, frac_bits)
+    r = reciprocal_twin(total, lo, hi, extra_bits, frac_bits)
     return quantize(e * r, frac_bits)
 
 
@@ -84,11 +94,14 @@ def softmax(
             x = x - (~mask).to(torch.float64) * MASK_OFFSET
         z = x - row_max(x)
         # e keeps 2f bits: its truncation is folded into the final product's.
-        e = exp(z, squarings, base, clip, untruncated=True)
+        untruncated, extra_bits = _plan(f)
+        e = exp(z, squarings, base, clip, untruncated)
         if mask is not None:
             e = with_frac(with_frac(e, 0) * mask.to(torch.int64), e.frac_bits)
-        total = truncate(e.sum(-1, keepdim=True), f)
+        total = e.sum(-1, keepdim=True)
+        if untruncated:
+            total = truncate(total, f)
         lo, hi = _row_window(x.shape[-1])
-        r = reciprocal(total, lo, hi, RECIPROCAL_EXTRA_BITS)
+        r = reciprocal(total, lo, hi, extra_bits)
         (y,) = products([(e, r)], out_frac=[f])
     return y

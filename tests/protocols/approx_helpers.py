@@ -19,7 +19,9 @@ def on_grid(x: torch.Tensor) -> torch.Tensor:
     return FXP.decode(FXP.encode(x))
 
 
-def run_protocol(protocol: Callable[..., Any], *inputs: Any, **kwargs: Any) -> tuple[Any, Traffic]:
+def run_protocol(
+    protocol: Callable[..., Any], *inputs: Any, fxp: mpc.FixedPoint | None = None, **kwargs: Any
+) -> tuple[Any, Traffic]:
     """Share each tensor input (floats as fixed point, ints as integers; None passes through),
     run ``protocol`` on the shares, and return party 0's opened result and traffic."""
 
@@ -31,4 +33,4 @@ def run_protocol(protocol: Callable[..., Any], *inputs: Any, **kwargs: Any) -> t
         opened = tuple(o.reveal() for o in out) if isinstance(out, tuple) else out.reveal()
         return opened, traffic
 
-    return mpc.simulate(fn)[0]
+    return mpc.simulate(fn, fxp=fxp)[0]

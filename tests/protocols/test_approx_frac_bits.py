@@ -1,0 +1,59 @@
+"""Every approximation at other fixed-point precisions (f = 14, 16, 20, 22): protocol vs twin
+at that f, and the accuracy bounds of issue 3 where f allows them."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mpc
+from protocols.approx.exp import exp, exp_twin
+from protocols.approx.gelu import gelu, gelu_twin
+from protocols.approx.layernorm import layernorm, layernorm_twin, rmsnorm, rmsnorm_twin
+from protocols.approx.reciprocal import reciprocal, reciprocal_twin
+from protocols.approx.rsqrt import rsqrt, rsqrt_twin
+from protocols.approx.silu import silu, silu_twin
+from protocols.approx.softmax import softmax, softmax_twin
+from tests.protocols.approx_helpers import run_protocol
+
+FRACS = [14, 16, 20, 22]
+
+
+def _grid(x: torch.Tensor, f: int) -> torch.Tensor:
+    return torch.round(x * 2**f) / 2**f
+
+
+@pytest.mark.parametrize("f", FRACS)
+def test_elementwise(f):
+    fxp = mpc.FixedPoint(f)
+    ulp = 2.0**-f
+    x = _grid(torch.linspace(-10, 10, 401, dtype=torch.float64), f)
+    for protocol, twin, exact, bound in ((gelu, gelu_twin, F.gelu, 0.02), (silu, silu_twin, F.silu, 0.075)):
+        y, _ = run_protocol(protocol, x, fxp=fxp)
+        assert (y - twin(x, frac_bits=f)).abs().max() <= 4 * ulp
+        assert (y - exact(x)).abs().max() <= bound
+    neg = _grid(torch.linspace(-16, 0, 401, dtype=torch.float64), f)
+    y, _ = run_protocol(exp, neg, fxp=fxp)
+    assert (y - exp_twin(neg, frac_bits=f)).abs().max() <= 64 * ulp
+    pos = _grid(torch.exp2(torch.linspace(-6, 6, 200, dtype=torch.float64)), f)
+    y, _ = run_protocol(reciprocal, pos, -6, 7, fxp=fxp)
+    assert ((y - reciprocal_twin(pos, -6, 7, frac_bits=f)) / y).abs().max() <= 8 * ulp * pos.max()
+    y, _ = run_protocol(rsqrt, pos, -7, 7, fxp=fxp)
+    assert ((y - rsqrt_twin(pos, -7, 7, frac_bits=f)) / y).abs().max() <= 64 * ulp * 8
+
+
+@pytest.mark.parametrize("f", FRACS)
+def test_rows(f):
+    fxp = mpc.FixedPoint(f)
+    g = torch.Generator().manual_seed(f)
+    logits = torch.randn(4, 64, generator=g, dtype=torch.float64) * 3
+    y, _ = run_protocol(softmax, logits, fxp=fxp)
+    assert (y - softmax_twin(logits, frac_bits=f)).abs().max() <= (5e-4 if f < 16 else 1e-4)
+    assert (y - torch.softmax(logits, -1)).abs().max() <= 0.01
+    x = torch.randn(4, 256, generator=g, dtype=torch.float64) * torch.tensor([[0.1], [1.0], [3.0], [10.0]])
+    weight = 1 + 0.1 * torch.randn(256, generator=g, dtype=torch.float64)
+    bias = 0.1 * torch.randn(256, generator=g, dtype=torch.float64)
+    y, _ = run_protocol(layernorm, x, weight, bias, fxp=fxp)
+    assert (y - layernorm_twin(x, weight, bias, frac_bits=f)).abs().max() <= 1e-3
+    assert (y - F.layer_norm(x, (256,), weight, bias, 1e-5)).abs().max() <= 5e-3
+    y, _ = run_protocol(rmsnorm, x, weight, fxp=fxp)
+    assert (y - rmsnorm_twin(x, weight, frac_bits=f)).abs().max() <= 3e-3
