@@ -29,7 +29,7 @@ def test_elementwise(f):
     x = _grid(torch.linspace(-10, 10, 401, dtype=torch.float64), f)
     for protocol, twin, exact, bound in ((gelu, gelu_twin, F.gelu, 0.02), (silu, silu_twin, F.silu, 0.075)):
         y, _ = run_protocol(protocol, x, fxp=fxp)
-        assert (y - twin(x, frac_bits=f)).abs().max() <= 4 * ulp
+        assert (y - twin(x, frac_bits=f)).abs().max() <= 4 * ulp + 2e-6  # + coefficient rounding
         assert (y - exact(x)).abs().max() <= bound
     neg = _grid(torch.linspace(-16, 0, 401, dtype=torch.float64), f)
     y, _ = run_protocol(exp, neg, fxp=fxp)
