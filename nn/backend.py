@@ -53,12 +53,12 @@ class Backend(Protocol):
         True = keep, False = probability 0."""
 
     def layernorm(
-        self, x: TensorLike, weight: TensorLike, bias: TensorLike, eps: float
+        self, x: TensorLike, weight: TensorLike | None, bias: TensorLike | None, eps: float
     ) -> TensorLike:
-        """LayerNorm over the last dim."""
+        """LayerNorm over the last dim; ``weight=None, bias=None``: no affine step (folded)."""
 
-    def rmsnorm(self, x: TensorLike, weight: TensorLike, eps: float) -> TensorLike:
-        """RMSNorm over the last dim."""
+    def rmsnorm(self, x: TensorLike, weight: TensorLike | None, eps: float) -> TensorLike:
+        """RMSNorm over the last dim; ``weight=None``: no gain (folded into the next layer)."""
 
     def embedding(self, ids: TensorLike, table: TensorLike) -> TensorLike:
         """Rows ``table[ids]`` for (possibly secret) integer ids: (..., ) -> (..., dim)."""
@@ -99,12 +99,13 @@ class ExactBackend:
         return torch.softmax(x, dim=dim)
 
     def layernorm(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+        self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
     ) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
-    def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+    def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        return normed if weight is None else weight * normed
 
     def embedding(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return table[ids]
@@ -190,13 +191,13 @@ class ApproxBackend(ExactBackend):
         return self._softmax(x, mask).to(x.dtype)
 
     def layernorm(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+        self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
     ) -> torch.Tensor:
         if self._layernorm is None:
             return super().layernorm(x, weight, bias, eps)
         return self._layernorm(x, weight, bias, eps).to(x.dtype)
 
-    def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
         if self._rmsnorm is None:
             return super().rmsnorm(x, weight, eps)
         return self._rmsnorm(x, weight, eps).to(x.dtype)

@@ -19,6 +19,7 @@ from nn.modules import (
     Module,
     causal_mask,
     detached,
+    fold_gain,
     gelu_form,
 )
 from nn.progress import Progress, tracked
@@ -73,18 +74,19 @@ class Block(Module):
 
     @classmethod
     def from_hf(cls, hf_block, config: GPT2Config) -> Block:
+        """Each LayerNorm's gain and shift are folded into the projection it feeds."""
         head_dim = config.n_embd // config.n_head
+        ln_1, qkv = fold_gain(LayerNorm.from_torch(hf_block.ln_1), _conv1d(hf_block.attn.c_attn))
+        ln_2, up = fold_gain(LayerNorm.from_torch(hf_block.ln_2), _conv1d(hf_block.mlp.c_fc))
         return cls(
-            ln_1=LayerNorm.from_torch(hf_block.ln_1),
+            ln_1=ln_1,
             attn=Attention.from_projections(
-                _conv1d(hf_block.attn.c_attn),
+                qkv,
                 _conv1d(hf_block.attn.c_proj),
                 AttentionShape(config.n_head, config.n_head, head_dim),
             ),
-            ln_2=LayerNorm.from_torch(hf_block.ln_2),
-            mlp=MLP(
-                _conv1d(hf_block.mlp.c_fc), _conv1d(hf_block.mlp.c_proj), config.gelu_approximate
-            ),
+            ln_2=ln_2,
+            mlp=MLP(up, _conv1d(hf_block.mlp.c_proj), config.gelu_approximate),
         )
 
 

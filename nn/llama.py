@@ -20,6 +20,7 @@ from nn.modules import (
     SwiGLU,
     causal_mask,
     detached,
+    fold_gain,
 )
 from nn.progress import Progress, tracked
 
@@ -87,17 +88,26 @@ class Block(Module):
 
     @classmethod
     def from_hf(cls, hf_layer, config: LlamaConfig) -> Block:
+        """Each RMSNorm's gain is folded into the projection it feeds."""
         a, m = hf_layer.self_attn, hf_layer.mlp
         eps = config.rms_norm_eps
+        attn_norm, qkv = fold_gain(
+            RMSNorm(detached(hf_layer.input_layernorm.weight), eps),
+            Linear.from_torch(a.q_proj, a.k_proj, a.v_proj),
+        )
+        mlp_norm, gate_up = fold_gain(
+            RMSNorm(detached(hf_layer.post_attention_layernorm.weight), eps),
+            Linear.from_torch(m.gate_proj, m.up_proj),
+        )
         return cls(
-            attn_norm=RMSNorm(detached(hf_layer.input_layernorm.weight), eps),
+            attn_norm=attn_norm,
             attn=Attention.from_projections(
-                Linear.from_torch(a.q_proj, a.k_proj, a.v_proj),
+                qkv,
                 Linear.from_torch(a.o_proj),
                 AttentionShape(config.n_head, config.n_kv_head, config.head_dim),
             ),
-            mlp_norm=RMSNorm(detached(hf_layer.post_attention_layernorm.weight), eps),
-            mlp=SwiGLU(Linear.from_torch(m.gate_proj, m.up_proj), Linear.from_torch(m.down_proj)),
+            mlp_norm=mlp_norm,
+            mlp=SwiGLU(gate_up, Linear.from_torch(m.down_proj)),
         )
 
 

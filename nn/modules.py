@@ -146,11 +146,11 @@ class Embedding(Module):
 
 
 class LayerNorm(Module):
-    """LayerNorm over the last dim with gain ``weight`` and shift ``bias``."""
+    """LayerNorm over the last dim with gain ``weight`` and shift ``bias`` (None once folded)."""
 
     param_names = ("weight", "bias")
 
-    def __init__(self, weight: TensorLike, bias: TensorLike, eps: float):
+    def __init__(self, weight: TensorLike | None, bias: TensorLike | None, eps: float):
         self.weight = weight
         self.bias = bias
         self.eps = eps
@@ -164,16 +164,32 @@ class LayerNorm(Module):
 
 
 class RMSNorm(Module):
-    """RMSNorm over the last dim with gain ``weight``."""
+    """RMSNorm over the last dim with gain ``weight`` (None once folded)."""
 
     param_names = ("weight",)
 
-    def __init__(self, weight: TensorLike, eps: float):
+    def __init__(self, weight: TensorLike | None, eps: float):
         self.weight = weight
         self.eps = eps
 
     def __call__(self, ops: Backend, x: TensorLike) -> TensorLike:
         return ops.rmsnorm(x, self.weight, self.eps)
+
+
+def fold_gain(norm: LayerNorm | RMSNorm, linear: Linear) -> tuple[LayerNorm | RMSNorm, Linear]:
+    """Move a plaintext norm's gain (and shift) into the Linear that alone reads its output.
+
+    ``(n(x) * g + b) @ W + c = n(x) @ (g[:, None] * W) + (b @ W + c)``: done once by the model
+    owner, it saves the private model an elementwise product and its truncation per norm.
+    Returns the norm without gain and shift, and the adjusted Linear.
+    """
+    weight = norm.weight[:, None] * linear.weight
+    bias = linear.bias
+    if isinstance(norm, LayerNorm):
+        shift = norm.bias @ linear.weight
+        bias = shift if bias is None else bias + shift
+        return LayerNorm(None, None, norm.eps), Linear(weight, bias)
+    return RMSNorm(None, norm.eps), Linear(weight, bias)
 
 
 class MLP(Module):

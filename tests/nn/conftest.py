@@ -35,6 +35,25 @@ def smollm2():
     return model, AutoTokenizer.from_pretrained(pkg_dir, gguf_file=SMOLLM2_GGUF)
 
 
+def _perturb_norms(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
+                module.weight.normal_(1.0, 0.3)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.normal_(0.0, 0.3)
+    return model
+
+
+@pytest.fixture(scope="session")
+def perturb_norms() -> Callable[[torch.nn.Module], torch.nn.Module]:
+    """Give every LayerNorm/RMSNorm of a freshly initialised model a random gain and shift.
+
+    Fresh models have gain 1 and shift 0, which would hide mistakes in folding them.
+    """
+    return _perturb_norms
+
+
 def _greedy_uncached(model, ops, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     ids = input_ids
     for _ in range(max_new_tokens):

@@ -27,9 +27,9 @@ def _hf_config(**overrides) -> transformers.BertConfig:
 
 
 @pytest.fixture(scope="module")
-def hf_bert() -> transformers.BertModel:
+def hf_bert(perturb_norms) -> transformers.BertModel:
     torch.manual_seed(0)
-    return transformers.BertModel(_hf_config()).eval()
+    return perturb_norms(transformers.BertModel(_hf_config()).eval())
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +68,9 @@ def test_padding_does_not_change_real_tokens(hf_bert, batch):
 
 
 @torch.no_grad()
-def test_tanh_gelu_variant_matches_hf(batch):
+def test_tanh_gelu_variant_matches_hf(batch, perturb_norms):
     torch.manual_seed(2)
-    hf = transformers.BertModel(_hf_config(hidden_act="gelu_new")).eval()
+    hf = perturb_norms(transformers.BertModel(_hf_config(hidden_act="gelu_new")).eval())
     ref = hf(**batch).last_hidden_state
     ours = BertModel.from_hf(hf)(
         ExactBackend(), batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
@@ -79,9 +79,10 @@ def test_tanh_gelu_variant_matches_hf(batch):
 
 
 @torch.no_grad()
-def test_sequence_classification_matches_hf(batch):
+def test_sequence_classification_matches_hf(batch, perturb_norms):
     torch.manual_seed(3)
-    hf = transformers.BertForSequenceClassification(_hf_config(num_labels=3)).eval()
+    hf = perturb_norms(transformers.BertForSequenceClassification(_hf_config(num_labels=3)))
+    hf.eval()
     model = BertForSequenceClassification.from_hf(hf)
     logits = model(
         ExactBackend(), batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]

@@ -15,7 +15,7 @@ VOCAB = 97
 
 
 @pytest.fixture(scope="module")
-def hf_gpt2() -> transformers.GPT2LMHeadModel:
+def hf_gpt2(perturb_norms) -> transformers.GPT2LMHeadModel:
     torch.manual_seed(0)
     config = transformers.GPT2Config(
         vocab_size=VOCAB,
@@ -27,7 +27,7 @@ def hf_gpt2() -> transformers.GPT2LMHeadModel:
         bos_token_id=None,
         eos_token_id=None,
     )
-    return transformers.GPT2LMHeadModel(config).eval()
+    return perturb_norms(transformers.GPT2LMHeadModel(config).eval())
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,12 @@ def prompts() -> torch.Tensor:
 def test_logits_match_hf(hf_gpt2, prompts):
     logits = GPT2LMHeadModel.from_hf(hf_gpt2)(ExactBackend(), prompts)
     torch.testing.assert_close(logits, hf_gpt2(prompts).logits, atol=ATOL, rtol=0)
+
+
+def test_layernorm_gains_are_folded_into_the_projections(hf_gpt2):
+    names = {name for name, _ in GPT2LMHeadModel.from_hf(hf_gpt2).named_params()}
+    assert not any(".ln_1." in name or ".ln_2." in name for name in names)
+    assert {"ln_f.weight", "ln_f.bias"} <= names
 
 
 @torch.no_grad()
