@@ -81,9 +81,11 @@ class GrpcCommunicator(Communicator):
         self._expected_seq = dict.fromkeys(self._peers, 0)
         self._send_seq = dict.fromkeys(self._peers, 0)
         self._outgoing: dict[int, _OutgoingStream] = {}
+        self.gone: dict[int, str] = {}  # peers whose link ended, and why (for idle servers)
         self._channels: list[grpc.Channel] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._server_stopped = False
 
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=_SERVER_THREADS, thread_name_prefix=f"party{rank}-rpc"),
@@ -133,29 +135,39 @@ class GrpcCommunicator(Communicator):
     def close(self) -> None:
         """Finish sending what is queued, end the streams, stop the server."""
         with self._lock:
-            if self._closed:
-                return
+            already = self._closed
             self._closed = True
-        for stream in self._outgoing.values():
-            stream.finish()
-        for stream in self._outgoing.values():
-            stream.wait(timeout=self.timeout)
+        if not already:
+            for stream in self._outgoing.values():
+                stream.finish()
+            for stream in self._outgoing.values():
+                stream.wait(timeout=self.timeout)
         self._shutdown()
 
-    def abort(self, reason: str) -> None:
-        """Give up: tell the peers why (best effort) and drop everything."""
+    def abort(self, reason: str, *, keep_server: bool = False) -> None:
+        """Give up: tell the peers why (best effort) and drop the links.
+
+        ``keep_server`` leaves this party's server up so that other services on it
+        (the client API) can still answer the call that triggered the abort; a later
+        :meth:`close` stops it.
+        """
         with self._lock:
-            if self._closed:
-                return
+            already = self._closed
             self._closed = True
-        for stream in self._outgoing.values():
-            stream.finish(abort_reason=reason, sender=self.rank)
-        for stream in self._outgoing.values():
-            stream.wait(timeout=1.0)
-            stream.cancel()
-        self._shutdown()
+        if not already:
+            for stream in self._outgoing.values():
+                stream.finish(abort_reason=reason, sender=self.rank)
+            for stream in self._outgoing.values():
+                stream.wait(timeout=1.0)
+                stream.cancel()
+        if not keep_server:
+            self._shutdown()
 
     def _shutdown(self) -> None:
+        with self._lock:
+            if self._server_stopped:
+                return
+            self._server_stopped = True
         self._server.stop(grace=0.5).wait()
         for channel in self._channels:
             channel.close()
@@ -195,6 +207,8 @@ class GrpcCommunicator(Communicator):
 
     # -- called by the server ------------------------------------------------------
     def _deliver(self, src: int, item: torch.Tensor | _PeerGone) -> None:
+        if isinstance(item, _PeerGone):
+            self.gone.setdefault(src, item.reason)
         self._inbox[src].put(item)
 
 

@@ -40,12 +40,12 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated
 
 
-def party_command(config: str, rank: int, extra: list[str]) -> list[str]:
+def party_command(config: str, rank: int, extra: list[str], command: str = "party") -> list[str]:
     return [
         sys.executable,
         "-m",
         "parties.cli",
-        "party",
+        command,
         "--config",
         config,
         "--rank",
@@ -54,8 +54,8 @@ def party_command(config: str, rank: int, extra: list[str]) -> list[str]:
     ]
 
 
-def launch(config: str, extra: list[str]) -> int:
-    """Run the three parties; return 0 if all succeed, else the first failure's exit code."""
+def launch(config: str, extra: list[str], command: str = "party") -> int:
+    """Run ``veil <command>`` for the three parties; 0 if all succeed, else the first failure's code."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -64,7 +64,7 @@ def launch(config: str, extra: list[str]) -> int:
         for rank in range(WORLD_SIZE):
             procs.append(
                 subprocess.Popen(
-                    party_command(config, rank, extra),
+                    party_command(config, rank, extra, command),
                     env=env,
                     preexec_fn=_die_with_parent,  # noqa: PLW1509 - the launcher runs no threads
                 )

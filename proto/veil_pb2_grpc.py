@@ -107,7 +107,9 @@ class InferenceStub:
     """Client-facing inference API. A client secret-shares its inputs, uploads to
     each party the share that party holds, asks every party to run a named
     program on the request, and fetches each party's output shares. Tensors are
-    named, so the API does not depend on a particular model.
+    named, so the API does not depend on a particular model. A share is the
+    party's replicated pair: an int64 tensor of shape (2, ...) holding
+    (x_i, x_{i+1}), with its fixed-point fractional bits.
     """
 
     def __init__(self, channel):
@@ -137,7 +139,9 @@ class InferenceServicer:
     """Client-facing inference API. A client secret-shares its inputs, uploads to
     each party the share that party holds, asks every party to run a named
     program on the request, and fetches each party's output shares. Tensors are
-    named, so the API does not depend on a particular model.
+    named, so the API does not depend on a particular model. A share is the
+    party's replicated pair: an int64 tensor of shape (2, ...) holding
+    (x_i, x_{i+1}), with its fixed-point fractional bits.
     """
 
     def Upload(self, request_iterator, context):
@@ -191,7 +195,9 @@ class Inference:
     """Client-facing inference API. A client secret-shares its inputs, uploads to
     each party the share that party holds, asks every party to run a named
     program on the request, and fetches each party's output shares. Tensors are
-    named, so the API does not depend on a particular model.
+    named, so the API does not depend on a particular model. A share is the
+    party's replicated pair: an int64 tensor of shape (2, ...) holding
+    (x_i, x_{i+1}), with its fixed-point fractional bits.
     """
 
     @staticmethod

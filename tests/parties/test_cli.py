@@ -70,9 +70,12 @@ def assert_gone(pid_dir: Path) -> None:
 
 
 def assert_ports_free(config_path: Path) -> None:
+    """A new server can listen on every party's port (as gRPC does, with SO_REUSEADDR)."""
     for spec in load_config(config_path).parties:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", spec.port))
+            s.listen()
 
 
 def test_certs_writes_a_loadable_config(cluster_dir) -> None:
@@ -81,6 +84,7 @@ def test_certs_writes_a_loadable_config(cluster_dir) -> None:
     assert [spec.name for spec in config.parties] == ["party0", "party1", "party2"]
 
 
+@pytest.mark.slow  # launch start-up and teardown are covered quickly by test_service.py
 def test_launch_runs_health_check(cluster_dir) -> None:
     proc = veil(
         "launch", "--config", str(cluster_dir / "cluster.toml"), stdout=subprocess.PIPE, text=True
@@ -118,6 +122,7 @@ def test_launch_tears_down_when_one_party_fails(cluster_dir, tmp_path) -> None:
     assert_ports_free(cluster_dir / "cluster.toml")
 
 
+@pytest.mark.slow  # Ctrl-C teardown is also covered by test_service.py
 def test_launch_interrupted(cluster_dir, tmp_path) -> None:
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()

@@ -1,0 +1,174 @@
+"""Private inference over the client API: share, run, reconstruct; refusals keep the parties in step."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from mpc.party import Party
+from parties.client import InferenceClient, InferenceError
+from parties.config import load_config
+from parties.grpc_comm import GrpcCommunicator
+from parties.local import local_config
+from parties.service import InferenceService
+
+from .test_cli import REPO, assert_ports_free, free_ports
+
+
+def square_plus(party, inputs, options):
+    x = inputs["x"]
+    return {"y": x * x + float(options.get("bias", "0")), "x": x}
+
+
+def fails_at_rank_2(party, inputs, options):
+    if party.rank == 2:
+        raise ValueError("bad weights at party 2")
+    return square_plus(party, inputs, options)
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory):
+    """Three serving parties (threads of this process) and the bound cluster config."""
+    config = local_config(tmp_path_factory.mktemp("serve"), timeout=5.0)
+    programs = {"square_plus": square_plus, "fails": fails_at_rank_2}
+    services = [InferenceService(config, programs) for _ in range(3)]
+    comms = [GrpcCommunicator(r, config, add_services=services[r].add_to) for r in range(3)]
+    bound = config.with_addresses([f"localhost:{c.port}" for c in comms])
+
+    def start(rank: int) -> None:
+        comms[rank].connect(bound)
+        services[rank].attach(Party(comms[rank]))
+
+    threads = [threading.Thread(target=start, args=(r,)) for r in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    yield bound, services
+    for comm in comms:
+        comm.abort("test over")
+
+
+def client(config, name: str = "client") -> InferenceClient:
+    directory = config.ca.parent
+    return InferenceClient(config, cert=directory / f"{name}.pem", key=directory / f"{name}.key")
+
+
+def test_infer_round_trip(serving) -> None:
+    config, _ = serving
+    x = torch.tensor([[1.5, -2.0], [0.25, 3.0]])
+    with client(config) as c:
+        out = c.infer("square_plus", {"x": x}, {"bias": "1"})
+        again = c.infer("square_plus", {"x": -x})
+    assert set(out) == {"x", "y"}
+    assert torch.allclose(out["y"], (x * x + 1).double(), atol=1e-3)
+    assert torch.allclose(again["y"], (x * x).double(), atol=1e-3)
+
+
+def test_unknown_program_refused_and_parties_stay_in_step(serving) -> None:
+    config, _ = serving
+    with client(config) as c:
+        with pytest.raises(InferenceError) as info:
+            c.infer("no_such_program", {"x": torch.ones(2)})
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert torch.allclose(
+            c.infer("square_plus", {"x": torch.ones(2)})["y"], torch.ones(2).double()
+        )
+
+
+def test_party_certificate_is_not_a_client(serving) -> None:
+    config, _ = serving
+    with client(config, name="party1") as c, pytest.raises(InferenceError) as info:
+        c.infer("square_plus", {"x": torch.ones(2)})
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_failing_program_stops_the_service(serving) -> None:
+    """Runs last in this module: a failure leaves the links unusable, by design."""
+    config, services = serving
+    with client(config) as c, pytest.raises(InferenceError) as info:
+        c.infer("fails", {"x": torch.ones(2)})
+    assert info.value.code == grpc.StatusCode.INTERNAL
+
+    def party2_dropped(service: InferenceService) -> bool:
+        # A party whose program never waited on party 2 may finish its request; it
+        # still sees the link go (``gone``), which makes ``veil serve`` exit.
+        return "party 2" in str(service.failed) or 2 in service.party.comm.gone
+
+    deadline = time.monotonic() + 10
+    while not all(party2_dropped(s) for s in services[:2]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert isinstance(services[2].failed, ValueError) and services[2].stopped.is_set()
+    assert party2_dropped(services[0]) and party2_dropped(services[1])
+
+
+def test_launch_serve_and_infer_cli(tmp_path) -> None:
+    from parties.cli import main
+
+    addresses = [f"--address=localhost:{port}" for port in free_ports(3)]
+    assert main(["certs", "--out", str(tmp_path), *addresses]) == 0
+    config_path = tmp_path / "cluster.toml"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "parties.cli",
+            "launch",
+            "--config",
+            str(config_path),
+            "--serve",
+            "--program=sq=tests.parties.test_service:square_plus",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        torch.save(torch.tensor([2.0, -3.0]), tmp_path / "x.pt")
+        args = [
+            "infer",
+            "--config",
+            str(config_path),
+            "--program",
+            "sq",
+            "--input",
+            f"x={tmp_path / 'x.pt'}",
+            "--option",
+            "bias=0.5",
+            "--out",
+            str(tmp_path / "y.pt"),
+        ]
+        deadline = time.monotonic() + 30
+        while main(args) != 0:  # the parties are still starting
+            assert time.monotonic() < deadline and launcher.poll() is None
+            time.sleep(0.5)
+        out = torch.load(tmp_path / "y.pt", weights_only=True)
+        assert torch.allclose(out["y"], torch.tensor([4.5, 9.5], dtype=torch.float64), atol=1e-3)
+        children = _children(launcher.pid)
+        assert len(children) == 3
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        _, err = launcher.communicate(timeout=30)
+    assert launcher.returncode == 130, err
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert_ports_free(config_path)
+    assert load_config(config_path).clients == ("client",)
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
