@@ -183,6 +183,8 @@ class GrpcCommunicator(Communicator):
 
     # -- transport -----------------------------------------------------------------
     def _send(self, dst: int, tensor: torch.Tensor) -> None:
+        if self._closed:
+            raise RuntimeError(f"party {self.rank}'s communicator is closed")
         stream = self._outgoing.get(dst)
         if stream is None:
             raise PeerError(dst, "not connected (call connect() first)")

@@ -110,6 +110,7 @@ def call_at_party(
     """One party's side of ``run``; on failure, abort the links so peers fail fast."""
     try:
         comm.stats = CommStats()
+        comm.device = torch.device(device)  # received tensors land where the shares live
         party = Party(comm, fxp=fxp or FixedPoint(comm.config.frac_bits), device=device)
         return Outcome(comm.rank, result=fn(party, *args, **kwargs))
     except BaseException as exc:  # noqa: BLE001 - reported to the caller of run()

@@ -1,0 +1,1 @@
+"""The wire protocol (``veil.proto``) and its generated code; see :mod:`proto.generate`."""

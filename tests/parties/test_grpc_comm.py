@@ -218,3 +218,9 @@ def test_received_tensors_move_to_communicator_device(config, party0) -> None:
     with channel_as(config, party0.port, "party2") as channel:
         stream(channel, list(tensor_chunks(torch.arange(3), sender=2)))
     assert party0.recv(2).device.type == "meta"
+
+
+def test_send_after_close_refused(party0) -> None:
+    party0.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        party0.send(1, torch.ones(1))
