@@ -18,6 +18,7 @@ Token ids enter through :meth:`Backend.private_ids` and results leave through
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -149,10 +150,14 @@ class ApproxBackend(ExactBackend):
         self._rmsnorm = rmsnorm
 
     @classmethod
-    def puma(cls, **overrides: Callable[..., torch.Tensor]) -> ApproxBackend:
+    def puma(
+        cls, norm_headroom_bits: int = 0, **overrides: Callable[..., torch.Tensor]
+    ) -> ApproxBackend:
         """The float twins of the MPC protocols (PUMA's approximations, fixed-point rounded).
 
-        ``overrides`` replace single twins, e.g. one with another input window.
+        ``norm_headroom_bits`` widens the LayerNorm/RMSNorm input range by that many bits
+        (for models with massive activations, see :mod:`protocols.approx.layernorm`);
+        ``overrides`` replace single twins.
         """
         from protocols.approx.gelu import gelu_twin
         from protocols.approx.layernorm import layernorm_twin, rmsnorm_twin
@@ -165,8 +170,8 @@ class ApproxBackend(ExactBackend):
             "silu": silu_twin,
             "tanh": tanh_twin,
             "softmax": softmax_twin,
-            "layernorm": layernorm_twin,
-            "rmsnorm": rmsnorm_twin,
+            "layernorm": partial(layernorm_twin, headroom_bits=norm_headroom_bits),
+            "rmsnorm": partial(rmsnorm_twin, headroom_bits=norm_headroom_bits),
         }
         return cls(**(twins | overrides))
 
