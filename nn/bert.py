@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,10 @@ from nn.modules import (
 )
 from nn.progress import Progress, tracked
 
+if TYPE_CHECKING:
+    import transformers
+    from transformers.models.bert.modeling_bert import BertLayer as BertLayerHF
+
 
 @dataclass
 class BertConfig:
@@ -37,7 +42,7 @@ class BertConfig:
     gelu_approximate: str = "none"
 
     @classmethod
-    def from_hf(cls, hf_config) -> BertConfig:
+    def from_hf(cls, hf_config: transformers.BertConfig) -> BertConfig:
         if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError("only absolute position embeddings are supported")
         return cls(
@@ -67,7 +72,7 @@ class BertLayer(Module):
         return self.ln_mlp(ops, x + self.mlp(ops, x))
 
     @classmethod
-    def from_hf(cls, hf_layer, config: BertConfig) -> BertLayer:
+    def from_hf(cls, hf_layer: BertLayerHF, config: BertConfig) -> BertLayer:
         a = hf_layer.attention.self
         head_dim = config.hidden_size // config.n_head
         return cls(
@@ -140,7 +145,7 @@ class BertModel(Module):
         return ops.tanh(self.pooler(hidden[:, 0]))
 
     @classmethod
-    def from_hf(cls, hf_model, pooler: bool = True) -> BertModel:
+    def from_hf(cls, hf_model: transformers.BertModel, pooler: bool = True) -> BertModel:
         """From a ``transformers`` BertModel; ``pooler=False`` drops the pooler weights."""
         config = BertConfig.from_hf(hf_model.config)
         emb = hf_model.embeddings
@@ -175,7 +180,9 @@ class BertForSequenceClassification(Module):
         return self.classifier(self.bert.pool(ops, hidden))
 
     @classmethod
-    def from_hf(cls, hf_model) -> BertForSequenceClassification:
+    def from_hf(
+        cls, hf_model: transformers.BertForSequenceClassification
+    ) -> BertForSequenceClassification:
         return cls(BertModel.from_hf(hf_model.bert), Linear.from_torch(hf_model.classifier))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,11 @@ from nn.modules import (
 )
 from nn.progress import Progress, tracked
 
+if TYPE_CHECKING:
+    import transformers
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+    from transformers.pytorch_utils import Conv1D
+
 
 @dataclass
 class GPT2Config:
@@ -38,7 +44,7 @@ class GPT2Config:
     gelu_approximate: str = "tanh"
 
     @classmethod
-    def from_hf(cls, hf_config) -> GPT2Config:
+    def from_hf(cls, hf_config: transformers.GPT2Config) -> GPT2Config:
         if not hf_config.scale_attn_weights or hf_config.scale_attn_by_inverse_layer_idx:
             raise ValueError("only the standard 1/sqrt(head_dim) attention scale is supported")
         return cls(
@@ -52,7 +58,7 @@ class GPT2Config:
         )
 
 
-def _conv1d(layer) -> Linear:
+def _conv1d(layer: Conv1D) -> Linear:
     """GPT-2's Conv1D already stores its weight (in, out)."""
     return Linear(detached(layer.weight), detached(layer.bias))
 
@@ -73,7 +79,7 @@ class Block(Module):
         return x + self.mlp(ops, self.ln_2(ops, x))
 
     @classmethod
-    def from_hf(cls, hf_block, config: GPT2Config) -> Block:
+    def from_hf(cls, hf_block: GPT2Block, config: GPT2Config) -> Block:
         """Each LayerNorm's gain and shift are folded into the projection it feeds."""
         head_dim = config.n_embd // config.n_head
         ln_1, qkv = fold_gain(LayerNorm.from_torch(hf_block.ln_1), _conv1d(hf_block.attn.c_attn))
@@ -139,7 +145,7 @@ class GPT2LMHeadModel(Module):
         return KVCache.empty(len(self.blocks))
 
     @classmethod
-    def from_hf(cls, hf_model) -> GPT2LMHeadModel:
+    def from_hf(cls, hf_model: transformers.GPT2LMHeadModel) -> GPT2LMHeadModel:
         """From a ``transformers`` GPT2LMHeadModel (its LM head is tied to ``wte``)."""
         config = GPT2Config.from_hf(hf_model.config)
         t = hf_model.transformer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,10 @@ from nn.modules import (
 )
 from nn.progress import Progress, tracked
 
+if TYPE_CHECKING:
+    import transformers
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
 
 @dataclass
 class LlamaConfig:
@@ -41,7 +46,7 @@ class LlamaConfig:
     tie_word_embeddings: bool
 
     @classmethod
-    def from_hf(cls, hf_config) -> LlamaConfig:
+    def from_hf(cls, hf_config: transformers.LlamaConfig) -> LlamaConfig:
         if hf_config.hidden_act != "silu":
             raise ValueError(f"unsupported activation {hf_config.hidden_act!r}")
         # transformers >= 5 keeps RoPE settings in rope_parameters, older versions flat.
@@ -87,7 +92,7 @@ class Block(Module):
         return x + self.mlp(ops, self.mlp_norm(ops, x))
 
     @classmethod
-    def from_hf(cls, hf_layer, config: LlamaConfig) -> Block:
+    def from_hf(cls, hf_layer: LlamaDecoderLayer, config: LlamaConfig) -> Block:
         """Each RMSNorm's gain is folded into the projection it feeds."""
         a, m = hf_layer.self_attn, hf_layer.mlp
         eps = config.rms_norm_eps
@@ -161,7 +166,7 @@ class LlamaForCausalLM(Module):
         return KVCache.empty(len(self.blocks))
 
     @classmethod
-    def from_hf(cls, hf_model) -> LlamaForCausalLM:
+    def from_hf(cls, hf_model: transformers.LlamaForCausalLM) -> LlamaForCausalLM:
         """From a ``transformers`` LlamaForCausalLM (also loaded from GGUF)."""
         config = LlamaConfig.from_hf(hf_model.config)
         m = hf_model.model
