@@ -6,8 +6,7 @@ tightly.
 
 Protocols: :func:`products` runs several independent products in one multiplication
 round (plus one truncation for those that need it), :func:`linear_combination` applies
-public coefficients with a single truncation, and :func:`at_least_powers_of_two` finds the
-power-of-two bracket of a positive secret (reciprocal, rsqrt).
+public coefficients with a single truncation.
 """
 
 from __future__ import annotations
@@ -154,28 +153,3 @@ def row_max(x: ArithShare) -> ArithShare:
         winners = mux(less_than(left, right), right, left)
         current = cat([winners, current[..., n - 1:]], dim=-1) if n % 2 else winners
     return current
-
-
-def at_least_powers_of_two(x: ArithShare, positions: torch.Tensor) -> ArithShare:
-    """Integer 0/1 shares of [ring(x) >= 2^p] for each bit position p, in a new last dim.
-
-    One batched comparison per position (all in the same 10 rounds); cheaper in rounds than
-    bit decomposition + prefix-OR + B2A of every bit, and the per-row normalisations that use
-    it (reciprocal in softmax, rsqrt in LayerNorm) run on few elements, so bytes are small.
-    Cost: 10 rounds, 120 bytes per position per element per party.
-    """
-    thresholds = torch.pow(2, positions.to(torch.int64))
-    below = less_than(with_frac(x, 0).unsqueeze(-1), thresholds)
-    return 1 - below
-
-
-def bracket_combination(at_least: ArithShare, table: torch.Tensor) -> ArithShare:
-    """sum_p onehot_p * table_p for the one-hot of the power-of-two bracket (free).
-
-    ``at_least`` holds [v >= 2^p] for positions p_1 < ... < p_{W-1} (the lowest bracket
-    p_0 is assumed), ``table`` the public integer for each of the W brackets.  With
-    onehot_p = at_least_p - at_least_{p+1} the sum telescopes to
-    table_0 + sum_i at_least_i * (table_i - table_{i-1}).
-    """
-    steps = (table[1:] - table[:-1]).to(torch.int64)
-    return (at_least * steps).sum(-1) + int(table[0])

@@ -8,14 +8,11 @@ give 1/c with relative error e0^4 <= 5.4e-5, and 1/x = r2 * 2^-e.
 Source: SecretFlow-SPU ``fxp_approx.cc`` / ``reciprocal_goldschmidt`` (PUMA's division);
 eprint 2012/405 §6.1 for the iteration.
 
-Bit length: instead of bit decomposition + prefix-OR + B2A of every bit (SPU's
-``highestOneBit``: 8 + 6 + 2 = 16 rounds), the ring value v = x * 2^f is compared with
-every public power of two 2^p in the documented window in one batched comparison (10
-rounds); the one-hot of the bracket is the difference of neighbouring comparison bits, and
+Bit length: the one-hot of the power-of-two bracket of v = x * 2^f over the window
+(:mod:`protocols.approx.bracket`: by default one batched comparison with every public
+2^p, 10 rounds; or SPU's bit decomposition + prefix-OR + B2A, 16 rounds and fewer bytes);
 both secret powers of two the protocol needs (2^(2f-1-p) to normalise, 2^(f-1-p+E) to
-scale back) are dot products of it with public tables: free.  This costs 120 bytes per
-window position per element, which is small where it is used (one reciprocal per softmax
-row).  The scale 2^-e is applied to w0 before the iterations, carried with E extra
+scale back) are dot products of it with public tables: free.  The scale 2^-e is applied to w0 before the iterations, carried with E extra
 fractional bits so that small results keep their relative precision; this saves one
 multiplication level.
 
@@ -26,9 +23,10 @@ Error (measured): the iteration's relative error is <= 5.4e-5; the f-bit result 
 one ulp, 2^-f x relative.  Protocol vs 1/x: 3.7e-4 relative on [2^-10, 2^7] (bound 1e-3);
 with ``extra_bits=4``, 1.6e-4 on the whole default window.  Protocol vs twin: 4.7e-4
 relative (one or two ulp of the result).
-Cost (measured, default window W = 20): 20 rounds, 2408 bytes per element per party:
-comparisons (10 rounds, 120 (W - 1) bytes) and 4 product levels (three with truncation).
-Used once per row (softmax: W = 8, 7 comparisons), so the bytes are small.
+Cost (measured, default window W = 20), per element per party: 20 rounds, 2408 bytes
+with ``bracket="compare"`` (comparisons: 10 rounds, 120 (W - 1) bytes), 26 rounds, 600
+bytes with ``bracket="bits"``; plus 4 product levels (three with truncation) either way.
+Softmax uses it once per row (W = 8: 7 comparisons), where rounds matter more than bytes.
 """
 
 from __future__ import annotations
@@ -38,12 +36,11 @@ import torch
 from mpc.arith import ArithShare
 from protocols.approx._common import (
     FRAC_BITS,
-    at_least_powers_of_two,
-    bracket_combination,
     products,
     quantize,
     with_frac,
 )
+from protocols.approx.bracket import bracket_dot, power_of_two_bracket
 
 GOLDSCHMIDT_W0_OFFSET = 2.9142
 GOLDSCHMIDT_W0_SLOPE = -2.0
@@ -80,9 +77,17 @@ def reciprocal_twin(
 
 
 def reciprocal(
-    x: ArithShare, lo_exp: int = DEFAULT_LO_EXP, hi_exp: int = DEFAULT_HI_EXP, extra_bits: int = 0
+    x: ArithShare,
+    lo_exp: int = DEFAULT_LO_EXP,
+    hi_exp: int = DEFAULT_HI_EXP,
+    extra_bits: int = 0,
+    bracket: str = "compare",
 ) -> ArithShare:
-    """1/x for secret x in [2^lo_exp, 2^hi_exp); the result has f + ``extra_bits`` bits."""
+    """1/x for secret x in [2^lo_exp, 2^hi_exp); the result has f + ``extra_bits`` bits.
+
+    ``bracket`` picks how the bit length is found (:mod:`protocols.approx.bracket`):
+    "compare" (fewest rounds) or "bits" (fewest bytes, for large tensors).
+    """
     party = x.party
     f = party.fxp.frac_bits
     if x.frac_bits != f:
@@ -92,9 +97,9 @@ def reciprocal(
     wide = hi_exp  # extra fractional bits of the scaled guess (so 2^(f-1-p+wide) >= 1)
     positions = torch.arange(f + lo_exp, f + hi_exp)  # bit position p of v = x * 2^f
     with party.comm.scope("reciprocal"):
-        at_least = at_least_powers_of_two(x, positions[1:])
-        normalise = bracket_combination(at_least, torch.pow(2, 2 * f - 1 - positions))
-        rescale = bracket_combination(at_least, torch.pow(2, f - 1 - positions + wide))
+        onehot = power_of_two_bracket(x, positions, bracket)
+        normalise = bracket_dot(onehot, torch.pow(2, 2 * f - 1 - positions))
+        rescale = bracket_dot(onehot, torch.pow(2, f - 1 - positions + wide))
         # c = v * 2^(2f-1-p) / 2^(2f): in [0.5, 1) with f bits.
         (c,) = products([(x, with_frac(normalise, f))])
         w0 = c * int(GOLDSCHMIDT_W0_SLOPE) + GOLDSCHMIDT_W0_OFFSET

@@ -7,7 +7,7 @@ has relative error 8.2e-5 on [0.25, 0.5), so no Newton step is needed.  Then
     rsqrt(x) = rsqrt(u) * 2^(-(e+1)/2),
 where the factor, including the sqrt(2) of odd exponents (SPU's parity correction), and an
 optional public ``scale`` are one public table entry per bracket: the bracket's one-hot
-(from comparisons with public powers of two, see :mod:`protocols.approx.reciprocal`) dotted
+(:mod:`protocols.approx.bracket`) dotted
 with the table gives the secret factor for free.  The factor carries E extra fractional bits
 (as many as the ring allows) so that small results keep their relative precision.
 
@@ -17,9 +17,10 @@ bits (f + 8 at f = 18) so the large alternating coefficients add little; the res
 (2^-(f + extra_bits) / rsqrt(x) relative).  Protocol vs 1/sqrt(x): 4.0e-4 relative over
 the default window (bound 1e-3), 9.7e-5 with ``extra_bits=4``; protocol vs twin 4.7e-4
 (one or two ulp of the result).
-Cost (measured, default window W = 28): 22 rounds, 3376 bytes per element per party:
-comparisons (10 rounds, 120 (W - 1) bytes), 4 product levels, the polynomial's
-truncation.  Used once per row (LayerNorm, RMSNorm), so the bytes are small.
+Cost (measured, default window W = 28), per element per party: 22 rounds, 3376 bytes with
+``bracket="compare"`` (comparisons: 10 rounds, 120 (W - 1) bytes), 28 rounds, 736 bytes
+with ``bracket="bits"``; plus 4 product levels and the polynomial's truncation.
+LayerNorm and RMSNorm use it once per row, where rounds matter more than bytes.
 """
 
 from __future__ import annotations
@@ -31,13 +32,12 @@ import torch
 from mpc.arith import ArithShare
 from protocols.approx._common import (
     FRAC_BITS,
-    at_least_powers_of_two,
-    bracket_combination,
     linear_combination,
     products,
     quantize,
     with_frac,
 )
+from protocols.approx.bracket import bracket_dot, power_of_two_bracket
 
 # rsqrt(u) on [0.25, 0.5): coefficients of u^1..u^4 and the constant (SPU).
 RSQRT_COEFFS = (-15.47994394, 38.4714796, -49.86605845, 26.02942339)
@@ -92,8 +92,12 @@ def rsqrt(
     hi_exp: int = DEFAULT_HI_EXP,
     scale: float = 1.0,
     extra_bits: int = 0,
+    bracket: str = "compare",
 ) -> ArithShare:
     """scale / sqrt(x) for secret x in [2^lo_exp, 2^hi_exp), public ``scale`` > 0.
+
+    ``bracket`` picks how the bit length is found (:mod:`protocols.approx.bracket`):
+    "compare" (fewest rounds) or "bits" (fewest bytes, for large tensors).
 
     The result has f + ``extra_bits`` fractional bits (more relative precision for small
     results, e.g. LayerNorm of rows with a large variance).
@@ -111,9 +115,9 @@ def rsqrt(
     extra = _factor_bits(f, lo_exp, scale)
     factors = torch.round(scale * torch.pow(2.0, f + extra - exponents / 2)).to(torch.int64)
     with party.comm.scope("rsqrt"):
-        at_least = at_least_powers_of_two(x, positions[1:])
-        normalise = bracket_combination(at_least, torch.pow(2, 2 * f - 2 - positions + lift))
-        factor = bracket_combination(at_least, factors)
+        onehot = power_of_two_bracket(x, positions, bracket)
+        normalise = bracket_dot(onehot, torch.pow(2, 2 * f - 2 - positions + lift))
+        factor = bracket_dot(onehot, factors)
         wide = max(f, POWER_BITS)
         (u,) = products([(x, with_frac(normalise, f + lift))], out_frac=[wide])
         (u2,) = products([(u, u)], out_frac=[wide])

@@ -1,7 +1,9 @@
 """reciprocal and rsqrt: relative error <= 1e-3 over their documented ranges, and cost."""
 
+import pytest
 import torch
 
+from protocols.approx.bracket import power_of_two_bracket
 from protocols.approx.reciprocal import reciprocal, reciprocal_twin
 from protocols.approx.rsqrt import rsqrt, rsqrt_twin
 from tests.protocols.approx_helpers import on_grid, run_protocol
@@ -47,3 +49,24 @@ def test_rsqrt_public_scale_is_free():
     y, traffic = run_protocol(rsqrt, RSQRT_X, scale=27.7)
     assert (y * RSQRT_X.sqrt() / 27.7 - 1).abs().max() <= 1e-3
     assert traffic.rounds <= 25
+
+
+@pytest.mark.parametrize("method", ["compare", "bits"])
+def test_bracket_onehot_saturates_at_the_window_ends(method):
+    """Window p in [f-3, f+3): values below land in p_0, above in p_{W-1}; both methods agree."""
+    xs = on_grid(torch.tensor([2.0**-6, 0.125, 0.2, 0.5, 1.0, 1.5, 3.9, 4.0, 7.99, 8.0, 1000.0],
+                              dtype=torch.float64))
+    positions = torch.arange(18 - 3, 18 + 3)
+    onehot, _ = run_protocol(lambda x: power_of_two_bracket(x, positions, method), xs)
+    _, e = torch.frexp(xs)  # x in [2^(e-1), 2^e): bracket p = f + e - 1
+    expected = ((e - 1).clamp(-3, 2) + 3).to(torch.int64)
+    assert torch.equal(onehot, torch.nn.functional.one_hot(expected, 6))
+
+
+@pytest.mark.parametrize("method", ["compare", "bits"])
+def test_bracket_methods_give_the_same_results(method):
+    """Both bit-length methods feed the same Goldschmidt/quartic steps: same accuracy."""
+    y, _ = run_protocol(reciprocal, RECIPROCAL_X, bracket=method)
+    assert (y * RECIPROCAL_X - 1).abs().max() <= 1e-3
+    y, _ = run_protocol(rsqrt, RSQRT_X, bracket=method)
+    assert (y * RSQRT_X.sqrt() - 1).abs().max() <= 1e-3
