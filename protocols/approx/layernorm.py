@@ -24,9 +24,11 @@ protocol's truncations round up or down where the twin rounds to nearest.
 gamma is narrowed once to 13 fractional bits (a truncation of n elements batched with
 the mean's), so x * r (kept at 2f bits) * gamma needs a single elementwise truncation.
 Cost per row of n, per party: the mean with gamma's narrowing (2 rounds), S (3 rounds, one
-element), rsqrt (about 22 rounds, 120 * 33 + 120 bytes), then two elementwise products and
-one truncation (4 rounds, 32 bytes per element).  128x768: 31 rounds, 3.7 MB (SPU: 55
-send steps, 3.2 MB), see benchmarks/nonlinear.py.
+element), rsqrt (22 rounds, 120 * 33 + 120 bytes; with ``bracket="bits"`` 28 rounds and 700
+bytes), then two elementwise products and one truncation (4 rounds, 32 bytes per element).
+Measured, 128x768 (benchmarks/nonlinear.py): 31 rounds, 3.69 MB; with ``bracket="bits"``
+37 rounds, 3.27 MB; without the affine step (gamma and beta folded into the next linear
+layer by the model owner) 30 rounds, 2.89 MB.  SPU's PUMA: 55 send steps, 3.2 MB.
 """
 
 from __future__ import annotations
@@ -77,14 +79,19 @@ def _row_dot(x: ArithShare, headroom_bits: int) -> ArithShare:
 
 
 def _normalise(
-    x: ArithShare, sum_sq: ArithShare, gamma: ArithShare | None, eps: float, headroom_bits: int
+    x: ArithShare,
+    sum_sq: ArithShare,
+    gamma: ArithShare | None,
+    eps: float,
+    headroom_bits: int,
+    bracket: str,
 ) -> ArithShare:
     """x * sqrt(n) rsqrt(S + n eps) [* gamma], with sum_sq = S / 4^h, gamma narrowed."""
     n = x.shape[-1]
     f = x.frac_bits
     lift = 2.0**headroom_bits
     r = rsqrt(sum_sq + n * eps / lift**2, NORM_LO_EXP, NORM_HI_EXP, math.sqrt(n) / lift,
-              RSQRT_EXTRA_BITS)
+              RSQRT_EXTRA_BITS, bracket)
     if gamma is None or gamma.frac_bits == f and _gamma_bits(f) is None:
         (y,) = products([(x, r)], out_frac=[f])
         return y if gamma is None else products([(y, gamma)])[0]
@@ -150,8 +157,12 @@ def layernorm(
     bias: ArithShare | None,
     eps: float = 1e-5,
     headroom_bits: int = 0,
+    bracket: str = "compare",
 ) -> ArithShare:
     """LayerNorm of secret rows with secret gamma (``weight``) and beta (``bias``).
+
+    ``bracket`` is rsqrt's bit-length method: "compare" (fewest rounds) or "bits" (6 rounds
+    more, 3.3 instead of 3.7 MB for 128x768).
 
     ``weight=None`` (and ``bias=None``) skips the affine step, for a model owner who folds
     gamma and beta into the next linear layer before sharing it: 24 instead of 32 bytes
@@ -167,7 +178,7 @@ def layernorm(
         )
         d = x - mean
         (sum_sq,) = truncate_together([(_row_dot(d, headroom_bits), x.frac_bits)])
-        y = _normalise(d, sum_sq, gamma[0] if gamma else None, eps, headroom_bits)
+        y = _normalise(d, sum_sq, gamma[0] if gamma else None, eps, headroom_bits, bracket)
         return y if bias is None else y + bias
 
 
@@ -184,10 +195,14 @@ def rmsnorm_twin(
 
 
 def rmsnorm(
-    x: ArithShare, weight: ArithShare | None, eps: float = 1e-6, headroom_bits: int = 0
+    x: ArithShare,
+    weight: ArithShare | None,
+    eps: float = 1e-6,
+    headroom_bits: int = 0,
+    bracket: str = "compare",
 ) -> ArithShare:
     """RMSNorm of secret rows with secret gamma (``weight``; None: gamma folded elsewhere)."""
     with x.party.comm.scope("rmsnorm"):
         raw = _row_dot(x, headroom_bits)
         sum_sq, *gamma = truncate_together([(raw, x.frac_bits), *_narrow(weight)])
-        return _normalise(x, sum_sq, gamma[0] if gamma else None, eps, headroom_bits)
+        return _normalise(x, sum_sq, gamma[0] if gamma else None, eps, headroom_bits, bracket)
