@@ -63,6 +63,8 @@ def power_of_two_bracket(x: ArithShare, positions: torch.Tensor, method: str = "
     if method not in METHODS:
         raise ValueError(f"unknown bracket method {method!r}: expected one of {METHODS}")
     v = with_frac(x, 0)
+    if positions.numel() == 1:  # a one-position window: the bracket is known
+        return ArithShare.from_public(v.party, torch.ones(1, dtype=torch.int64)).expand(*v.shape, 1)
     if method == "compare":
         return _by_comparison(v, positions)
     return _by_bits(v, positions)

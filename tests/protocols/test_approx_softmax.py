@@ -40,3 +40,11 @@ def test_protocol_matches_twin_and_bound(mask):
     if mask is not None:
         assert y[..., ~mask].eq(0).all()
     assert traffic.rounds <= 140
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_short_rows(n):
+    """Rows of 1-3 logits (the first decoding steps): the row-sum window is 1-2 positions."""
+    x = torch.randn(2, 3, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64) * 3
+    y, _ = run_protocol(softmax, x)
+    assert (y - torch.softmax(x, -1)).abs().max() <= 0.01
