@@ -18,7 +18,7 @@ import torch
 from proto import veil_pb2
 
 CHUNK_BYTES = 1 << 20
-MAX_TENSOR_BYTES = 1 << 40  # refuse absurd headers before allocating anything
+MAX_TENSOR_BYTES = 16 << 30  # refuse absurd headers before allocating anything
 MAX_DIMS = 32
 
 DTYPES: dict[str, torch.dtype] = {
@@ -127,8 +127,11 @@ class Reassembler:
                 f"{nbytes}-byte tensor announced in {chunk.chunk_count} chunks, "
                 f"expected {expected_chunks}"
             )
+        try:
+            self._buffer = bytearray(nbytes)
+        except MemoryError:
+            raise WireError(f"cannot allocate {nbytes} bytes for an incoming tensor") from None
         self._header = chunk
-        self._buffer = bytearray(nbytes)
         self._filled = 0
 
     def _check_continuation(self, chunk: veil_pb2.TensorChunk) -> None:

@@ -150,3 +150,10 @@ def test_party_reports_config_errors(cluster_dir, capsys) -> None:
     assert main(["party", "--config", str(cluster_dir / "cluster.toml"), "--rank", "5"]) == 2
     assert "unknown party rank 5" in capsys.readouterr().err
     assert main(["launch", "--config", str(cluster_dir / "missing.toml")]) == 2
+
+
+def test_demo_is_delegated_to_nn(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--help"])
+    assert info.value.code == 0
+    assert "usage: veil demo" in capsys.readouterr().out

@@ -66,6 +66,7 @@ def header(**fields) -> veil_pb2.TensorChunk:
         (header(chunk_count=2), "chunks"),
         (header(chunk_index=1), "starts at chunk"),
         (header(shape=[1 << 40]), "limit"),
+        (header(shape=[1 << 31, 1 << 31]), "limit"),
     ],
 )
 def test_malformed_chunks_rejected(chunk: veil_pb2.TensorChunk, message: str) -> None:
