@@ -1,1 +1,24 @@
-"""PUMA's nonlinear functions as MPC protocols, each beside its plaintext float twin."""
+"""PUMA's nonlinear functions as MPC protocols, each beside its plaintext float twin.
+
+Every module holds one function as a protocol on :class:`mpc.ArithShare` and its ``*_twin``:
+the same formula in float64, rounded to the fixed-point grid where the protocol truncates,
+so that tests and benchmarks separate approximation error (twin vs exact torch) from
+protocol error (protocol vs twin).  Each docstring gives the formula, its source, the
+valid input range, the error and the cost.
+
+Measured at f = 18 (benchmarks/nonlinear.py; bytes sent and rounds of the busiest party):
+
+    function                         error vs exact        rounds  bytes / party
+    exp (quadratic, t = 5, clip)     2.4e-4 abs on [-14,0]    27    272 / element
+    reciprocal (window 2^-10..2^10)  3.7e-4 rel               20    2408 / element
+    rsqrt (window 2^-14..2^14)       4.0e-4 rel               22    3376 / element
+    gelu 128x768 (symmetric)         9.3e-3 (PUMA's: 2.0e-2)  21    33.8 MB (SPU 30.7 MB, 55)
+    silu (symmetric)                 3.4e-2 (PUMA's: 7.2e-2)  20    344 / element
+    softmax 12x128x128               3.9e-3                  128    81.5 MB (SPU 47.0 MB, 160)
+    layernorm 128x768                6.6e-4                   31    3.7 MB (SPU 3.2 MB, 55)
+    embedding 128 of 30522x768       exact                    15    36.3 MB
+    argmax over 49152                exact                   191    6.7 MB
+
+Modules: exp, reciprocal, rsqrt (with bracket, the secret's bit length), gelu, silu (with
+_piecewise), softmax, layernorm (LayerNorm and RMSNorm), embedding, argmax, tanh.
+"""
