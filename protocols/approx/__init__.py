@@ -16,7 +16,7 @@ Measured at f = 18 (benchmarks/nonlinear.py; bytes sent and rounds of the busies
     silu (symmetric)                 3.4e-2 (PUMA's: 7.2e-2)  20    344 / element
     softmax 12x128x128               3.9e-3                  128    81.5 MB (SPU 47.0 MB, 160)
     layernorm 128x768                6.6e-4                   31    3.7 MB (SPU 3.2 MB, 55)
-    embedding 128 of 30522x768       exact                    15    36.3 MB
+    embedding 128 of 30522x768       exact                    15    34.0 MB
     argmax over 49152                exact                   191    6.7 MB
 
 Modules: exp, reciprocal, rsqrt (with bracket, the secret's bit length), gelu, silu (with
