@@ -66,14 +66,12 @@ def products(
         raw_fracs.append(x.frac_bits + y.frac_bits)
     if out_frac is None:
         out_frac = [None] * len(pairs)
-    targets = [
-        (min(raw, f) if want is None else want) for raw, want in zip(raw_fracs, out_frac)
-    ]
+    targets = [(min(raw, f) if want is None else want) for raw, want in zip(raw_fracs, out_frac)]
     flat = mul(cat(xs), cat(ys)) if len(xs) > 1 else mul(xs[0], ys[0])
     pieces, start = [], 0
     for shape, raw in zip(shapes, raw_fracs):
         n = shape.numel()
-        pieces.append(with_frac(flat[start:start + n], raw))
+        pieces.append(with_frac(flat[start : start + n], raw))
         start += n
     by_shift: dict[int, list[int]] = {}
     for i, (raw, target) in enumerate(zip(raw_fracs, targets)):
@@ -82,12 +80,16 @@ def products(
         if target < raw:
             by_shift.setdefault(raw - target, []).append(i)
     for shift, members in by_shift.items():
-        joined = cat([with_frac(pieces[i], 0) for i in members]) if len(members) > 1 else pieces[members[0]]
+        joined = (
+            cat([with_frac(pieces[i], 0) for i in members])
+            if len(members) > 1
+            else pieces[members[0]]
+        )
         cut = truncate(with_frac(joined, shift), shift)
         start = 0
         for i in members:
             n = pieces[i].numel()
-            pieces[i] = with_frac(cut[start:start + n], targets[i])
+            pieces[i] = with_frac(cut[start : start + n], targets[i])
             start += n
     return [p.reshape(*shape) for p, shape in zip(pieces, shapes)]
 
@@ -132,7 +134,7 @@ def truncate_together(parts: Sequence[tuple[ArithShare, int]]) -> list[ArithShar
     out, start = [], 0
     for x, m in parts:
         n = x.numel()
-        out.append(with_frac(cut[start:start + n], x.frac_bits - m).reshape(*x.shape))
+        out.append(with_frac(cut[start : start + n], x.frac_bits - m).reshape(*x.shape))
         start += n
     return out
 
@@ -149,7 +151,7 @@ def row_max(x: ArithShare) -> ArithShare:
     while current.shape[-1] > 1:
         n = current.shape[-1]
         pairs = n // 2
-        left, right = current[..., 0:2 * pairs:2], current[..., 1:2 * pairs:2]
+        left, right = current[..., 0 : 2 * pairs : 2], current[..., 1 : 2 * pairs : 2]
         winners = mux(less_than(left, right), right, left)
-        current = cat([winners, current[..., n - 1:]], dim=-1) if n % 2 else winners
+        current = cat([winners, current[..., n - 1 :]], dim=-1) if n % 2 else winners
     return current

@@ -39,7 +39,7 @@ def _by_comparison(v: ArithShare, positions: torch.Tensor) -> ArithShare:
     at_least = 1 - less_than(v.unsqueeze(-1), thresholds)  # [v >= 2^p], p = p_1 .. p_{W-1}
     width = positions.numel()
     first = 1 - at_least[..., 0:1]
-    last = at_least[..., width - 2:width - 1]
+    last = at_least[..., width - 2 : width - 1]
     middle = [at_least[..., : width - 2] - at_least[..., 1:]] if width > 2 else []
     return cat([first, *middle, last], dim=-1)
 
@@ -58,7 +58,9 @@ def _by_bits(v: ArithShare, positions: torch.Tensor) -> ArithShare:
     return b2a_bit(BoolShare(v.party, window))
 
 
-def power_of_two_bracket(x: ArithShare, positions: torch.Tensor, method: str = "compare") -> ArithShare:
+def power_of_two_bracket(
+    x: ArithShare, positions: torch.Tensor, method: str = "compare"
+) -> ArithShare:
     """Integer one-hot (..., W) of the bracket of ring(x) over the window ``positions``."""
     if method not in METHODS:
         raise ValueError(f"unknown bracket method {method!r}: expected one of {METHODS}")

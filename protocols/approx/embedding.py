@@ -32,7 +32,9 @@ from protocols.approx._common import FRAC_BITS, products, quantize
 from protocols.conversions import a2b, b2a_bit
 
 
-def embedding_twin(ids: torch.Tensor, table: torch.Tensor, frac_bits: int | None = FRAC_BITS) -> torch.Tensor:
+def embedding_twin(
+    ids: torch.Tensor, table: torch.Tensor, frac_bits: int | None = FRAC_BITS
+) -> torch.Tensor:
     """Float twin of :func:`embedding` (the exact rows, rounded like the shared table)."""
     return quantize(table.to(torch.float64), frac_bits)[ids]
 

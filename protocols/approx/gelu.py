@@ -73,11 +73,15 @@ def gelu_twin(
         x6 = quantize(x4 * x2, frac_bits)
         terms = (x, x2, x4, x6)
         inner = quantize(sum(c * t for c, t in zip(GELU_SYMMETRIC, terms)), frac_bits)
-        return symmetric_select_twin(x, GELU_SYMMETRIC_BOUND, inner + GELU_SYMMETRIC_CONSTANT, frac_bits)
+        return symmetric_select_twin(
+            x, GELU_SYMMETRIC_BOUND, inner + GELU_SYMMETRIC_CONSTANT, frac_bits
+        )
     x3, x4 = quantize(x2 * x, frac_bits), quantize(x2 * x2, frac_bits)
     x6 = quantize(x3 * x3, frac_bits)
     f0 = quantize(sum(c * t for c, t in zip(GELU_F0, (x, x2, x3))), frac_bits) + GELU_F0_CONSTANT
-    f1 = quantize(sum(c * t for c, t in zip(GELU_F1, (x, x2, x4, x6))), frac_bits) + GELU_F1_CONSTANT
+    f1 = (
+        quantize(sum(c * t for c, t in zip(GELU_F1, (x, x2, x4, x6))), frac_bits) + GELU_F1_CONSTANT
+    )
     return select_twin(x, GELU_BOUNDS, f0, f1, frac_bits)
 
 

@@ -90,8 +90,14 @@ def _normalise(
     n = x.shape[-1]
     f = x.frac_bits
     lift = 2.0**headroom_bits
-    r = rsqrt(sum_sq + n * eps / lift**2, NORM_LO_EXP, NORM_HI_EXP, math.sqrt(n) / lift,
-              RSQRT_EXTRA_BITS, bracket)
+    r = rsqrt(
+        sum_sq + n * eps / lift**2,
+        NORM_LO_EXP,
+        NORM_HI_EXP,
+        math.sqrt(n) / lift,
+        RSQRT_EXTRA_BITS,
+        bracket,
+    )
     if gamma is None or gamma.frac_bits == f and _gamma_bits(f) is None:
         (y,) = products([(x, r)], out_frac=[f])
         return y if gamma is None else products([(y, gamma)])[0]
@@ -121,8 +127,9 @@ def _normalise_twin(
     narrow = quantize(x / lift, frac_bits)
     sum_sq = quantize((narrow * narrow).sum(-1, keepdim=True), frac_bits)
     offset = quantize(torch.tensor(n * eps / lift**2, dtype=torch.float64), frac_bits)
-    r = rsqrt_twin(sum_sq + offset, NORM_LO_EXP, NORM_HI_EXP, math.sqrt(n) / lift, frac_bits,
-                   RSQRT_EXTRA_BITS)
+    r = rsqrt_twin(
+        sum_sq + offset, NORM_LO_EXP, NORM_HI_EXP, math.sqrt(n) / lift, frac_bits, RSQRT_EXTRA_BITS
+    )
     if weight is None:
         return quantize(x * r, frac_bits)
     weight = weight.to(torch.float64)

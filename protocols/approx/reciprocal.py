@@ -12,7 +12,8 @@ Bit length: the one-hot of the power-of-two bracket of v = x * 2^f over the wind
 (:mod:`protocols.approx.bracket`: by default one batched comparison with every public
 2^p, 10 rounds; or SPU's bit decomposition + prefix-OR + B2A, 16 rounds and fewer bytes);
 both secret powers of two the protocol needs (2^(2f-1-p) to normalise, 2^(f-1-p+E) to
-scale back) are dot products of it with public tables: free.  The scale 2^-e is applied to w0 before the iterations, carried with E extra
+scale back) are dot products of it with public tables: free.  The scale 2^-e is applied
+to w0 before the iterations, carried with E extra
 fractional bits so that small results keep their relative precision; this saves one
 multiplication level.
 
@@ -103,9 +104,7 @@ def reciprocal(
         # c = v * 2^(2f-1-p) / 2^(2f): in [0.5, 1) with f bits.
         (c,) = products([(x, with_frac(normalise, f))])
         w0 = c * int(GOLDSCHMIDT_W0_SLOPE) + GOLDSCHMIDT_W0_OFFSET
-        cw0, w0_scaled = products(
-            [(c, w0), (w0, with_frac(rescale, wide))], out_frac=[f, f + wide]
-        )
+        cw0, w0_scaled = products([(c, w0), (w0, with_frac(rescale, wide))], out_frac=[f, f + wide])
         e0 = 1 - cw0
         r1, e1 = products([(w0_scaled, 1 + e0), (e0, e0)], out_frac=[f + wide, f])
         (r,) = products([(r1, 1 + e1)], out_frac=[f + extra_bits])

@@ -71,7 +71,9 @@ def silu_twin(
     if variant == "symmetric":
         terms = (x, x2, x4, x6)
         inner = quantize(sum(c * t for c, t in zip(SILU_SYMMETRIC, terms)), frac_bits)
-        return symmetric_select_twin(x, SILU_SYMMETRIC_BOUND, inner + SILU_SYMMETRIC_CONSTANT, frac_bits)
+        return symmetric_select_twin(
+            x, SILU_SYMMETRIC_BOUND, inner + SILU_SYMMETRIC_CONSTANT, frac_bits
+        )
     q = quantize(sum(c * t for c, t in zip(SILU_Q, (x, x2))), frac_bits) + SILU_Q_CONSTANT
     p = quantize(sum(c * t for c, t in zip(SILU_P, (x, x2, x4, x6))), frac_bits) + SILU_P_CONSTANT
     return select_twin(x, SILU_BOUNDS, q, p, frac_bits)
@@ -87,7 +89,9 @@ def silu(x: ArithShare, variant: str = "symmetric") -> ArithShare:
     _check(variant)
     with x.party.comm.scope("silu"):
         symmetric = variant == "symmetric"
-        bits = symmetric_bits(x, SILU_SYMMETRIC_BOUND) if symmetric else segment_bits(x, SILU_BOUNDS)
+        bits = (
+            symmetric_bits(x, SILU_SYMMETRIC_BOUND) if symmetric else segment_bits(x, SILU_BOUNDS)
+        )
         (x2,) = products([(x, x)])
         (x4,) = products([(x2, x2)])
         (x6,) = products([(x4, x2)])

@@ -26,7 +26,9 @@ def run_protocol(
     run ``protocol`` on the shares, and return party 0's opened result and traffic."""
 
     def fn(party: mpc.Party) -> tuple[Any, Traffic]:
-        shares = [mpc.share(party, x, owner=0) if isinstance(x, torch.Tensor) else x for x in inputs]
+        shares = [
+            mpc.share(party, x, owner=0) if isinstance(x, torch.Tensor) else x for x in inputs
+        ]
         party.comm.stats.by_scope.clear()
         out = protocol(*shares, **kwargs)
         traffic = party.comm.stats.total()

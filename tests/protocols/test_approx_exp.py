@@ -6,12 +6,19 @@ import torch
 from protocols.approx.exp import exp, exp_twin
 from tests.protocols.approx_helpers import on_grid, run_protocol
 
-X = on_grid(torch.cat([torch.linspace(-20, 0, 2001, dtype=torch.float64), torch.tensor([-1e4, -14.01])]))
+X = on_grid(
+    torch.cat([torch.linspace(-20, 0, 2001, dtype=torch.float64), torch.tensor([-1e4, -14.01])])
+)
 
 
 @pytest.mark.parametrize(
     ("squarings", "base", "bound"),
-    [(5, "quadratic", 2.5e-4), (6, "quadratic", 2e-4), (5, "linear", 8.7e-3), (8, "linear", 1.2e-3)],
+    [
+        (5, "quadratic", 2.5e-4),
+        (6, "quadratic", 2e-4),
+        (5, "linear", 8.7e-3),
+        (8, "linear", 1.2e-3),
+    ],
 )
 def test_twin_abs_error_on_minus_14_to_0(squarings, base, bound):
     """Range [-14, 0] (0 below): the documented table of the module."""
@@ -31,7 +38,7 @@ def test_protocol_matches_twin_and_costs():
 
 
 def test_protocol_without_clip_is_cheaper():
-    """Range [-50, 0] for clip=None (where p(x/32)^32 stays near exp): 18 rounds, 144 bytes per element."""
+    """Range [-50, 0] for clip=None (p(x/32)^32 stays near exp): 18 rounds, 144 bytes."""
     xs = on_grid(torch.linspace(-50, 0, 501, dtype=torch.float64))
     y, traffic = run_protocol(exp, xs, clip=None)
     assert (y - exp_twin(xs, clip=None)).abs().max() <= 2.5e-4

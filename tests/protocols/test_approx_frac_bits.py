@@ -27,7 +27,10 @@ def test_elementwise(f):
     fxp = mpc.FixedPoint(f)
     ulp = 2.0**-f
     x = _grid(torch.linspace(-10, 10, 401, dtype=torch.float64), f)
-    for protocol, twin, exact, bound in ((gelu, gelu_twin, F.gelu, 0.02), (silu, silu_twin, F.silu, 0.075)):
+    for protocol, twin, exact, bound in (
+        (gelu, gelu_twin, F.gelu, 0.02),
+        (silu, silu_twin, F.silu, 0.075),
+    ):
         y, _ = run_protocol(protocol, x, fxp=fxp)
         assert (y - twin(x, frac_bits=f)).abs().max() <= 4 * ulp + 2e-6  # + coefficient rounding
         assert (y - exact(x)).abs().max() <= bound
@@ -49,7 +52,9 @@ def test_rows(f):
     y, _ = run_protocol(softmax, logits, fxp=fxp)
     assert (y - softmax_twin(logits, frac_bits=f)).abs().max() <= (5e-4 if f < 16 else 1e-4)
     assert (y - torch.softmax(logits, -1)).abs().max() <= 0.01
-    x = torch.randn(4, 256, generator=g, dtype=torch.float64) * torch.tensor([[0.1], [1.0], [3.0], [10.0]])
+    x = torch.randn(4, 256, generator=g, dtype=torch.float64) * torch.tensor(
+        [[0.1], [1.0], [3.0], [10.0]]
+    )
     weight = 1 + 0.1 * torch.randn(256, generator=g, dtype=torch.float64)
     bias = 0.1 * torch.randn(256, generator=g, dtype=torch.float64)
     y, _ = run_protocol(layernorm, x, weight, bias, fxp=fxp)

@@ -18,7 +18,10 @@ CAUSAL = torch.tril(torch.ones(128, 128, dtype=torch.bool))
 @pytest.mark.parametrize("mask", [None, CAUSAL], ids=["plain", "causal"])
 def test_softmax_12x128x128_within_0_01(mask):
     """Logits ~ N(0, 3^2): max abs error <= 0.01 vs torch.softmax; < 160 rounds (SPU)."""
-    x = torch.randn(12, 128, 128, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    x = (
+        torch.randn(12, 128, 128, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        * 3
+    )
     y, traffic = run_protocol(softmax, x, mask=mask)
     reference = torch.softmax(x if mask is None else x.masked_fill(~mask, float("-inf")), -1)
     assert (y - reference).abs().max() <= 0.01

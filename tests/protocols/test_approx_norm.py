@@ -26,7 +26,9 @@ def _rms_reference(x, weight, eps):
 
 def test_twins_on_128x768():
     x, weight, bias = _rows(128)
-    assert (layernorm_twin(x, weight, bias) - F.layer_norm(x, (768,), weight, bias, 1e-5)).abs().max() <= BOUND
+    assert (
+        layernorm_twin(x, weight, bias) - F.layer_norm(x, (768,), weight, bias, 1e-5)
+    ).abs().max() <= BOUND
     assert (rmsnorm_twin(x, weight) - _rms_reference(x, weight, 1e-6)).abs().max() <= BOUND
 
 

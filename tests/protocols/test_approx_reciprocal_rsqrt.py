@@ -54,8 +54,11 @@ def test_rsqrt_public_scale_is_free():
 @pytest.mark.parametrize("method", ["compare", "bits"])
 def test_bracket_onehot_saturates_at_the_window_ends(method):
     """Window p in [f-3, f+3): values below land in p_0, above in p_{W-1}; both methods agree."""
-    xs = on_grid(torch.tensor([2.0**-6, 0.125, 0.2, 0.5, 1.0, 1.5, 3.9, 4.0, 7.99, 8.0, 1000.0],
-                              dtype=torch.float64))
+    xs = on_grid(
+        torch.tensor(
+            [2.0**-6, 0.125, 0.2, 0.5, 1.0, 1.5, 3.9, 4.0, 7.99, 8.0, 1000.0], dtype=torch.float64
+        )
+    )
     positions = torch.arange(18 - 3, 18 + 3)
     onehot, _ = run_protocol(lambda x: power_of_two_bracket(x, positions, method), xs)
     _, e = torch.frexp(xs)  # x in [2^(e-1), 2^e): bracket p = f + e - 1
