@@ -70,3 +70,20 @@ def test_failure_reraised_with_party_traceback(grpc_cluster) -> None:
         grpc_cluster.run(fails_at_rank_0)
     assert any("traceback at party 0" in note for note in info.value.__notes__)
     assert grpc_cluster.run(check)[0].startswith("party 0: health check ok")
+
+
+def hung_at_rank_2(party):
+    if party.rank == 2:
+        time.sleep(600)
+    party.comm.timeout = 1.0
+    return party.comm.recv(2)
+
+
+def test_hung_party_process_is_killed_after_grace(grpc_cluster, monkeypatch) -> None:
+    monkeypatch.setattr(grpc_cluster, "grace", 1.0)
+    start = time.monotonic()
+    outcomes = grpc_cluster.run_all(hung_at_rank_2)
+    assert time.monotonic() - start < 10
+    assert isinstance(outcomes[0].error, PeerTimeoutError) and outcomes[0].error.peer == 2
+    assert isinstance(outcomes[2].error, PeerError) and "still busy" in str(outcomes[2].error)
+    assert grpc_cluster.run(check)[2].startswith("party 2: health check ok")
