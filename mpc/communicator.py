@@ -31,6 +31,11 @@ class PeerError(RuntimeError):
     def __init__(self, peer: int, message: str):
         super().__init__(f"party {peer}: {message}")
         self.peer = peer
+        self.detail = message
+
+    def __reduce__(self):
+        # Picklable, so a party process can report it to the launcher.
+        return (type(self), (self.peer, self.detail))
 
 
 class PeerTimeoutError(PeerError, TimeoutError):

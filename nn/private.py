@@ -43,10 +43,16 @@ from protocols.approx import tanh as tanh_protocol
 
 
 class MPCBackend:
-    """:class:`nn.backend.Backend` on :class:`mpc.ArithShare` values at one party."""
+    """:class:`nn.backend.Backend` on :class:`mpc.ArithShare` values at one party.
 
-    def __init__(self, party: mpc.Party):
+    ``norm_headroom_bits`` is passed to the LayerNorm/RMSNorm protocols: rows whose sum
+    of squares would overflow their range (e.g. SmolLM2's attention-sink position, with
+    |x| up to ~25,000) are first scaled down by that many bits.
+    """
+
+    def __init__(self, party: mpc.Party, norm_headroom_bits: int = 0):
         self.party = party
+        self.norm_headroom_bits = norm_headroom_bits
 
     def private_ids(self, ids: ArithShare) -> ArithShare:
         if not isinstance(ids, ArithShare) or ids.frac_bits != 0:
@@ -77,10 +83,10 @@ class MPCBackend:
     def layernorm(
         self, x: ArithShare, weight: ArithShare, bias: ArithShare, eps: float
     ) -> ArithShare:
-        return layernorm_protocol.layernorm(x, weight, bias, eps)
+        return layernorm_protocol.layernorm(x, weight, bias, eps, headroom_bits=self.norm_headroom_bits)
 
     def rmsnorm(self, x: ArithShare, weight: ArithShare, eps: float) -> ArithShare:
-        return layernorm_protocol.rmsnorm(x, weight, eps)
+        return layernorm_protocol.rmsnorm(x, weight, eps, headroom_bits=self.norm_headroom_bits)
 
     def embedding(self, ids: ArithShare, table: ArithShare) -> ArithShare:
         return embedding_protocol.embedding(ids, table)
@@ -90,6 +96,11 @@ class MPCBackend:
 
     def argmax(self, x: ArithShare) -> tuple[ArithShare, ArithShare]:
         return argmax_protocol.argmax(x)
+
+
+NORM_HEADROOM_BITS = {"LlamaForCausalLM": 2}
+"""Default norm headroom per model family: LLaMA-family residual streams carry outliers
+(SmolLM2's first position reaches |x| ~ 25,000, a row sum of squares ~ 2^29)."""
 
 
 @dataclass
@@ -146,9 +157,19 @@ class PrivateResult:
 class PrivateModel:
     """A model whose weights the model owner has secret-shared once; reused across requests."""
 
-    def __init__(self, model: Module, fxp: FixedPoint | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        model: Module,
+        fxp: FixedPoint | None = None,
+        device: str = "cpu",
+        norm_headroom_bits: int | None = None,
+    ):
+        """``norm_headroom_bits=None`` takes the family default (:data:`NORM_HEADROOM_BITS`)."""
         self.fxp = fxp or FixedPoint()
         self.device = device
+        if norm_headroom_bits is None:
+            norm_headroom_bits = NORM_HEADROOM_BITS.get(type(model).__name__, 0)
+        self.norm_headroom_bits = norm_headroom_bits
         self._shared = model.map_params(lambda t: Dealt.of(t, self.fxp))
         self._lock = threading.Lock()
 
@@ -177,7 +198,7 @@ class PrivateModel:
 
         def party_program(party: mpc.Party):
             model = self._model_at(party)
-            ops = MPCBackend(party)
+            ops = MPCBackend(party, self.norm_headroom_bits)
             shares = {name: d.at(party) for name, d in inputs.items()}
             bar = Progress(*progress) if progress is not None and party.rank == 0 else None
             start = time.perf_counter()
@@ -244,10 +265,14 @@ class PrivateModel:
 
     @classmethod
     def from_hf(
-        cls, hf_model: Any, fxp: FixedPoint | None = None, device: str = "cpu"
+        cls,
+        hf_model: Any,
+        fxp: FixedPoint | None = None,
+        device: str = "cpu",
+        norm_headroom_bits: int | None = None,
     ) -> PrivateModel:
         """Import a ``transformers`` model (BERT, GPT-2, LLaMA family) and share its weights."""
-        return cls(import_hf(hf_model), fxp, device)
+        return cls(import_hf(hf_model), fxp, device, norm_headroom_bits)
 
 
 def import_hf(hf_model: Any) -> Module:

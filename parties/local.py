@@ -18,7 +18,6 @@ rebuilt before the next call.
 
 from __future__ import annotations
 
-import copyreg
 import multiprocessing
 import multiprocessing.connection
 import pickle
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mpc.communicator import WORLD_SIZE, CommStats, PeerError, PeerTimeoutError
+from mpc.communicator import WORLD_SIZE, CommStats, PeerError
 from mpc.fixedpoint import FixedPoint
 from mpc.party import Party
 from parties.certs import write_cluster_certs
@@ -250,16 +249,6 @@ def _worker(rank: int, config: ClusterConfig, pipe: multiprocessing.connection.C
             return
 
 
-def _rebuild_peer_error(cls: type[PeerError], peer: int, message: str) -> PeerError:
-    return cls(peer, message)
-
-
-def _reduce_peer_error(exc: PeerError) -> tuple:
-    """PeerError's constructor takes (peer, message), which default pickling does not know."""
-    message = str(exc).removeprefix(f"party {exc.peer}: ")
-    return _rebuild_peer_error, (type(exc), exc.peer, message)
-
-
 def _picklable(outcome: Outcome) -> Outcome:
     """An exception that does not survive pickling travels as a RuntimeError with its text."""
     if outcome.error is not None:
@@ -280,10 +269,6 @@ def _reply(pipe: multiprocessing.connection.Connection, outcome: Outcome) -> Non
 
 class WorkerDied(PeerError):
     """A worker process exited while the parent was waiting on it."""
-
-
-for _cls in (PeerError, PeerTimeoutError, WorkerDied):
-    copyreg.pickle(_cls, _reduce_peer_error)
 
 
 class GrpcCluster:

@@ -12,14 +12,18 @@ import pytest
 import torch
 
 import mpc
+from parties.testing import grpc_threads  # noqa: F401 - the session's gRPC cluster
 
 # Models load from installed packages only; never reach for a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture
-def run():
-    return mpc.simulate
+@pytest.fixture(params=["memory", "grpc"])
+def run(request):
+    """The three parties as threads with in-memory links, or over gRPC with mutual TLS."""
+    if request.param == "memory":
+        return mpc.simulate
+    return request.getfixturevalue("grpc_threads").run
 
 
 @pytest.fixture
