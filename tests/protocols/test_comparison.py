@@ -136,3 +136,22 @@ def test_and_shares_batches_in_one_round(run, rng):
 
     x, y, rounds = run(fn)[0]
     assert torch.equal(x, torch.zeros_like(a)) and torch.equal(y, a) and rounds == 1
+
+
+def test_packed_msb_of_sum_and_zero_test_on_full_range_words(run, rng):
+    from protocols.bits import all_ones, msb_of_sum
+
+    a = torch.randint(-(2**63), 2**63 - 1, (777,), generator=rng)
+    b = torch.randint(-(2**63), 2**63 - 1, (777,), generator=rng)
+    b[:3] = torch.tensor([-1, 1, 0]) - a[:3]  # sums -1, 1 and 0: longest carry chains
+    ones = torch.full((70,), -1, dtype=torch.int64)
+    ones[:64] ^= torch.tensor([1], dtype=torch.int64) << torch.arange(64)  # one zero bit each
+
+    def fn(party):
+        sa, sb = a2b(mpc.share(party, a, 0)), a2b(mpc.share(party, b, 1))
+        so = a2b(mpc.share(party, ones, 2))
+        return msb_of_sum(sa, sb).reveal(), all_ones(so).reveal()
+
+    top, full = run(fn)[0]
+    assert torch.equal(top, ((a + b) >> 63) & 1)
+    assert torch.equal(full, (ones == -1).long())

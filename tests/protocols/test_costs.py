@@ -4,10 +4,21 @@ import pytest
 import torch
 
 import mpc
-from protocols.conversions import a2b
+from protocols.conversions import a2b, msb
 from protocols.truncation import truncate
 
 N = 96  # elements per operand
+
+
+def words(per_word: int) -> int:
+    """Words of one packed AND round over N elements."""
+    return -(-N // per_word)
+
+
+# Packed trees (protocols/bits.py): words sent per element-batch at each level.
+MSB_BYTES = 8 * (N + N + N + words(2) + words(4) + words(8) + words(16) + words(64))
+ZERO_TEST_BYTES = 8 * (N + words(2) + words(4) + words(8) + words(16) + words(32) + words(64))
+B2A_BYTES = 16 * N
 
 
 def measure(run, op):
@@ -31,25 +42,30 @@ def integer(x):
 
 
 @pytest.mark.parametrize(
-    "name,op,rounds,bytes_per_element",
+    "name,op,rounds,total_bytes",
     [
-        ("mul (integer)", lambda x, y: integer(x) * integer(y), 1, 8),
-        ("mul + trunc", lambda x, y: x * y, 3, 8 + 16),
-        ("trunc", lambda x, y: truncate(x, 18), 2, 16),
-        ("a2b", lambda x, y: a2b(x), 8, 104),
-        ("less_than", lambda x, y: x < y, 10, 120),
-        ("equal", lambda x, y: x.eq(y), 9, 72),
-        ("relu", lambda x, y: x.relu(), 11, 128),
-        ("mux", lambda x, y: mpc.where(integer(x), x, y), 1, 8),
-        ("reveal", lambda x, y: x.reveal(), 1, 8),
+        ("mul (integer)", lambda x, y: integer(x) * integer(y), 1, 8 * N),
+        ("mul + trunc", lambda x, y: x * y, 3, (8 + 16) * N),
+        ("trunc", lambda x, y: truncate(x, 18), 2, 16 * N),
+        ("a2b", lambda x, y: a2b(x), 8, 104 * N),
+        ("msb", lambda x, y: msb(x), 8, MSB_BYTES),
+        ("less_than", lambda x, y: x < y, 10, MSB_BYTES + B2A_BYTES),
+        ("equal", lambda x, y: x.eq(y), 9, ZERO_TEST_BYTES + B2A_BYTES),
+        ("relu", lambda x, y: x.relu(), 11, MSB_BYTES + B2A_BYTES + 8 * N),
+        ("mux", lambda x, y: mpc.where(integer(x), x, y), 1, 8 * N),
+        ("reveal", lambda x, y: x.reveal(), 1, 8 * N),
     ],
 )
-def test_elementwise_costs(run, name, op, rounds, bytes_per_element):
+def test_elementwise_costs(run, name, op, rounds, total_bytes):
     results = measure(run, op)
     # Latency is the slowest party's send steps (truncation's helper party sends once).
     assert max(r for r, _ in results) == rounds, name
     for _, party_bytes in results:
-        assert party_bytes == bytes_per_element * N, name
+        assert party_bytes == total_bytes, name
+
+
+def test_packed_comparison_is_under_50_bytes_per_element():
+    assert (MSB_BYTES + B2A_BYTES) / N < 50
 
 
 def test_matmul_cost_is_one_element_per_output():
