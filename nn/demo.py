@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import time
 
 import torch
 
@@ -115,8 +116,11 @@ def demo_minilm(backend_name: str, sentences: list[str]) -> None:
     hf, tokenizer = load_minilm()
     enc = tokenizer(sentences, padding=True, return_tensors="pt")
     weights = enc["attention_mask"][:, :, None].float()
+    start = time.perf_counter()
     expected = normalize((hf(**enc).last_hidden_state * weights).sum(1) / weights.sum(1))
-    _print_similarities("Hugging Face", expected, sentences)
+    plain_s = time.perf_counter() - start
+    print(f"\n== MiniLM sentence similarity ({len(sentences)} sentences, {enc['input_ids'].shape[1]} tokens)")
+    _print_similarities(f"Hugging Face plaintext ({plain_s:.2f} s)", expected, sentences)
     if backend_name == MPC:
         from nn.private import PrivateModel
 
@@ -137,11 +141,14 @@ def demo_smollm2(backend_name: str, prompt: str, max_new_tokens: int) -> None:
     hf, tokenizer = load_smollm2()
     ids = chat_ids(tokenizer, prompt)
     eos = tokenizer.eos_token_id
+    start = time.perf_counter()
     expected = hf.generate(
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False
     )[0, ids.shape[1] :].tolist()
+    plain_s = time.perf_counter() - start
+    print(f"\n== SmolLM2-135M greedy generation ({ids.shape[1]}-token prompt, {max_new_tokens} new tokens)")
     print(f"prompt: {prompt!r}")
-    print(f"Hugging Face: {tokenizer.decode(_until_eos(expected, eos))!r}")
+    print(f"Hugging Face plaintext ({plain_s:.2f} s): {tokenizer.decode(_until_eos(expected, eos))!r}")
     if backend_name == MPC:
         from nn.private import PrivateModel
 
@@ -166,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a sentence for MiniLM (repeat; the first is compared with the others)",
     )
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the SmolLM2 user prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument(
         "--backend",
         choices=BACKEND_NAMES,
-        default="exact",
+        default=MPC,
         help="exact: float; approx: float twins of the MPC approximations; "
         "mpc: secret shares at three parties simulated in this process",
     )
