@@ -1,81 +1,105 @@
-"""Bit-level circuits with packing: the MSB of a sum, and the zero test.
+"""Bit-sliced circuits: the MSB of a sum, and the zero test.
 
-Both reduce 64 bits to one by a tree whose levels halve the number of meaningful bits.
-After each level the survivors are compacted into the low bits of the word
-(:func:`compress_even_bits`, local and XOR-linear, so it applies to each share
-component) and as many elements as fit travel in one 64-bit word of the AND round
-(:func:`protocols.boolean.and_packed`).  The rounds stay log2(64) = 6, but the bytes
-shrink geometrically: about 2 words per element over all levels instead of 6-11.
+Both reduce the 64 bits of each element to one by a tree of ANDs.  Instead of keeping
+each element in its own word (where every AND round costs a whole word per element,
+however few bits are still alive), the words are first *bit-sliced*: blocks of 64
+elements are transposed as 64x64 bit matrices, so that word i of a block holds bit i of
+all 64 elements.  Transposition is XOR-linear, so each party applies it to its share
+components locally.  A tree level is then a few ANDs between whole rows, and a level
+that keeps r rows sends r / 64 words per element: 1 + 1/2 + 1/4 + ... instead of 6 full
+words.  The rounds stay log2(64) = 6; local work is one transpose per input.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mpc.boolean import BoolShare, logical_right_shift
-from protocols.boolean import and_packed
+from mpc.boolean import BoolShare
+from protocols.boolean import and_shares
 
-EVEN_BIT_MASKS = (
-    (1, 0x3333333333333333),
-    (2, 0x0F0F0F0F0F0F0F0F),
-    (4, 0x00FF00FF00FF00FF),
-    (8, 0x0000FFFF0000FFFF),
-    (16, 0x00000000FFFFFFFF),
+WORD = 64
+TRANSPOSE_STAGES = (
+    (32, 0x00000000FFFFFFFF),
+    (16, 0x0000FFFF0000FFFF),
+    (8, 0x00FF00FF00FF00FF),
+    (4, 0x0F0F0F0F0F0F0F0F),
+    (2, 0x3333333333333333),
+    (1, 0x5555555555555555),
 )
-EVEN_BITS = 0x5555555555555555
-TOP_BIT = -(1 << 63)  # bit 63 alone, as an int64
-LOW_63_BITS = (1 << 63) - 1
 
 
-def compress_even_bits(words: torch.Tensor) -> torch.Tensor:
-    """Bit 2i of each word moves to bit i (bits 32..63 become 0); XOR-linear."""
-    x = words & EVEN_BITS  # clears bit 63, so the arithmetic shifts below fill zeros
-    for shift, mask in EVEN_BIT_MASKS:
-        x = (x | (x >> shift)) & mask
-    return x
+def transpose_bits(blocks: torch.Tensor) -> torch.Tensor:
+    """Transpose each 64x64 bit matrix of ``blocks`` (..., 64): bit i of word e -> bit e of word i.
 
-
-def _even(share: BoolShare) -> BoolShare:
-    return BoolShare(share.party, compress_even_bits(share.data))
-
-
-def _odd(share: BoolShare) -> BoolShare:
-    return BoolShare(share.party, compress_even_bits(logical_right_shift(share.data, 1)))
-
-
-def carry_into_top_bit(a: BoolShare, b: BoolShare) -> BoolShare:
-    """Bit 0 of the result: the carry into bit 63 of a + b (7 AND rounds).
-
-    Generate/propagate pairs (g, p) = (a & b, a ^ b) of bits 0..62 are combined by the
-    prefix operator (G, P)_hi o (G, P)_lo = (G_hi ^ P_hi & G_lo, P_hi & P_lo) in a
-    balanced tree; bit 63 is set to the neutral (g, p) = (0, 1).
-    Bytes per element per party: 8 (g) + 8 + 4 + 2 + 1 + 0.5 + 0.125 (tree) = 23.6.
+    Recursive block swaps (Hacker's Delight §7-3), vectorised over all blocks; an
+    involution.  Every mask clears the top bits, so int64's arithmetic shift is harmless.
     """
-    g = (a & b) & LOW_63_BITS
-    p = ((a ^ b) & LOW_63_BITS) ^ TOP_BIT
-    width = 64
-    while width > 1:
-        half = width // 2
-        g_lo, g_hi, p_lo, p_hi = _even(g), _odd(g), _even(p), _odd(p)
-        if half == 1:
-            return g_hi ^ and_packed(p_hi, g_lo, 1)
-        both = and_packed(p_hi ^ (p_hi << half), g_lo ^ (p_lo << half), width)
-        g = g_hi ^ (both & ((1 << half) - 1))
-        p = both >> half
-        width = half
-    raise AssertionError("unreachable")
+    a = blocks.clone()
+    lead = a.shape[:-1]
+    for j, mask in TRANSPOSE_STAGES:
+        view = a.view(*lead, WORD // (2 * j), 2, j)
+        lo, hi = view[..., 0, :], view[..., 1, :]
+        t = ((lo >> j) ^ hi) & mask
+        hi ^= t
+        lo ^= t << j
+    return a
+
+
+def _sliced(share: BoolShare) -> tuple[torch.Tensor, int]:
+    """(2, blocks, 64) rows of the bit-sliced share, and the element count."""
+    flat = share.data.reshape(2, -1)
+    n = flat.shape[1]
+    padded = torch.nn.functional.pad(flat, (0, (-n) % WORD))
+    return transpose_bits(padded.reshape(2, -1, WORD)), n
+
+
+def _unslice(row: torch.Tensor, n: int, shape: torch.Size, party) -> BoolShare:
+    """One row (2, blocks) of bits back to one element per word (bit 0)."""
+    bits = (row.unsqueeze(-1) >> torch.arange(WORD, device=row.device)) & 1
+    return BoolShare(party, bits.reshape(2, -1)[:, :n].reshape(2, *shape))
+
+
+def _and(party, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    (z,) = and_shares([BoolShare(party, x)], [BoolShare(party, y)])
+    return z.data
 
 
 def msb_of_sum(a: BoolShare, b: BoolShare) -> BoolShare:
-    """Bit 63 of a + b, in bit 0: a_63 ^ b_63 ^ carry (7 AND rounds, ~24 bytes)."""
-    return (a ^ b).bit(63) ^ carry_into_top_bit(a, b)
+    """Bit 63 of a + b, in bit 0 of each element's word (7 AND rounds).
+
+    msb = a_63 ^ b_63 ^ c_63, where the carry c_63 is the generate signal of bits 0..62
+    under the prefix operator (G, P)_hi o (G, P)_lo = (G_hi ^ P_hi & G_lo, P_hi & P_lo),
+    evaluated as a balanced tree on bit-sliced rows (bit 63 gets the neutral (0, 1)).
+    Bytes per element per party: 63/64 words for g = a & b, then 1, 1/2, 1/4, 1/8,
+    1/16 and 1/64 words for the six levels: about 23.5 bytes.
+    """
+    party = a.party
+    rows_a, n = _sliced(a)
+    rows_b, _ = _sliced(b)
+    low_a, low_b = rows_a[..., : WORD - 1], rows_b[..., : WORD - 1]
+    g = _and(party, low_a, low_b)
+    p = low_a ^ low_b
+    neutral_p = torch.zeros_like(rows_a[..., :1])
+    if party.rank == 0:
+        neutral_p[0] = -1  # the public all-ones row, in component 0
+    elif party.rank == 2:
+        neutral_p[1] = -1
+    g = torch.cat([g, torch.zeros_like(neutral_p)], dim=-1)
+    p = torch.cat([p, neutral_p], dim=-1)
+    while g.shape[-1] > 2:
+        half = g.shape[-1] // 2
+        g_lo, g_hi, p_lo, p_hi = g[..., 0::2], g[..., 1::2], p[..., 0::2], p[..., 1::2]
+        both = _and(party, torch.cat([p_hi, p_hi], dim=-1), torch.cat([g_lo, p_lo], dim=-1))
+        g, p = g_hi ^ both[..., :half], both[..., half:]
+    carry = g[..., 1] ^ _and(party, p[..., 1], g[..., 0])
+    top = rows_a[..., WORD - 1] ^ rows_b[..., WORD - 1] ^ carry
+    return _unslice(top, n, a.shape, party)
 
 
 def all_ones(words: BoolShare) -> BoolShare:
     """Bit 0 is the AND of all 64 bits of each word (6 rounds, ~8 bytes per element)."""
-    width = 64
-    while width > 1:
-        half = width // 2
-        words = and_packed(words & ((1 << half) - 1), words >> half, half)
-        width = half
-    return words
+    rows, n = _sliced(words)
+    while rows.shape[-1] > 1:
+        half = rows.shape[-1] // 2
+        rows = _and(words.party, rows[..., :half], rows[..., half:])
+    return _unslice(rows[..., 0], n, words.shape, words.party)

@@ -41,37 +41,3 @@ def and_shares(xs: Sequence[BoolShare], ys: Sequence[BoolShare]) -> list[BoolSha
         start += n
     return results
 
-
-def and_packed(xs: BoolShare, ys: BoolShare, width: int) -> BoolShare:
-    """x & y for words whose meaningful bits are the low ``width`` bits, in one round.
-
-    64 // width elements travel in each 64-bit word, so the round costs
-    8 * width / 64 bytes per element per party instead of 8.  Bits above ``width`` in
-    the result are zero.
-    """
-    per_word = 64 // width
-    if per_word <= 1:
-        return xs & ys
-    shape = torch.broadcast_shapes(xs.shape, ys.shape)
-    xd, yd = aligned_pair(xs, ys)
-    packed = [_pack(d.expand(2, *shape).reshape(2, -1), width, per_word) for d in (xd, yd)]
-    (z,) = and_shares([BoolShare(xs.party, packed[0])], [BoolShare(xs.party, packed[1])])
-    return BoolShare(xs.party, _unpack(z.data, width, per_word, shape.numel()).reshape(2, *shape))
-
-
-def _pack(flat: torch.Tensor, width: int, per_word: int) -> torch.Tensor:
-    """(2, n) words with ``width`` meaningful low bits -> (2, ceil(n / per_word)) words."""
-    n = flat.shape[1]
-    padded = torch.nn.functional.pad(flat, (0, (-n) % per_word))
-    lanes = padded.reshape(2, -1, per_word)
-    mask = (1 << width) - 1
-    words = lanes[..., 0] & mask
-    for j in range(1, per_word):
-        words = words ^ ((lanes[..., j] & mask) << (width * j))
-    return words
-
-
-def _unpack(words: torch.Tensor, width: int, per_word: int, n: int) -> torch.Tensor:
-    mask = (1 << width) - 1
-    lanes = [(words >> (width * j)) & mask for j in range(per_word)]
-    return torch.stack(lanes, dim=-1).reshape(2, -1)[:, :n]

@@ -11,7 +11,7 @@ component 2).  A Kogge-Stone parallel-prefix adder then adds the two numbers:
 (``|`` is ``^`` in the carry update because a prefix cannot both generate and
 propagate.)  Cost: 1 + 1 + 6 = 8 rounds; bytes per element per party: 8 (reshare)
 + 8 (g) + 5 * 16 + 8 (levels) = 104.  MSB alone needs only the carry into bit 63,
-computed by a packed tree for 31.6 bytes (:mod:`protocols.bits`).
+computed by a bit-sliced tree for 31.5 bytes (:mod:`protocols.bits`).
 
 B2A of one bit b = b_0 ^ b_1 ^ b_2 (each b_j known to two parties, so an arithmetic
 sharing of it is free): s = b_0 + b_1 - 2 b_0 b_1, b = s + b_2 - 2 s b_2.
@@ -72,8 +72,8 @@ def a2b(x: ArithShare) -> BoolShare:
 def msb(x: ArithShare) -> BoolShare:
     """Bit 63 of x (1 iff x < 0 as a signed value), in bit 0 of a BoolShare.
 
-    Only the carry into bit 63 is computed, by a packed tree
-    (:func:`protocols.bits.msb_of_sum`).  Cost: 8 rounds, 8 + 23.6 = 31.6 bytes per
+    Only the carry into bit 63 is computed, by a bit-sliced tree
+    (:func:`protocols.bits.msb_of_sum`).  Cost: 8 rounds, 8 + 23.5 = 31.5 bytes per
     element per party (a full A2B would be 104).
     """
     party = x.party

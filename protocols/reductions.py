@@ -9,7 +9,7 @@ flag * c (left) and flag - flag * c (right), one multiplication round per level
 ``torch.argmax``.
 
 Cost for n candidates per row: ceil(log2 n) * 11 rounds for the max, plus
-ceil(log2 n) - 1 rounds for the one-hot; about n * (47.6 + 8) bytes per row per party
+ceil(log2 n) - 1 rounds for the one-hot; about n * (47.5 + 8) bytes per row per party
 for the max and n * 8 for the one-hot.
 """
 

@@ -3,8 +3,8 @@
 mux(c, x, y) = y + c (x - y) for an integer 0/1 share c: one multiplication with an
 integer operand, so no truncation.  Cost: 1 round, 8 bytes per element per party.
 
-relu(x) = x * [x >= 0] = x * (1 - MSB(x)): packed MSB + B2A + one multiplication.
-Cost: 11 rounds, 55.6 bytes per element per party.  Valid for |x| < 2^(63-f).
+relu(x) = x * [x >= 0] = x * (1 - MSB(x)): bit-sliced MSB + B2A + one multiplication.
+Cost: 11 rounds, 55.5 bytes per element per party.  Valid for |x| < 2^(63-f).
 """
 
 from __future__ import annotations

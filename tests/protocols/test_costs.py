@@ -10,14 +10,11 @@ from protocols.truncation import truncate
 N = 96  # elements per operand
 
 
-def words(per_word: int) -> int:
-    """Words of one packed AND round over N elements."""
-    return -(-N // per_word)
+BLOCKS = -(-N // 64)  # bit-sliced blocks of 64 elements
 
-
-# Packed trees (protocols/bits.py): words sent per element-batch at each level.
-MSB_BYTES = 8 * (N + N + N + words(2) + words(4) + words(8) + words(16) + words(64))
-ZERO_TEST_BYTES = 8 * (N + words(2) + words(4) + words(8) + words(16) + words(32) + words(64))
+# Bit-sliced trees (protocols/bits.py): 8 bytes per row per block at each AND level.
+MSB_BYTES = 8 * N + 8 * BLOCKS * (63 + 64 + 32 + 16 + 8 + 4 + 1)
+ZERO_TEST_BYTES = 8 * N + 8 * BLOCKS * (32 + 16 + 8 + 4 + 2 + 1)
 B2A_BYTES = 16 * N
 
 
@@ -64,8 +61,17 @@ def test_elementwise_costs(run, name, op, rounds, total_bytes):
         assert party_bytes == total_bytes, name
 
 
-def test_packed_comparison_is_under_50_bytes_per_element():
-    assert (MSB_BYTES + B2A_BYTES) / N < 50
+def test_comparison_of_many_elements_costs_under_48_bytes_each():
+    n = 64 * 64
+
+    def fn(party):
+        x = mpc.share(party, torch.linspace(-5, 5, n), 0)
+        before = party.comm.stats.total().bytes_sent
+        x < 0.5
+        return party.comm.stats.total().bytes_sent - before
+
+    for sent in mpc.simulate(fn):
+        assert sent / n < 48
 
 
 def test_matmul_cost_is_one_element_per_output():
