@@ -2,8 +2,10 @@
 
     veil certs  --out DIR [--address H:P ...] [--host H ...] [--client NAME ...]
     veil party  --config C --rank I [--run MODULE:FUNCTION] [--insecure]
-    veil serve  --config C --rank I --program NAME=MODULE:FUNCTION ... [--insecure]
-    veil launch --config C [--run MODULE:FUNCTION | --serve --program ...] [--insecure]
+    veil serve  --config C --rank I [--program NAME=MODULE:FUNCTION ...] [--insecure]
+    veil launch --config C [--run MODULE:FUNCTION | --serve [--program ...]] [--insecure]
+    veil share  --config C --model NAME --hf minilm|smollm2|DIR      (the model owner)
+    veil infer  --config C --model NAME --task embed|generate|logits --text T ...
     veil infer  --config C --program NAME --input NAME=FILE.pt ... --out FILE.pt
     veil demo   [demo options]          (see ``veil demo --help``)
 
@@ -11,9 +13,13 @@
 PRG keys, runs an SPMD program ``fn(party)`` (default: the cluster health check in
 :mod:`parties.health`), prints its result and exits.  ``serve`` runs a party that
 serves inference programs (:mod:`parties.service`) to clients until stopped.
-``launch`` runs all three parties on this machine, either way.  ``infer`` is the
-client: it secret-shares tensors saved with ``torch.save``, runs a program on them and
-saves the reconstructed outputs.
+Serving parties always offer the model programs of :mod:`parties.models`; ``share``
+secret-shares a ``transformers`` model to them once, under a name.  ``launch`` runs
+all three parties on this machine, either way (serving parties are restarted after a
+failure).  ``infer`` is the client: it tokenizes text locally, secret-shares the token
+ids, asks for a model task and prints what it alone reconstructs; or, with
+``--program``, it secret-shares tensors saved with ``torch.save``, runs a program on
+them and saves the reconstructed outputs.
 """
 
 from __future__ import annotations
@@ -83,13 +89,26 @@ def _parser() -> argparse.ArgumentParser:
             )
         if name == "launch":
             cmd.add_argument("--serve", action="store_true", help="run `veil serve` parties")
+            cmd.add_argument(
+                "--restarts",
+                type=int,
+                default=100,
+                help="with --serve: restart the parties after a failure this many times",
+            )
         if name in ("serve", "launch"):
             cmd.add_argument(
                 "--program",
                 action="append",
                 default=[],
                 metavar="NAME=MODULE:FUNCTION",
-                help="a program fn(party, inputs, options) -> outputs to serve as NAME",
+                help="a program fn(party, inputs, options) -> outputs to serve as NAME "
+                "(besides the built-in model programs)",
+            )
+            cmd.add_argument(
+                "--queue-size",
+                type=int,
+                default=16,
+                help="requests waiting at a party before new ones are refused",
             )
         cmd.add_argument("--device", default="cpu", help="torch device for the shares")
         cmd.add_argument(
@@ -99,21 +118,43 @@ def _parser() -> argparse.ArgumentParser:
         )
         cmd.set_defaults(handler=handler)
 
-    infer = sub.add_parser("infer", help="run a served program on secret-shared inputs")
-    infer.add_argument("--config", required=True)
-    infer.add_argument("--program", required=True, help="name of a served program")
+    client_args = argparse.ArgumentParser(add_help=False)
+    client_args.add_argument("--config", required=True)
+    client_args.add_argument(
+        "--cert", type=Path, help="client certificate (default: <config dir>/<first client>.pem)"
+    )
+    client_args.add_argument("--key", type=Path, help="client key (default: <config dir>/….key)")
+    client_args.add_argument("--timeout", type=float, help="seconds a request may take in all")
+    client_args.add_argument("--insecure", action="store_true", help="plaintext (local tests)")
+
+    share = sub.add_parser(
+        "share", parents=[client_args], help="model owner: secret-share a model to the parties"
+    )
+    share.add_argument("--model", required=True, help="the name clients will use")
+    share.add_argument(
+        "--hf", required=True, help="minilm, smollm2 (bundled) or a transformers model directory"
+    )
+    share.set_defaults(handler=_share)
+
+    infer = sub.add_parser(
+        "infer", parents=[client_args], help="private inference on a shared model or program"
+    )
+    target = infer.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="a model shared with `veil share`")
+    target.add_argument("--program", help="name of a served program (tensor inputs)")
+    infer.add_argument("--task", choices=["embed", "generate", "logits"], default="embed")
+    infer.add_argument("--text", action="append", default=[], help="input text (repeatable)")
+    infer.add_argument("--ids", help="comma-separated token ids instead of --text")
+    infer.add_argument(
+        "--tokenizer", help="minilm, smollm2 or a tokenizer directory (default: as --model)"
+    )
+    infer.add_argument("--max-new-tokens", type=int, default=8)
+    infer.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     infer.add_argument(
         "--input", action="append", default=[], metavar="NAME=FILE.pt", help="a torch.save'd tensor"
     )
     infer.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
-    infer.add_argument(
-        "--out", required=True, type=Path, help="torch.save the outputs (a dict) here"
-    )
-    infer.add_argument(
-        "--cert", type=Path, help="client certificate (default: <config dir>/client.pem)"
-    )
-    infer.add_argument("--key", type=Path, help="client key (default: <config dir>/client.key)")
-    infer.add_argument("--insecure", action="store_true", help="plaintext (local tests only)")
+    infer.add_argument("--out", type=Path, help="torch.save the outputs (a dict) here")
     infer.set_defaults(handler=_infer)
 
     sub.add_parser("demo", help="MiniLM / SmolLM2 demo (see veil demo --help)")
@@ -197,20 +238,24 @@ def _launch(args: argparse.Namespace) -> int:
         print(f"veil launch: {exc}", file=sys.stderr)
         return 2
     if args.serve:
-        if not args.program:
-            print("veil launch: --serve needs at least one --program", file=sys.stderr)
-            return 2
         extra = [f"--program={spec}" for spec in args.program]
+        extra += ["--queue-size", str(args.queue_size)]
     else:
         extra = ["--run", args.run]
     extra += ["--device", args.device] + (["--insecure"] if args.insecure else [])
-    return launch(args.config, extra, command="serve" if args.serve else "party")
+    return launch(
+        args.config,
+        extra,
+        command="serve" if args.serve else "party",
+        restarts=args.restarts if args.serve else 0,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
     from mpc.communicator import PeerError
     from parties.config import ConfigError, load_config
-    from parties.service import start_serving
+    from parties.models import ModelStore, check_request, model_programs
+    from parties.service import RequestLog, start_serving
 
     stopping = threading.Event()
 
@@ -219,58 +264,184 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    store = ModelStore()
     try:
         config = load_config(args.config, insecure=True if args.insecure else None)
         spec = config.party(args.rank)
-        programs = dict(_named_program(entry) for entry in args.program)
-        if not programs:
-            raise ValueError("give at least one --program NAME=MODULE:FUNCTION")
+        programs = model_programs(store) | dict(_named_program(e) for e in args.program)
+        if args.queue_size < 1:
+            raise ValueError("--queue-size must be at least 1")
     except (ConfigError, ValueError, TypeError) as exc:
         print(f"veil serve: {exc}", file=sys.stderr)
         return 2
+
+    def log(entry: RequestLog) -> None:
+        t = entry.traffic
+        _report(
+            f"party {args.rank}: request {entry.request_id[:8]} {entry.program} "
+            f"{'ok' if entry.ok else 'refused/failed'} in {entry.wall_s:.3f} s: sent "
+            f"{t.bytes_sent} B in {t.messages_sent} messages, {t.rounds} rounds; "
+            f"wire {entry.wire_bytes_sent} B"
+        )
+
     try:
-        service, party = start_serving(config, args.rank, programs, device=args.device)
+        service, party = start_serving(
+            config,
+            args.rank,
+            programs,
+            device=args.device,
+            check=lambda program, options: check_request(store, program, options),
+            queue_size=args.queue_size,
+            on_request=log,
+        )
     except (PeerError, ConfigError) as exc:
         print(f"party {args.rank}: {exc}", file=sys.stderr)
         return 1
     _report(f"party {args.rank}: serving {', '.join(sorted(programs))} at {spec.address}")
     comm = party.comm
-    while not (stopping.is_set() or service.stopped.is_set() or comm.gone):
+    while not (stopping.is_set() or service.stopped.is_set()):
         stopping.wait(0.2)
-    if service.failed is not None or (comm.gone and not stopping.is_set()):
-        reason = service.failed or "; ".join(f"party {p}: {why}" for p, why in comm.gone.items())
-        print(f"party {args.rank}: stopped: {reason}", file=sys.stderr)
-        comm.abort(str(reason))
+    if service.failed is not None and not stopping.is_set():
+        print(f"party {args.rank}: stopped: {service.failed}", file=sys.stderr)
+        service.stop(str(service.failed))
+        comm.abort(str(service.failed))
         return 1
+    service.stop("the party is shutting down")
     comm.close()
+    return 0
+
+
+def _client_files(args: argparse.Namespace, config) -> tuple[Path, Path]:
+    base = Path(args.config).parent
+    cert = args.cert or base / f"{config.clients[0]}.pem"
+    key = args.key or base / f"{config.clients[0]}.key"
+    return cert, key
+
+
+def _share(args: argparse.Namespace) -> int:
+    from parties.client import InferenceError, VeilClient
+    from parties.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, insecure=True if args.insecure else None)
+        hf_model, _ = _load_hf(args.hf, tokenizer=False)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"veil share: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with VeilClient(config, *_client_files(args, config), run_timeout=args.timeout) as client:
+            count = client.share_model(args.model, hf_model)
+    except (InferenceError, ConfigError) as exc:
+        print(f"veil share: {exc}", file=sys.stderr)
+        return 1
+    params = sum(p.numel() for p in hf_model.parameters())
+    print(
+        f"shared {type(hf_model).__name__} {args.model!r}: {count} weights, {params:,} parameters"
+    )
     return 0
 
 
 def _infer(args: argparse.Namespace) -> int:
     import torch
 
-    from parties.client import InferenceClient, InferenceError
+    from parties.client import InferenceClient, InferenceError, VeilClient
     from parties.config import ConfigError, load_config
 
     try:
         config = load_config(args.config, insecure=True if args.insecure else None)
-        inputs = {name: torch.load(path, weights_only=True) for name, path in _pairs(args.input)}
-        options = dict(_pairs(args.option))
+        cert, key = _client_files(args, config)
+        if args.program:
+            inputs = {
+                name: torch.load(path, weights_only=True) for name, path in _pairs(args.input)
+            }
+            options = dict(_pairs(args.option))
+        else:
+            tokenizer = None
+            if args.ids is None:
+                if not args.text:
+                    raise ValueError("give --text (or --ids)")
+                _, tokenizer = _load_hf(args.tokenizer or args.model, model=False)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"veil infer: {exc}", file=sys.stderr)
         return 2
-    base = Path(args.config).parent
-    cert = args.cert or base / f"{config.clients[0]}.pem"
-    key = args.key or base / f"{config.clients[0]}.key"
     try:
-        with InferenceClient(config, cert=cert, key=key) as client:
-            outputs = client.infer(args.program, inputs, options)
+        if args.program:
+            with InferenceClient(config, cert=cert, key=key, run_timeout=args.timeout) as client:
+                outputs = client.infer(args.program, inputs, options)
+        else:
+            with VeilClient(config, cert, key, run_timeout=args.timeout) as client:
+                outputs = _model_task(client, args, tokenizer)
     except (InferenceError, ConfigError) as exc:
         print(f"veil infer: {exc}", file=sys.stderr)
         return 1
-    torch.save(outputs, args.out)
-    print(f"wrote {', '.join(outputs)} to {args.out}")
+    if args.out is not None:
+        torch.save(outputs, args.out)
+        print(f"wrote {', '.join(outputs)} to {args.out}")
+    elif args.program:
+        for name, value in outputs.items():
+            print(f"{name}: {value.tolist()}")
     return 0
+
+
+def _model_task(client, args: argparse.Namespace, tokenizer) -> dict:
+    """Tokenize here, run the task privately, print what only this client learns."""
+    import torch
+
+    if args.ids is not None:
+        ids = torch.tensor([[int(t) for t in args.ids.split(",")]])
+        mask = torch.ones_like(ids)
+        types = None
+    else:
+        enc = tokenizer(args.text, padding=True, return_tensors="pt")
+        ids, mask, types = enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")
+    if args.task == "embed":
+        from nn.bert import normalize
+
+        embedding = normalize(client.embed(args.model, ids, mask, types).float())
+        for i, row in enumerate(embedding):
+            print(f"embedding {i}: dim {row.numel()}, first values {row[:4].tolist()}")
+        if len(embedding) > 1:
+            print(f"cosine similarities to the first: {(embedding[1:] @ embedding[0]).tolist()}")
+        return {"embedding": embedding}
+    if args.task == "logits":
+        logits = client.logits(args.model, ids)
+        print(
+            f"logits: shape {tuple(logits.shape)}, argmax of the last position "
+            f"{logits[..., -1, :].argmax(-1).tolist()}"
+        )
+        return {"logits": logits}
+    if args.chat and tokenizer is not None:
+        from nn.demo import chat_ids
+
+        ids = chat_ids(tokenizer, args.text[0])
+    tokens = client.generate(args.model, ids, args.max_new_tokens)
+    print(f"generated ids: {tokens.tolist()}")
+    if tokenizer is not None:
+        for row in tokens.tolist():
+            print(f"generated text: {tokenizer.decode(row)!r}")
+    return {"tokens": tokens}
+
+
+def _load_hf(name: str, *, model: bool = True, tokenizer: bool = True):
+    """(model, tokenizer) for a bundled name (minilm, smollm2) or a transformers directory."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if name in ("minilm", "smollm2"):
+        from nn.demo import load_minilm, load_smollm2
+
+        return (load_minilm if name == "minilm" else load_smollm2)()
+    path = Path(name)
+    if not path.is_dir():
+        raise ValueError(f"{name!r} is neither minilm, smollm2 nor a model directory")
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    hf_model = None
+    if model:
+        architectures = AutoConfig.from_pretrained(path).architectures or []
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+        hf_model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path).eval()
+    return hf_model, AutoTokenizer.from_pretrained(path) if tokenizer else None
 
 
 def _pairs(entries: list[str]) -> list[tuple[str, str]]:

@@ -4,20 +4,34 @@ The client never sends a plaintext input anywhere: it splits each tensor into th
 replicated shares (:func:`mpc.deal`), gives party i only its pair, and rebuilds the
 outputs from the three parties' pairs (:func:`mpc.reconstruct`, which also checks
 that the parties' overlapping components agree).
+
+:class:`InferenceClient` runs any named program; :class:`VeilClient` adds the model
+API on top: a model owner shares a ``transformers`` model once
+(:meth:`VeilClient.share_model`), and clients ask for sentence embeddings, logits or
+greedy generations of that model by name.  Token ids are secret-shared at the client
+and the results (embeddings, logits, generated ids) are reconstructed only there.
+
+When a request fails the client waits a short grace period for every party's answer
+and raises one :class:`InferenceError` that names the party at fault (the one whose
+own call failed, rather than those that only saw it go) and quotes every party.
 """
 
 from __future__ import annotations
 
+import json
+import queue
+import re
+import threading
+import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import torch
 
-from mpc.communicator import WORLD_SIZE, PeerError
+from mpc.communicator import WORLD_SIZE
 from mpc.fixedpoint import FixedPoint
 from mpc.sharing import deal, reconstruct
 from parties import tls
@@ -28,22 +42,34 @@ from proto import veil_pb2, veil_pb2_grpc
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+FAILURE_GRACE_SECONDS = 3.0
+"""After one party's call fails, how long to wait for the others' answers."""
+RUN_TIMEOUT_FACTOR = 4.0
+"""Default deadline of a Run call (queueing + running): this many times the config timeout."""
+
 
 class InferenceError(RuntimeError):
-    """A party refused or failed a request; the message names the party."""
+    """A request failed or was refused; ``rank`` is the party at fault, ``code`` its status."""
 
-    def __init__(self, rank: int, error: grpc.RpcError):
-        super().__init__(f"party {rank}: {error.code().name}: {error.details()}")
+    def __init__(self, rank: int, code: grpc.StatusCode | None, message: str):
+        super().__init__(message)
         self.rank = rank
-        self.code = error.code()
+        self.code = code
 
 
 class InferenceClient:
     """Talks to the three parties' Inference services with its own certificate."""
 
-    def __init__(self, config: ClusterConfig, cert: Path | None = None, key: Path | None = None):
+    def __init__(
+        self,
+        config: ClusterConfig,
+        cert: Path | None = None,
+        key: Path | None = None,
+        run_timeout: float | None = None,
+    ):
         self.config = config
         self.fxp = FixedPoint(config.frac_bits)
+        self.run_timeout = run_timeout or RUN_TIMEOUT_FACTOR * config.timeout
         self._channels = [
             tls.open_channel(config, spec.address, cert, key) for spec in config.parties
         ]
@@ -52,30 +78,30 @@ class InferenceClient:
     def infer(
         self,
         program: str,
-        inputs: dict[str, torch.Tensor],
+        inputs: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
         options: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Run ``program`` on secret-shared ``inputs``; return the reconstructed outputs."""
+        """Run ``program`` on secret-shared ``inputs``; return the reconstructed outputs.
+
+        ``inputs`` may be a lazy iterable of (name, tensor): each tensor is dealt and
+        streamed to the parties before the next is produced (a model's weights).
+        """
         timeout = timeout or self.config.timeout
         request_id = uuid.uuid4().hex
-        shares = {name: deal(value, self.fxp) for name, value in inputs.items()}
+        items = inputs.items() if isinstance(inputs, dict) else inputs
+        self._upload(request_id, items, timeout)
         run = veil_pb2.RunRequest(request_id=request_id, program=program, options=options or {})
-        with ThreadPoolExecutor(WORLD_SIZE) as pool:
-
-            def at_all_parties(call: Callable[[int], Any]) -> list[Any]:
-                return list(pool.map(lambda rank: _named(rank, call), range(WORLD_SIZE)))
-
-            at_all_parties(lambda rank: self._upload(rank, request_id, shares, timeout))
-            replies = at_all_parties(lambda rank: self._stubs[rank].Run(run, timeout=timeout))
-            names = list(replies[0].outputs)
-            pairs = {
-                name: at_all_parties(lambda rank, n=name: self._fetch(rank, request_id, n, timeout))
-                for name in names
-            }
-        return {
-            name: reconstruct(pairs[name], replies[0].frac_bits[name], self.fxp) for name in names
-        }
+        replies = _at_all(
+            [self._stubs[rank].Run.future(run, timeout=self.run_timeout) for rank in range(3)]
+        )
+        names = list(replies[0].outputs)
+        outputs = {}
+        for name in names:
+            calls = [self._fetch_call(rank, request_id, name, timeout) for rank in range(3)]
+            pairs = _at_all(calls)
+            outputs[name] = reconstruct(pairs, replies[0].frac_bits[name], self.fxp)
+        return outputs
 
     def close(self) -> None:
         for channel in self._channels:
@@ -87,29 +113,280 @@ class InferenceClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _upload(self, rank: int, request_id: str, shares: dict, timeout: float) -> None:
-        def messages():
-            for name, (pairs, frac_bits) in shares.items():
-                for chunk in tensor_chunks(pairs[rank], tag=name):
+    def _upload(
+        self, request_id: str, items: Iterable[tuple[str, torch.Tensor]], timeout: float
+    ) -> None:
+        """Deal each tensor and stream party i its pair, one tensor at a time (bounded memory)."""
+        feeds: list[queue.Queue] = [queue.Queue(maxsize=4) for _ in range(WORLD_SIZE)]
+        stop = threading.Event()
+
+        def messages(rank: int) -> Iterator[veil_pb2.UploadChunk]:
+            while (item := feeds[rank].get()) is not None:
+                name, pair, frac_bits = item
+                for chunk in tensor_chunks(pair, tag=name):
                     yield veil_pb2.UploadChunk(
                         request_id=request_id, chunk=chunk, frac_bits=frac_bits
                     )
 
-        self._stubs[rank].Upload(messages(), timeout=timeout)
+        calls = [
+            self._stubs[rank].Upload.future(messages(rank), timeout=timeout)
+            for rank in range(WORLD_SIZE)
+        ]
 
-    def _fetch(self, rank: int, request_id: str, name: str, timeout: float) -> torch.Tensor:
-        reassembler = Reassembler()
+        def put(rank: int, item: Any) -> None:
+            while not stop.is_set():
+                if calls[rank].done():
+                    return  # the call failed: _at_all reports why
+                try:
+                    feeds[rank].put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        try:
+            for name, value in items:
+                pairs, frac_bits = deal(torch.as_tensor(value), self.fxp)
+                for rank in range(WORLD_SIZE):
+                    put(rank, (name, pairs[rank], frac_bits))
+        finally:
+            for rank in range(WORLD_SIZE):
+                put(rank, None)
+        try:
+            _at_all(calls)
+        finally:
+            stop.set()
+
+    def _fetch_call(self, rank: int, request_id: str, name: str, timeout: float) -> _Background:
         fetch = veil_pb2.FetchRequest(request_id=request_id, name=name)
-        for chunk in self._stubs[rank].Fetch(fetch, timeout=timeout):
-            tensor = reassembler.add(chunk)
-            if tensor is not None:
-                return tensor
-        raise PeerError(rank, f"ended output {name!r} mid-tensor")
+        call = self._stubs[rank].Fetch(fetch, timeout=timeout)
+
+        def read() -> torch.Tensor:
+            reassembler = Reassembler()
+            for chunk in call:
+                tensor = reassembler.add(chunk)
+                if tensor is not None:
+                    return tensor
+            raise InferenceError(rank, None, f"party {rank} ended output {name!r} mid-tensor")
+
+        return _Background(read, cancel=call.cancel)
 
 
-def _named(rank: int, call: Callable[[int], Any]) -> Any:
-    """Run ``call(rank)``, turning gRPC errors into an InferenceError naming the party."""
-    try:
-        return call(rank)
-    except grpc.RpcError as exc:
-        raise InferenceError(rank, exc) from None
+class _Background:
+    """A callable run on its own thread, with the ``done/result/cancel`` of a gRPC future."""
+
+    def __init__(self, fn: Callable[[], Any], cancel: Callable[[], Any]):
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._cancel = cancel
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self._result = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
+            self._error = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise grpc.FutureTimeoutError()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def cancel(self) -> None:
+        self._cancel()
+
+
+def _at_all(calls: list[Any]) -> list[Any]:
+    """Every party's result; on failure one InferenceError naming the party at fault.
+
+    Once a call has failed the others get :data:`FAILURE_GRACE_SECONDS` to answer (a
+    party whose peer failed fails too, naming it); calls still pending are cancelled,
+    so a stalled party cannot stall the client.
+    """
+    results: list[Any] = [None] * len(calls)
+    errors: dict[int, BaseException] = {}
+    first_failure: float | None = None
+    pending = set(range(len(calls)))
+
+    while pending:
+        for rank in sorted(pending):
+            call = calls[rank]
+            if not call.done():
+                continue
+            pending.discard(rank)
+            try:
+                results[rank] = call.result()
+            except (grpc.RpcError, InferenceError, grpc.FutureCancelledError) as exc:
+                errors[rank] = exc
+                first_failure = first_failure or time.monotonic()
+        if pending and first_failure and time.monotonic() - first_failure > FAILURE_GRACE_SECONDS:
+            for rank in pending:
+                calls[rank].cancel()
+                errors[rank] = _Unanswered(rank)
+            break
+        if pending:
+            time.sleep(0.01)
+    if errors:
+        raise _diagnose(errors)
+    return results
+
+
+class _Unanswered(Exception):
+    def __init__(self, rank: int):
+        super().__init__(f"no answer within {FAILURE_GRACE_SECONDS:g} s of the others failing")
+        self.rank = rank
+
+
+def _describe(rank: int, error: BaseException) -> tuple[grpc.StatusCode | None, str]:
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        return error.code(), f"{error.code().name}: {error.details()}"
+    return None, str(error)
+
+
+def _diagnose(errors: dict[int, BaseException]) -> InferenceError:
+    """The party at fault: one unreachable/silent itself, else the peer the others name."""
+    described = {rank: _describe(rank, err) for rank, err in errors.items()}
+    culprit: int | None = None
+    for rank, (code, text) in sorted(described.items()):
+        silent = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        answered = "stopped serving" in text or "is not serving" in text
+        if (silent and not answered) or isinstance(errors[rank], _Unanswered):
+            culprit = rank
+            break
+    if culprit is None:
+        for rank, (_, text) in sorted(described.items()):
+            match = re.search(r"Peer(?:Timeout)?Error: party (\d)", text)
+            if match:
+                culprit = int(match.group(1))
+                break
+    if culprit is None:
+        culprit = min(described)
+    code = described.get(culprit, described[min(described)])[0]
+    detail = "; ".join(f"party {rank}: {text}" for rank, (_, text) in sorted(described.items()))
+    return InferenceError(culprit, code, f"request failed at party {culprit} ({detail})")
+
+
+# -- models ------------------------------------------------------------------------------
+
+
+class VeilClient:
+    """Model-level private inference: share a model once, then embed / logits / generate.
+
+    ``VeilClient(config, cert, key)``; the model owner calls :meth:`share_model` once,
+    clients then call :meth:`embed`, :meth:`logits` or :meth:`generate` with token ids
+    (or :meth:`embed_texts` / :meth:`generate_text` with a tokenizer, which runs here).
+    """
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        cert: Path | None = None,
+        key: Path | None = None,
+        run_timeout: float | None = None,
+    ):
+        self.api = InferenceClient(config, cert, key, run_timeout=run_timeout)
+
+    def share_model(self, name: str, hf_model: Any, norm_headroom_bits: int | None = None) -> int:
+        """Secret-share a ``transformers`` model's weights to the parties under ``name``.
+
+        Returns the number of weight tensors sent.  Each party receives only its pair of
+        each weight; the class name and config (public) travel as options.
+        """
+        from nn.private import NORM_HEADROOM_BITS, import_hf
+        from parties.models import FAMILIES, SHARE_PROGRAM, WEIGHT_PREFIX, unique_params
+
+        family = type(hf_model).__name__
+        if family not in FAMILIES:
+            raise ValueError(f"unsupported model class {family}; supported: {', '.join(FAMILIES)}")
+        with torch.no_grad():
+            params = unique_params(import_hf(hf_model))
+        if norm_headroom_bits is None:
+            norm_headroom_bits = NORM_HEADROOM_BITS.get(family, 0)
+        options = {
+            "model": name,
+            "family": family,
+            "config": hf_model.config.to_json_string(use_diff=False),
+            "norm_headroom_bits": str(norm_headroom_bits),
+        }
+        weights = ((WEIGHT_PREFIX + n, value.detach().float()) for n, value in params.items())
+        self.api.infer(SHARE_PROGRAM, weights, options)
+        return len(params)
+
+    def embed(
+        self,
+        model: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean-pooled BERT/MiniLM embeddings (batch, hidden), not normalised (float64)."""
+        from parties.models import EMBED_PROGRAM
+
+        options = {"model": model}
+        if attention_mask is not None:
+            options["attention_mask"] = json.dumps(attention_mask.tolist())
+        if token_type_ids is not None:
+            options["token_type_ids"] = json.dumps(token_type_ids.tolist())
+        return self.api.infer(EMBED_PROGRAM, {"input_ids": _ids(input_ids)}, options)["embedding"]
+
+    def logits(self, model: str, input_ids: torch.Tensor) -> torch.Tensor:
+        """The model's raw output for secret ids (decoders: (batch, seq, vocab))."""
+        from parties.models import LOGITS_PROGRAM
+
+        return self.api.infer(LOGITS_PROGRAM, {"input_ids": _ids(input_ids)}, {"model": model})[
+            "logits"
+        ]
+
+    def generate(self, model: str, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy continuation (batch, max_new_tokens); only this client sees the ids."""
+        from parties.models import GENERATE_PROGRAM
+
+        options = {"model": model, "max_new_tokens": str(max_new_tokens)}
+        out = self.api.infer(GENERATE_PROGRAM, {"input_ids": _ids(input_ids)}, options)
+        return out["tokens"].to(torch.int64)
+
+    def embed_texts(self, model: str, tokenizer: Any, texts: list[str]) -> torch.Tensor:
+        """L2-normalised sentence embeddings of ``texts`` (tokenised here, at the client)."""
+        from nn.bert import normalize
+
+        enc = tokenizer(texts, padding=True, return_tensors="pt")
+        types = enc.get("token_type_ids")
+        return normalize(self.embed(model, enc["input_ids"], enc["attention_mask"], types).float())
+
+    def generate_text(
+        self, model: str, tokenizer: Any, prompt: str, max_new_tokens: int, chat: bool = False
+    ) -> str:
+        """Greedy continuation of ``prompt`` as text, cut at the end-of-sequence token."""
+        if chat:
+            from nn.demo import chat_ids
+
+            ids = chat_ids(tokenizer, prompt)
+        else:
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        tokens = self.generate(model, ids, max_new_tokens)[0].tolist()
+        eos = tokenizer.eos_token_id
+        if eos in tokens:
+            tokens = tokens[: tokens.index(eos)]
+        return tokenizer.decode(tokens)
+
+    def close(self) -> None:
+        self.api.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ids(input_ids: torch.Tensor) -> torch.Tensor:
+    ids = torch.as_tensor(input_ids)
+    if ids.is_floating_point() or ids.dim() != 2:
+        raise ValueError("input_ids must be an integer tensor of shape (batch, seq)")
+    return ids.to(torch.int64)

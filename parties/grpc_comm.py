@@ -82,6 +82,7 @@ class GrpcCommunicator(Communicator):
         self._send_seq = dict.fromkeys(self._peers, 0)
         self._outgoing: dict[int, _OutgoingStream] = {}
         self.gone: dict[int, str] = {}  # peers whose link ended, and why (for idle servers)
+        self.wire_bytes_sent = 0  # serialized TensorChunk bytes (payload + protobuf framing)
         self._channels: list[grpc.Channel] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -130,7 +131,7 @@ class GrpcCommunicator(Communicator):
                     f"unreachable at {address} after {config.connect_timeout:g} s (not running, "
                     "or its certificate is not from this cluster's CA?)",
                 ) from None
-            self._outgoing[dst] = _OutgoingStream(channel, dst)
+            self._outgoing[dst] = _OutgoingStream(channel, dst, self._count_wire)
 
     def close(self) -> None:
         """Finish sending what is queued, end the streams, stop the server."""
@@ -207,6 +208,21 @@ class GrpcCommunicator(Communicator):
             raise PeerError(src, item.reason)
         return item if self.device.type == "cpu" else item.to(self.device)
 
+    def poll(self, src: int, timeout: float) -> torch.Tensor | None:
+        """The next tensor from ``src`` if one arrives within ``timeout``, else None.
+
+        For idle waits (a serving party waiting for its next request): a timeout here
+        is not an error, but a peer that is gone still raises :class:`PeerError`.
+        Not counted in :attr:`stats`.
+        """
+        try:
+            return self._recv(src, timeout)
+        except PeerTimeoutError:
+            return None
+
+    def _count_wire(self, nbytes: int) -> None:
+        self.wire_bytes_sent += nbytes
+
     # -- called by the server ------------------------------------------------------
     def _deliver(self, src: int, item: torch.Tensor | _PeerGone) -> None:
         if isinstance(item, _PeerGone):
@@ -217,8 +233,9 @@ class GrpcCommunicator(Communicator):
 class _OutgoingStream:
     """The client stream to one peer, fed from a queue by gRPC's sender thread."""
 
-    def __init__(self, channel: grpc.Channel, dst: int):
+    def __init__(self, channel: grpc.Channel, dst: int, count: Callable[[int], None]):
         self.dst = dst
+        self._count = count
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         stub = veil_pb2_grpc.PartyLinkStub(channel)
         self._call = stub.Stream.future(self._requests(), wait_for_ready=True)
@@ -263,7 +280,9 @@ class _OutgoingStream:
                 yield item
                 continue
             tensor, sender, seq, tag = item
-            yield from tensor_chunks(tensor, sender=sender, seq=seq, tag=tag)
+            for chunk in tensor_chunks(tensor, sender=sender, seq=seq, tag=tag):
+                self._count(chunk.ByteSize())
+                yield chunk
 
 
 class _LinkServicer(veil_pb2_grpc.PartyLinkServicer):

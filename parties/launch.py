@@ -54,22 +54,37 @@ def party_command(config: str, rank: int, extra: list[str], command: str = "part
     ]
 
 
-def launch(config: str, extra: list[str], command: str = "party") -> int:
-    """Run ``veil <command>`` for the three parties; 0 if all succeed, else the first failure's code."""
+def launch(config: str, extra: list[str], command: str = "party", restarts: int = 0) -> int:
+    """Run ``veil <command>`` for the three parties; 0 if all succeed, else the first failure's code.
+
+    ``restarts`` > 0 (serving parties): when a party exits with an error, all three are
+    stopped and started again, up to that many times, so a killed or failed party does not
+    end the service.  Models shared with the old processes are gone; the model owner
+    shares them again (requests for them are refused, naming the model, until then).
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     procs: list[subprocess.Popen] = []
     try:
-        for rank in range(WORLD_SIZE):
-            procs.append(
+        while True:
+            procs[:] = [
                 subprocess.Popen(
                     party_command(config, rank, extra, command),
                     env=env,
                     preexec_fn=_die_with_parent,  # noqa: PLW1509 - the launcher runs no threads
                 )
+                for rank in range(WORLD_SIZE)
+            ]
+            code = _wait(procs)
+            if code == 0 or restarts <= 0:
+                return code
+            restarts -= 1
+            _stop(procs)
+            print(
+                f"veil launch: restarting the three parties ({restarts} restarts left)",
+                file=sys.stderr,
             )
-        return _wait(procs)
     except KeyboardInterrupt:
         print("veil launch: interrupted, stopping the parties", file=sys.stderr)
         return 130

@@ -6,18 +6,28 @@ named secret shares (``dict[str, ArithShare]`` in and out; ``options`` is a
 at all three, and fetches the output pairs (:mod:`parties.client`).
 
 The three parties must run requests in the same order, or their messages would mix.
-So before running, the parties exchange a digest of (request, program, options) and
-whether they are ready (inputs uploaded, program known); on any disagreement all
-three refuse the request and stay in step.  One request runs at a time per party;
-two clients racing each other get refusals, never mixed results.  A program that
-raises leaves the links in an unknown state: the party aborts them (its peers fail
-with a PeerError naming it) and the service stops, so a launcher restarts cleanly.
+Run calls from any number of clients are queued (bounded: a full queue answers
+RESOURCE_EXHAUSTED at once) and one executor thread per party runs them one at a
+time.  Party 0 is the *leader*: it takes requests in the order their Run calls
+reached it and announces each request id to parties 1 and 2 over the party links;
+they run the announced request when its Run call has reached them too.  Before
+running, the three exchange a digest of (request, program, options, input shapes)
+and whether they are ready (inputs uploaded, program known, model present); on any
+disagreement all three refuse that request and stay in step for the next one.
+
+A program that raises, or a peer that fails, leaves the links in an unknown state:
+the party aborts them (its peers fail with a PeerError naming it), fails every
+queued request with UNAVAILABLE, and the service stops, so a launcher restarts the
+parties (``veil launch --serve`` does).  Waiting clients never hang: their calls end
+with the error.
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -25,6 +35,7 @@ import grpc
 import torch
 
 from mpc.arith import ArithShare
+from mpc.communicator import CommStats, PeerError, Traffic
 from mpc.party import Party
 from parties import tls
 from parties.config import ClusterConfig
@@ -32,7 +43,13 @@ from parties.wire import Reassembler, WireError, tensor_chunks
 from proto import veil_pb2, veil_pb2_grpc
 
 Program = Callable[[Party, dict[str, ArithShare], dict[str, str]], dict[str, ArithShare]]
+Check = Callable[[str, dict[str, str]], "str | None"]
+"""``check(program, options)``: why this party cannot run a request now, or None."""
+
 _DIGEST_BYTES = 16
+_POLL_SECONDS = 0.2
+DEFAULT_QUEUE_SIZE = 16
+LEADER = 0
 
 
 class RequestRefused(RuntimeError):
@@ -43,26 +60,83 @@ class RequestRefused(RuntimeError):
 class _Request:
     inputs: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
     outputs: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
+    created: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Job:
+    """A Run call waiting for the executor; ``done`` is set with a reply or an error."""
+
+    request_id: str
+    program: str
+    options: dict[str, str]
+    done: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
+    reply: veil_pb2.RunReply | None = None
+    code: grpc.StatusCode | None = None
+    message: str = ""
+
+    def finish(self, reply: veil_pb2.RunReply | None = None, code=None, message: str = "") -> None:
+        self.reply, self.code, self.message = reply, code, message
+        self.done.set()
+
+
+@dataclass
+class RequestLog:
+    """What one party spent on a request (for logs and benchmarks)."""
+
+    request_id: str
+    program: str
+    ok: bool
+    wall_s: float
+    traffic: Traffic
+    wire_bytes_sent: int
 
 
 class InferenceService(veil_pb2_grpc.InferenceServicer):
     """Upload / Run / Fetch for one party; :meth:`attach` the Party once it exists."""
 
-    def __init__(self, config: ClusterConfig, programs: dict[str, Program]):
+    def __init__(
+        self,
+        config: ClusterConfig,
+        programs: dict[str, Program],
+        *,
+        check: Check | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        on_request: Callable[[RequestLog], None] | None = None,
+    ):
         self.config = config
         self.programs = dict(programs)
+        self.check = check
+        self.queue_size = queue_size
+        self.on_request = on_request
         self.party: Party | None = None
         self.failed: BaseException | None = None
         self.stopped = threading.Event()
+        self.log: list[RequestLog] = []  # the most recent requests (bounded)
         self._requests: dict[str, _Request] = {}
-        self._lock = threading.Lock()  # guards _requests
-        self._run_lock = threading.Lock()  # one program at a time
+        self._jobs: dict[str, _Job] = {}
+        self._order: queue.SimpleQueue[_Job] = queue.SimpleQueue()  # leader: arrival order
+        self._lock = threading.Condition()  # guards _requests and _jobs
+        self._executor: threading.Thread | None = None
 
     def attach(self, party: Party) -> None:
+        """Start serving with ``party`` (its communicator must be connected)."""
         self.party = party
+        self._executor = threading.Thread(
+            target=self._serve, name=f"party{party.rank}-executor", daemon=True
+        )
+        self._executor.start()
 
     def add_to(self, server: grpc.Server) -> None:
         veil_pb2_grpc.add_InferenceServicer_to_server(self, server)
+
+    def stop(self, reason: str = "the party is stopping") -> None:
+        """Stop the executor and end every waiting call (the links are left to the caller)."""
+        self.stopped.set()
+        self._fail_waiting(grpc.StatusCode.UNAVAILABLE, reason)
+        if self._executor is not None and self._executor is not threading.current_thread():
+            self._executor.join(timeout=5)
 
     # -- RPCs ----------------------------------------------------------------------
     def Upload(self, request_iterator, context):
@@ -78,6 +152,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 if tensor.dtype != torch.int64 or tensor.dim() < 1 or tensor.shape[0] != 2:
                     raise WireError(f"share {name!r} must be an int64 pair of shape (2, ...)")
                 with self._lock:
+                    self._purge_stale()
                     request = self._requests.setdefault(message.request_id, _Request())
                     request.inputs[name] = (tensor, message.frac_bits)
                 names.append(name)
@@ -89,27 +164,32 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
 
     def Run(self, request, context):
         self._authorize(context)
-        if self.party is None or self.failed is not None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "party is not serving")
-        options = dict(request.options)
-        with self._run_lock:
-            try:
-                outputs = self._run(request.request_id, request.program, options)
-            except RequestRefused as exc:
-                with self._lock:
-                    self._requests.pop(request.request_id, None)
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            except Exception as exc:  # noqa: BLE001 - the links are now unusable
-                self.failed = exc
-                assert self.party is not None
-                self.party.comm.abort(f"{type(exc).__name__}: {exc}", keep_server=True)
-                self.stopped.set()
+        rank = self.party.rank if self.party is not None else "?"
+        if self.party is None or self.failed is not None or self.stopped.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"party {rank} is not serving")
+        job = _Job(request.request_id, request.program, dict(request.options))
+        with self._lock:
+            if job.request_id in self._jobs:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, "request id already queued")
+            if len(self._jobs) >= self.queue_size:
                 context.abort(
-                    grpc.StatusCode.INTERNAL, f"party failed: {type(exc).__name__}: {exc}"
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"party {rank}: queue full ({len(self._jobs)} requests waiting); retry later",
                 )
-        return veil_pb2.RunReply(
-            outputs=list(outputs), frac_bits={name: frac for name, (_, frac) in outputs.items()}
-        )
+            self._jobs[job.request_id] = job
+            self._lock.notify_all()
+        if self.party.rank == LEADER:
+            self._order.put(job)
+        while not job.done.wait(_POLL_SECONDS):
+            if not context.is_active():
+                with self._lock:
+                    if not job.started:  # the client gave up: do not run it
+                        self._jobs.pop(job.request_id, None)
+                        self._requests.pop(job.request_id, None)
+                return veil_pb2.RunReply()
+        if job.code is not None:
+            context.abort(job.code, job.message)
+        return job.reply
 
     def Fetch(self, request, context) -> Iterator[veil_pb2.TensorChunk]:
         self._authorize(context)
@@ -122,44 +202,189 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no output {request.name!r} for this request")
         yield from tensor_chunks(found[0], tag=request.name)
 
-    # -- helpers ---------------------------------------------------------------------
-    def _run(self, request_id: str, program: str, options: dict[str, str]) -> dict:
+    # -- the executor ----------------------------------------------------------------
+    def _serve(self) -> None:
         party = self.party
         assert party is not None
-        with self._lock:
+        while not self.stopped.is_set():
+            try:
+                request_id = self._next_request_id(party)
+                if request_id is not None:
+                    self._execute(party, request_id)
+            except BaseException as exc:  # noqa: BLE001 - the links are now unusable
+                self._fail(party, exc)
+                return
+
+    def _next_request_id(self, party: Party) -> str | None:
+        """The next request in the leader's order, or None to poll again."""
+        comm = party.comm
+        if comm.gone:
+            peer, why = next(iter(comm.gone.items()))
+            raise PeerError(peer, why)
+        if party.rank == LEADER:
+            try:
+                job = self._order.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                return None
+            with self._lock:
+                if self._jobs.get(job.request_id) is not job:
+                    return None  # cancelled by its client before it started
+            announce = torch.frombuffer(bytearray(job.request_id.encode()), dtype=torch.uint8)
+            with comm.scope("request"):
+                for peer in (1, 2):
+                    comm.send(peer, announce)
+            return job.request_id
+        announce = comm.poll(LEADER, _POLL_SECONDS)
+        return None if announce is None else bytes(announce.numpy()).decode()
+
+    def _execute(self, party: Party, request_id: str) -> None:
+        comm = party.comm
+        comm.stats = CommStats()
+        wire_before = comm.wire_bytes_sent
+        start = time.perf_counter()
+        deadline = time.monotonic() + self.config.timeout
+        with self._lock:  # a follower may get the announcement before the client's Run
+            while request_id not in self._jobs and time.monotonic() < deadline:
+                self._lock.wait(deadline - time.monotonic())
+            job = self._jobs.get(request_id)
+            if job is not None:
+                job.started = True
             request = self._requests.get(request_id)
-        ready = request is not None and program in self.programs
-        self._agree(party, request_id, program, options, ready)
-        assert request is not None
-        inputs = {
-            name: ArithShare(party, pair.to(party.device), frac)
-            for name, (pair, frac) in request.inputs.items()
-        }
-        request.inputs.clear()
-        with party.comm.scope(program):
-            results = self.programs[program](party, inputs, options)
-        request.outputs = {
-            name: (share.data.to("cpu"), share.frac_bits) for name, share in results.items()
-        }
-        return request.outputs
+        program = job.program if job else ""
+        options = job.options if job else {}
+        reason = self._not_ready(job, request)
+        try:
+            self._agree(party, request_id, program, options, request, reason)
+            assert job is not None and request is not None
+            inputs = {
+                name: ArithShare(party, pair.to(party.device), frac)
+                for name, (pair, frac) in request.inputs.items()
+            }
+            request.inputs.clear()
+            with comm.scope(program):
+                results = self.programs[program](party, inputs, options)
+            request.outputs = {
+                name: (share.data.to("cpu"), share.frac_bits) for name, share in results.items()
+            }
+            reply = veil_pb2.RunReply(
+                outputs=list(request.outputs),
+                frac_bits={name: frac for name, (_, frac) in request.outputs.items()},
+            )
+            self._done(job, request_id, program, start, wire_before, reply=reply)
+        except RequestRefused as exc:
+            with self._lock:
+                self._requests.pop(request_id, None)
+            self._done(
+                job,
+                request_id,
+                program,
+                start,
+                wire_before,
+                code=grpc.StatusCode.FAILED_PRECONDITION,
+                message=str(exc),
+            )
+        except BaseException as exc:
+            message = f"party {party.rank} failed: {type(exc).__name__}: {exc}"
+            with self._lock:
+                self._requests.pop(request_id, None)
+            self._done(
+                job,
+                request_id,
+                program,
+                start,
+                wire_before,
+                code=grpc.StatusCode.INTERNAL,
+                message=message,
+            )
+            raise
+
+    def _not_ready(self, job: _Job | None, request: _Request | None) -> str | None:
+        rank = self.party.rank if self.party else "?"
+        if job is None:
+            return f"party {rank} did not receive this request's Run call in time"
+        if request is None:
+            return f"party {rank} has no inputs for this request"
+        if job.program not in self.programs:
+            return f"party {rank} does not serve program {job.program!r}"
+        if self.check is not None:
+            why = self.check(job.program, job.options)
+            if why is not None:
+                return f"party {rank}: {why}"
+        return None
+
+    def _done(self, job, request_id, program, start, wire_before, **result) -> None:
+        comm = self.party.comm
+        entry = RequestLog(
+            request_id,
+            program,
+            "reply" in result,
+            time.perf_counter() - start,
+            comm.stats.total(program) if program else Traffic(),
+            comm.wire_bytes_sent - wire_before,
+        )
+        self.log = [*self.log[-99:], entry]
+        if job is not None:
+            with self._lock:
+                self._jobs.pop(request_id, None)
+            job.finish(**result)
+        if self.on_request is not None:
+            self.on_request(entry)
+
+    def _fail(self, party: Party, exc: BaseException) -> None:
+        self.failed = exc
+        reason = f"{type(exc).__name__}: {exc}"
+        party.comm.abort(reason, keep_server=True)
+        self.stopped.set()
+        self._fail_waiting(
+            grpc.StatusCode.UNAVAILABLE,
+            f"party {party.rank} stopped serving after a failure ({reason}); "
+            "the parties must be restarted",
+        )
+
+    def _fail_waiting(self, code: grpc.StatusCode, message: str) -> None:
+        with self._lock:
+            jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            job.finish(code=code, message=message)
+
+    def _purge_stale(self) -> None:
+        """Drop uploads whose Run never came (a client that died), so memory stays bounded."""
+        horizon = time.monotonic() - 4 * self.config.timeout
+        for request_id in [r for r, q in self._requests.items() if q.created < horizon]:
+            if request_id not in self._jobs:
+                del self._requests[request_id]
 
     @staticmethod
     def _agree(
-        party: Party, request_id: str, program: str, options: dict[str, str], ready: bool
+        party: Party,
+        request_id: str,
+        program: str,
+        options: dict[str, str],
+        request: _Request | None,
+        not_ready: str | None,
     ) -> None:
-        text = "\0".join([request_id, program, *(f"{k}={v}" for k, v in sorted(options.items()))])
-        digest = hashlib.sha256(text.encode()).digest()[:_DIGEST_BYTES] + bytes([ready])
+        shapes = sorted(
+            f"{name}:{tuple(pair.shape)}:{frac}"
+            for name, (pair, frac) in (request.inputs.items() if request else [])
+        )
+        text = "\0".join(
+            [request_id, program, *(f"{k}={v}" for k, v in sorted(options.items())), *shapes]
+        )
+        digest = hashlib.sha256(text.encode()).digest()[:_DIGEST_BYTES] + bytes([not_ready is None])
         mine = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
         comm = party.comm
         with comm.scope("request"):
             comm.send(comm.next_rank, mine)
             comm.send(comm.prev_rank, mine)
             theirs = [comm.recv(comm.prev_rank), comm.recv(comm.next_rank)]
-        if not all(torch.equal(mine[:-1], t[:-1].cpu()) for t in theirs):
-            raise RequestRefused("the parties were asked to run different requests; retry")
         if not all(int(t[-1]) for t in [mine, *theirs]):
             raise RequestRefused(
-                f"not every party has the inputs of request {request_id!r} and program {program!r}"
+                not_ready or f"not every party is ready to run request {request_id!r} ({program!r})"
+            )
+        if not all(torch.equal(mine[:-1], t[:-1].cpu()) for t in theirs):
+            raise RequestRefused(
+                "the parties received different requests (program, options or input shapes); "
+                "nothing ran"
             )
 
     def _authorize(self, context: grpc.ServicerContext) -> None:
@@ -177,12 +402,17 @@ def start_serving(
     rank: int,
     programs: dict[str, Program],
     device: torch.device | str = "cpu",
+    **service_options,
 ) -> tuple[InferenceService, Party]:
-    """Connect party ``rank`` to its peers and serve ``programs`` to clients (non-blocking)."""
+    """Connect party ``rank`` to its peers and serve ``programs`` to clients (non-blocking).
+
+    ``service_options`` go to :class:`InferenceService` (``check``, ``queue_size``,
+    ``on_request``).
+    """
     from mpc.fixedpoint import FixedPoint
     from parties.grpc_comm import connect_party
 
-    service = InferenceService(config, programs)
+    service = InferenceService(config, programs, **service_options)
     comm = connect_party(config, rank, device=device, add_services=service.add_to)
     try:
         party = Party(comm, fxp=FixedPoint(config.frac_bits), device=device)

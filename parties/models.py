@@ -1,0 +1,238 @@
+"""Models served by the parties: shared once by the model owner, kept in memory by name.
+
+The model owner sends each party only its own pair of every weight, through the
+ordinary client API (Upload, then the built-in program :data:`SHARE_PROGRAM`), so the
+weights travel over the same mutual TLS as any request.  What is public travels in the
+request's options: the ``transformers`` class name (from a fixed allow-list, never an
+importable path) and its config as JSON.  Each party rebuilds the model *structure*
+from that config alone -- a randomly initialised ``transformers`` model of the same
+class, imported with :func:`nn.private.import_hf` -- and then replaces every
+parameter by the pair it received, checking that names and shapes match exactly.
+
+The programs of :func:`model_programs` run requests on a stored model with
+:class:`nn.private.MPCBackend`; inputs and outputs stay shares, so no party opens the
+token ids, an activation or a result.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import mpc
+from mpc.arith import ArithShare
+from mpc.party import Party
+from nn.modules import Module
+
+SHARE_PROGRAM = "veil.share_model"
+EMBED_PROGRAM = "veil.embed"
+LOGITS_PROGRAM = "veil.logits"
+GENERATE_PROGRAM = "veil.generate"
+WEIGHT_PREFIX = "w:"
+"""Upload names of weight shares: ``w:<dotted parameter name>``."""
+
+FAMILIES = ("BertModel", "BertForSequenceClassification", "GPT2LMHeadModel", "LlamaForCausalLM")
+MAX_NEW_TOKENS = 256
+
+
+class ModelError(ValueError):
+    """A model request is inconsistent with the stored model (name, shapes, options)."""
+
+
+@dataclass
+class HeldShare:
+    """One party's pair of a weight (int64, shape (2, ...)) and its fractional bits."""
+
+    pair: torch.Tensor
+    frac_bits: int
+
+    def at(self, party: Party) -> ArithShare:
+        return ArithShare(party, self.pair.to(party.device), self.frac_bits)
+
+
+@dataclass
+class ServedModel:
+    """A model's public description and this party's shares of its weights."""
+
+    family: str
+    config_json: str
+    norm_headroom_bits: int
+    module: Module  # parameters are HeldShare
+
+    def at(self, party: Party) -> Module:
+        """A per-request copy holding ArithShares; the stored pairs are not copied."""
+        held = {id(p): p for _, p in self.module.named_params()}
+        local = copy.deepcopy(self.module, memo=dict(held))
+        return local.map_params(lambda h: h.at(party))
+
+
+def build_structure(family: str, config_json: str) -> Module:
+    """Our model for a ``transformers`` class and config, with random (public) weights."""
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    from nn.private import import_hf
+
+    if family not in FAMILIES:
+        raise ModelError(f"unsupported model family {family!r}; supported: {', '.join(FAMILIES)}")
+    try:
+        raw = json.loads(config_json)
+        config = CONFIG_MAPPING[raw["model_type"]].from_dict(raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"invalid model config: {exc}") from None
+    hf_class = getattr(transformers, family)
+    with torch.no_grad():
+        return import_hf(hf_class(config).eval())
+
+
+def unique_params(module: Module) -> dict[str, Any]:
+    """Parameters by their first dotted name; a tied parameter appears once."""
+    seen: set[int] = set()
+    params = {}
+    for name, value in module.named_params():
+        if id(value) not in seen:
+            seen.add(id(value))
+            params[name] = value
+    return params
+
+
+def attach_shares(structure: Module, shares: dict[str, HeldShare]) -> Module:
+    """Replace every parameter of ``structure`` by its received share (names, shapes checked)."""
+    expected = unique_params(structure)
+    missing, extra = set(expected) - set(shares), set(shares) - set(expected)
+    if missing or extra:
+        raise ModelError(
+            f"weight shares do not match the config: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(extra)[:5]}"
+        )
+    for name, value in expected.items():
+        if tuple(shares[name].pair.shape[1:]) != tuple(value.shape):
+            raise ModelError(
+                f"weight {name!r} has shape {tuple(shares[name].pair.shape[1:])}, "
+                f"the config says {tuple(value.shape)}"
+            )
+    by_id = {id(value): name for name, value in expected.items()}
+    return structure.map_params(lambda value: shares[by_id[id(value)]])
+
+
+class ModelStore:
+    """The models this party serves, by name (thread-safe; replaced atomically)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, ServedModel] = {}
+        self._lock = threading.Lock()
+
+    def put(self, name: str, model: ServedModel) -> None:
+        with self._lock:
+            self._models[name] = model
+
+    def get(self, name: str) -> ServedModel:
+        with self._lock:
+            model = self._models.get(name)
+        if model is None:
+            raise ModelError(f"no model named {name!r} has been shared with this party")
+        return model
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def has(self, name: str) -> bool:
+        with self._lock:
+            return name in self._models
+
+
+# -- programs ---------------------------------------------------------------------------
+
+Program = Callable[[Party, dict[str, ArithShare], dict[str, str]], dict[str, ArithShare]]
+
+
+def model_programs(store: ModelStore) -> dict[str, Program]:
+    """The built-in programs over ``store``: share a model, embed, logits, generate."""
+
+    def share_model(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):
+        name = _option(options, "model")
+        family = _option(options, "family")
+        config_json = _option(options, "config")
+        headroom = int(options.get("norm_headroom_bits", "0"))
+        shares = {
+            key[len(WEIGHT_PREFIX) :]: HeldShare(share.data.to("cpu"), share.frac_bits)
+            for key, share in inputs.items()
+            if key.startswith(WEIGHT_PREFIX)
+        }
+        module = attach_shares(build_structure(family, config_json), shares)
+        store.put(name, ServedModel(family, config_json, headroom, module))
+        return {}
+
+    def embed(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):
+        from nn.bert import sentence_embedding
+
+        model, ops, ids = _prepare(store, party, inputs, options)
+        mask = _public_tensor(options, "attention_mask", torch.ones(ids.shape, dtype=torch.int64))
+        types = _public_tensor(options, "token_type_ids", None)
+        return {"embedding": sentence_embedding(model, ops, ids, mask, types)}
+
+    def logits(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):
+        model, ops, ids = _prepare(store, party, inputs, options)
+        return {"logits": model(ops, ids)}
+
+    def generate(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):
+        from nn.generate import generate as greedy
+
+        model, ops, ids = _prepare(store, party, inputs, options)
+        steps = int(_option(options, "max_new_tokens"))
+        if not 1 <= steps <= MAX_NEW_TOKENS:
+            raise ModelError(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS}, got {steps}")
+        indices = greedy(model, ops, ids, steps)
+        return {"tokens": mpc.stack(indices, dim=-1)}
+
+    return {
+        SHARE_PROGRAM: share_model,
+        EMBED_PROGRAM: embed,
+        LOGITS_PROGRAM: logits,
+        GENERATE_PROGRAM: generate,
+    }
+
+
+def check_request(store: ModelStore, program: str, options: dict[str, str]) -> str | None:
+    """Why this party cannot run a model request (None if it can): checked before running."""
+    if program == SHARE_PROGRAM or program not in (EMBED_PROGRAM, LOGITS_PROGRAM, GENERATE_PROGRAM):
+        return None
+    name = options.get("model", "")
+    if not store.has(name):
+        return f"model {name!r} has not been shared with this party (share it first)"
+    return None
+
+
+def _prepare(
+    store: ModelStore, party: Party, inputs: dict[str, ArithShare], options: dict[str, str]
+):
+    from nn.private import MPCBackend
+
+    served = store.get(_option(options, "model"))
+    ids = inputs.get("input_ids")
+    if ids is None or ids.frac_bits != 0 or ids.ndim != 2:
+        raise ModelError("input_ids must be integer shares of shape (batch, seq)")
+    return served.at(party), MPCBackend(party, served.norm_headroom_bits), ids
+
+
+def _option(options: dict[str, str], key: str) -> str:
+    if key not in options:
+        raise ModelError(f"option {key!r} is required")
+    return options[key]
+
+
+def _public_tensor(options: dict[str, str], key: str, default: torch.Tensor | None):
+    """A public integer tensor passed as a JSON list (attention mask, token types)."""
+    if key not in options:
+        return default
+    try:
+        return torch.tensor(json.loads(options[key]), dtype=torch.int64)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"option {key!r} is not an integer array: {exc}") from None
