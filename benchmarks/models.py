@@ -106,7 +106,7 @@ def bench_gpt2(args) -> None:
 def bench_smollm2(args) -> None:
     from nn.demo import load_smollm2
 
-    hf, tokenizer = load_smollm2()
+    hf, _ = load_smollm2()
     torch.manual_seed(0)
     ids = torch.randint(0, hf.config.vocab_size, (1, args.seq))
     new = args.new_tokens
