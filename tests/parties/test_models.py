@@ -66,6 +66,7 @@ def tiny_gpt2(n_layer: int = 2) -> transformers.GPT2LMHeadModel:
         n_positions=32,
         bos_token_id=0,
         eos_token_id=0,
+        initializer_range=0.1,  # varied greedy tokens (0.02 repeats one token)
     )
     return transformers.GPT2LMHeadModel(config).eval()
 
@@ -222,6 +223,97 @@ def test_client_with_foreign_certificate_refused(served, tmp_path) -> None:
     ):
         client.api.infer("veil.embed", {"input_ids": IDS}, {"model": "bert"}, timeout=3)
     assert info.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_share_and_infer_cli(served, references, tmp_path, capsys) -> None:
+    """`veil share --hf DIR` then `veil infer --model`: text tokenized at the client."""
+    from nn.bert import normalize
+    from nn.demo import load_minilm
+    from parties.cli import main
+
+    _, tokenizer = load_minilm()
+    torch.manual_seed(1)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    bert = transformers.BertModel(config).eval()
+    bert.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    common = ["--config", str(served.directory / "cluster.toml")]
+    owner = ["--cert", str(served.directory / "owner.pem")]
+    owner += ["--key", str(served.directory / "owner.key")]
+    assert (
+        main(["share", *common, *owner, "--model", "textbert", "--hf", str(tmp_path / "model")])
+        == 0
+    )
+    texts = ["A man is eating food.", "A man rides a horse."]
+    out = tmp_path / "out.pt"
+    args = ["infer", *common, "--model", "textbert", "--task", "embed", "--out", str(out)]
+    args += ["--tokenizer", str(tmp_path / "model"), "--text", texts[0], "--text", texts[1]]
+    assert main(args) == 0
+    got = torch.load(out, weights_only=True)["embedding"]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = bert(**enc).last_hidden_state
+    weights = enc["attention_mask"][:, :, None].float()
+    expected = normalize((hidden * weights).sum(1) / weights.sum(1))
+    assert (got - expected).abs().max() < EMBED_BOUND_PLAIN
+    assert (
+        main(
+            [
+                "infer",
+                *common,
+                "--model",
+                "gpt",
+                "--task",
+                "generate",
+                "--ids",
+                "1,5,9,20,3,7",
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
+    expected_ids = references["tokens_plain"][:1, :3].tolist()
+    assert f"generated ids: {expected_ids}" in capsys.readouterr().out
+
+
+def test_stalled_party_named_within_timeout(served) -> None:
+    """SIGSTOP party 1 mid-request: its peers time out naming it, the client reports it."""
+    pids = served.party_pids()
+    outcome: dict[str, object] = {}
+
+    def request() -> None:
+        start = time.monotonic()
+        try:
+            with served.client() as client:
+                outcome["result"] = client.generate("gpt", IDS, max_new_tokens=30)
+        except InferenceError as exc:
+            outcome["error"] = exc
+        outcome["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    time.sleep(1.5)
+    os.kill(pids[1], signal.SIGSTOP)
+    try:
+        thread.join(timeout=TIMEOUT + 20)
+    finally:
+        os.kill(pids[1], signal.SIGCONT)
+    assert not thread.is_alive()
+    error = outcome.get("error")
+    assert isinstance(error, InferenceError), outcome
+    assert error.rank == 1 and "party 1" in str(error)
+    assert outcome["seconds"] < TIMEOUT + 6  # the peers' timeout + the client's grace
+    served.share_models()  # the parties were restarted: share again, then serve
+    with served.client() as client:
+        assert client.generate("gpt", IDS, max_new_tokens=2).shape == (2, 2)
 
 
 def _rss_kb(pid: int) -> int:

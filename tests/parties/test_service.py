@@ -29,6 +29,11 @@ def square_plus(party, inputs, options):
     return {"y": x * x + float(options.get("bias", "0")), "x": x}
 
 
+def slow_square(party, inputs, options):
+    time.sleep(float(options.get("sleep", "1")))
+    return square_plus(party, inputs, options)
+
+
 def fails_at_rank_2(party, inputs, options):
     if party.rank == 2:
         raise ValueError("bad weights at party 2")
@@ -39,7 +44,7 @@ def fails_at_rank_2(party, inputs, options):
 def serving(tmp_path_factory):
     """Three serving parties (threads of this process) and the bound cluster config."""
     config = local_config(tmp_path_factory.mktemp("serve"), timeout=5.0)
-    programs = {"square_plus": square_plus, "fails": fails_at_rank_2}
+    programs = {"square_plus": square_plus, "slow": slow_square, "fails": fails_at_rank_2}
     services = [InferenceService(config, programs) for _ in range(3)]
     comms = [GrpcCommunicator(r, config, add_services=services[r].add_to) for r in range(3)]
     bound = config.with_addresses([f"localhost:{c.port}" for c in comms])
@@ -83,6 +88,38 @@ def test_unknown_program_refused_and_parties_stay_in_step(serving) -> None:
         assert torch.allclose(
             c.infer("square_plus", {"x": torch.ones(2)})["y"], torch.ones(2).double()
         )
+
+
+def test_full_queue_refuses_clearly_and_queued_requests_run_in_order(serving, monkeypatch) -> None:
+    """Queue of 2 per party: a running and a waiting request fit, a third is refused."""
+    config, services = serving
+    for service in services:
+        monkeypatch.setattr(service, "queue_size", 2)
+    results: dict[int, object] = {}
+
+    def request(index: int, program: str) -> None:
+        try:
+            with client(config) as c:
+                results[index] = c.infer(program, {"x": torch.full((2,), float(index))})["y"]
+        except InferenceError as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=request, args=(0, "slow"))]
+    threads[0].start()
+    time.sleep(0.5)  # request 0 is running
+    threads.append(threading.Thread(target=request, args=(1, "square_plus")))
+    threads[1].start()
+    time.sleep(0.3)  # request 1 is waiting
+    request(2, "square_plus")
+    for thread in threads:
+        thread.join(timeout=30)
+    assert isinstance(results[2], InferenceError), results
+    assert results[2].code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue full" in str(results[2])
+    assert torch.allclose(results[0], torch.zeros(2, dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(results[1], torch.ones(2, dtype=torch.float64), atol=1e-3)
+    log = [entry.request_id for entry in services[1].log[-2:]]
+    assert [entry.program for entry in services[1].log[-2:]] == ["slow", "square_plus"], log
 
 
 def test_party_certificate_is_not_a_client(serving) -> None:
