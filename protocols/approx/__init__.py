@@ -9,15 +9,15 @@ valid input range, the error and the cost.
 Measured at f = 18 (benchmarks/nonlinear.py; bytes sent and rounds of the busiest party):
 
     function                         error vs exact        rounds  bytes / party
-    exp (quadratic, t = 5, clip)     2.4e-4 abs on [-14,0]    27    272 / element
-    reciprocal (window 2^-10..2^10)  3.7e-4 rel               20    2408 / element
-    rsqrt (window 2^-14..2^14)       4.0e-4 rel               22    3376 / element
-    gelu 128x768 (symmetric)         9.3e-3 (PUMA's: 2.0e-2)  21    33.8 MB (SPU 30.7 MB, 55)
-    silu (symmetric)                 3.4e-2 (PUMA's: 7.2e-2)  20    344 / element
-    softmax 12x128x128               3.9e-3                  128    81.5 MB (SPU 47.0 MB, 160)
-    layernorm 128x768                6.6e-4                   31    3.7 MB (SPU 3.2 MB, 55)
-    embedding 128 of 30522x768       exact                    15    34.0 MB
-    argmax over 49152                exact                   191    6.7 MB
+    exp (quadratic, t = 5, clip)     2.4e-4 abs on [-14,0]    27    199.5 / element
+    reciprocal (window 2^-10..2^10)  3.7e-4 rel               21    1030.5 / element
+    rsqrt (window 2^-14..2^14)       4.0e-4 rel               23    1418.5 / element
+    gelu 128x768 (symmetric)         9.3e-3 (PUMA's: 2.0e-2)  21    19.56 MB (SPU 30.7 MB, 55)
+    silu (symmetric)                 3.4e-2 (PUMA's: 7.2e-2)  21    199 / element
+    softmax 12x128x128               3.9e-3                  128    52.35 MB (SPU 47.0 MB, 160)
+    layernorm 128x768                6.6e-4                   31    3.38 MB (SPU 3.2 MB, 55)
+    embedding 128 of 30522x768       exact                    15    34.02 MB
+    argmax over 49152                exact                   191    3.13 MB
 
 Modules: exp, reciprocal, rsqrt (with bracket, the secret's bit length), gelu, silu (with
 _piecewise), softmax, layernorm (LayerNorm and RMSNorm), embedding, argmax, tanh.

@@ -145,7 +145,8 @@ def row_max(x: ArithShare) -> ArithShare:
     Unlike ``ArithShare.max`` it does not also rebuild the argmax one-hot (which softmax
     does not need: 8 bytes per element and log2(n) - 1 rounds saved).
     Cost: ceil(log2 n) levels of one comparison (10 rounds) and one multiplexer (1 round);
-    about 128 bytes per element per party.
+    n - 1 comparisons (47.5 bytes) and multiplexers (8 bytes) per row of n: about
+    55.5 bytes per element per party (55.07 measured for n = 128).
     """
     current = x
     while current.shape[-1] > 1:

@@ -43,7 +43,7 @@ def select_twin(
 
 
 def segment_bits(x: ArithShare, bounds: tuple[float, float, float]) -> list[ArithShare]:
-    """[x < a], [x < b], [x > c] in one comparison (10 rounds, 3 * 120 bytes per element)."""
+    """[x < a], [x < b], [x > c] in one comparison (10 rounds, 3 * 47.5 bytes per element)."""
     a, b, c = bounds
     stacked = cat([(x - a).unsqueeze(0), (x - b).unsqueeze(0), (c - x).unsqueeze(0)], dim=0)
     bits = less_than(stacked, 0)
@@ -66,7 +66,7 @@ def symmetric_select_twin(
 
 
 def symmetric_bits(x: ArithShare, bound: float) -> list[ArithShare]:
-    """[x < -T], [x > T] in one comparison (10 rounds, 2 * 120 bytes per element)."""
+    """[x < -T], [x > T] in one comparison (10 rounds, 2 * 47.5 bytes per element)."""
     stacked = cat([(x + bound).unsqueeze(0), (bound - x).unsqueeze(0)], dim=0)
     bits = less_than(stacked, 0)
     return [bits[0], bits[1]]

@@ -8,7 +8,9 @@ Ties go to the lowest index, like torch.argmax.
 Valid range: |x_i - x_j| < 2^(63-f).
 Error: exact whenever the top two logits differ by more than one ulp (2^-f).
 Cost for n = 49152 per row, per party: 16 levels of one comparison and one multiplexer
-(11 rounds each) plus 15 rounds for the one-hot: 191 rounds, about 136 bytes per element.
+(11 rounds each) plus 15 rounds for the one-hot: 191 rounds, about 64 bytes per element
+(n - 1 comparisons at 47.5 bytes, n - 1 multiplexers and the one-hot's products at 8 bytes
+each; 3.13 MB measured).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ carry one comparison; B2A turns the 2^H + 2^L bits into arithmetic 0/1; their ou
 product over the vocabulary's (high, low) pairs (one multiplication, no truncation: both
 are integers) is the full one-hot.
 So the width is reduced once per token, and the per-vocabulary-entry cost is the single
-outer-product multiplication (8 bytes) instead of an equality test (72 bytes for a
+outer-product multiplication (8 bytes) instead of an equality test (31.9 bytes for a
 64-bit ``equal``).  The product with the fixed-point table has an integer operand, so it
 needs no truncation and the rows come out exactly (bit for bit) as shared.
 Source: the one-hot embedding of PUMA (arXiv 2307.12533 §4.4); the split is ours.

@@ -12,12 +12,12 @@ softmax on 12x128x128 rows of logits ~ N(0, 3^2), causal rows alike; cost per el
 party with the clip / without it, from the communicator counters):
 
     variant                products  rounds   bytes      exp err [-14, 0]  softmax err
-    linear,    t = 5 (PUMA)    5      24 / 13  248 / 120     8.6e-3          6.6e-2
-    linear,    t = 8           8      32 / 21  320 / 192     1.1e-3          8.2e-3
-    quadratic, t = 4           5      24 / 13  248 / 120     1.0e-3          2.0e-2
-    quadratic, t = 5           6      27 / 16  272 / 144     2.4e-4          4.0e-3  <- default
-    quadratic, t = 6           7      29 / 18  296 / 168     1.5e-4          9.2e-4
-    quadratic, t = 7           8      32 / 21  320 / 192     3.0e-4          2.3e-4
+    linear,    t = 5 (PUMA)    5      24 / 13  175.5 / 120   8.6e-3          6.6e-2
+    linear,    t = 8           8      32 / 21  247.5 / 192   1.1e-3          8.2e-3
+    quadratic, t = 4           5      24 / 13  175.5 / 120   1.0e-3          2.0e-2
+    quadratic, t = 5           6      27 / 16  199.5 / 144   2.4e-4          4.0e-3  <- default
+    quadratic, t = 6           7      29 / 18  223.5 / 168   1.5e-4          9.2e-4
+    quadratic, t = 7           8      32 / 21  247.5 / 192   3.0e-4          2.3e-4
 
 So quadratic t = 5 meets the softmax bound (0.01) with 2.5x margin for one product more
 than PUMA's t = 5 (and two fewer than linear t = 8, the cheapest linear variant that
@@ -32,9 +32,10 @@ variant needs a caller that bounds x, e.g. softmax logits with a known spread.
 Error: twin vs exp: the table above; protocol vs twin: at most about 2^(t+1) ulp (each
 truncation is off by at most one ulp, and every later squaring doubles a relative error);
 measured 1.1e-4 for t = 5.
-Cost: the table above (quadratic t = 5: 6 products with truncation, one comparison for the
-clip, one multiplexer).  ``untruncated=True`` skips the last truncation (16 bytes, 2
-rounds) for a caller that multiplies the result again (softmax).
+Cost: the table above (quadratic t = 5: 6 products with truncation, 144 bytes; one
+comparison for the clip, 47.5 bytes; one multiplexer, 8 bytes).  ``untruncated=True``
+skips the last truncation (16 bytes, 2 rounds) for a caller that multiplies the result
+again (softmax).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ even and tends to |x|/2, so with T = 3
     E(s) = 0.009220096828412263 + 0.35793924001574673 s - 0.036651735977642326 s^2
            + 0.001705570332958458 s^3      (a minimax fit, same powers as PUMA's F1).
 Two comparisons instead of three and no x^3: max error 0.0093 on [-10, 10] (vs 0.0199),
-344 instead of 512 bytes per element, two rounds fewer.
+199 instead of 294.5 bytes per element, two rounds fewer.
 
 The default is the symmetric variant (fewer bytes, smaller error); ``variant="puma"``
 gives PUMA's exact four-segment formula above.
@@ -26,10 +26,12 @@ Valid range: all x (|x| < 2^(63-f)); far outside [-4, 3] the powers overflow the
 cancel exactly in the segment combination (see :mod:`protocols.approx._piecewise`).
 Error: twin vs erf-GeLU: max 0.0199 on [-10, 10] (at the segment joins; 0.0195 vs the tanh
 form).  Protocol vs twin: about 1e-5 (coefficients times one-ulp truncation errors).
-Cost (PUMA): segment bits (10 rounds, 360 bytes), powers x^2 | x^3, x^4 | x^6 (3 levels of
-1 + 2 rounds, 4 products: 96 bytes), one truncation for both polynomials (2 rounds,
-32 bytes), selection (1 round, 24 bytes): 22 rounds, 512 bytes per element per party.
-Cost (symmetric): 240 + 72 + 16 + 16 = 344 bytes, 20 rounds (measured).
+Cost (PUMA): segment bits (10 rounds, 3 * 47.5 = 142.5 bytes), powers x^2 | x^3, x^4 | x^6
+(3 levels of 1 + 2 rounds, 4 products: 96 bytes), one truncation for both polynomials
+(2 rounds, 32 bytes), selection (1 round, 24 bytes): 22 rounds (23 at the busiest party),
+294.5 bytes per element per party (28.95 MB for 128x768, measured).
+Cost (symmetric): 95 + 72 + 16 + 16 = 199 bytes, 20 rounds (21 at the busiest party;
+19.56 MB for 128x768, measured).
 """
 
 from __future__ import annotations

@@ -23,12 +23,14 @@ terms are rsqrt's 8e-5 relative error and the roundings of gamma (2^-14) and r, 
 protocol's truncations round up or down where the twin rounds to nearest.
 gamma is narrowed once to 13 fractional bits (a truncation of n elements batched with
 the mean's), so x * r (kept at 2f bits) * gamma needs a single elementwise truncation.
-Cost per row of n, per party: the mean with gamma's narrowing (2 rounds), S (3 rounds, one
-element), rsqrt (22 rounds, 120 * 33 + 120 bytes; with ``bracket="bits"`` 28 rounds and 700
-bytes), then two elementwise products and one truncation (4 rounds, 32 bytes per element).
-Measured, 128x768 (benchmarks/nonlinear.py): 31 rounds, 3.69 MB; with ``bracket="bits"``
+Cost per row of n, per party: the mean with gamma's narrowing (2 rounds) and S (3 rounds,
+one element): 40 bytes; rsqrt (22 rounds, 47.5 * 33 + 136 = 1703.5 bytes; with
+``bracket="bits"`` 28 rounds and 152 + 16 * 34 + 136 = 832 bytes); then two elementwise
+products and one truncation (4 rounds, 32 bytes per element; 24 without gamma).  Narrowing
+gamma adds 16 bytes per element of gamma, once per call.
+Measured, 128x768 (benchmarks/nonlinear.py): 31 rounds, 3.38 MB; with ``bracket="bits"``
 37 rounds, 3.27 MB; without the affine step (gamma and beta folded into the next linear
-layer by the model owner) 30 rounds, 2.89 MB.  SPU's PUMA: 55 send steps, 3.2 MB.
+layer by the model owner) 30 rounds, 2.58 MB.  SPU's PUMA: 55 send steps, 3.2 MB.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ def layernorm(
     """LayerNorm of secret rows with secret gamma (``weight``) and beta (``bias``).
 
     ``bracket`` is rsqrt's bit-length method: "compare" (fewest rounds) or "bits" (6 rounds
-    more, 3.3 instead of 3.7 MB for 128x768).
+    more, 3.27 instead of 3.38 MB for 128x768).
 
     ``weight=None`` (and ``bias=None``) skips the affine step, for a model owner who folds
     gamma and beta into the next linear layer before sharing it: 24 instead of 32 bytes

@@ -17,9 +17,10 @@ bits (f + 8 at f = 18) so the large alternating coefficients add little; the res
 (2^-(f + extra_bits) / rsqrt(x) relative).  Protocol vs 1/sqrt(x): 4.0e-4 relative over
 the default window (bound 1e-3), 9.7e-5 with ``extra_bits=4``; protocol vs twin 4.7e-4
 (one or two ulp of the result).
-Cost (measured, default window W = 28), per element per party: 22 rounds, 3376 bytes with
-``bracket="compare"`` (comparisons: 10 rounds, 120 (W - 1) bytes), 28 rounds, 736 bytes
-with ``bracket="bits"``; plus 4 product levels and the polynomial's truncation.
+Cost (measured, default window W = 28), per element per party: 22 rounds (23 at the
+busiest party), 1418.5 bytes with ``bracket="compare"`` (comparisons: 10 rounds,
+47.5 (W - 1) bytes), 28 rounds (29), 736 bytes with ``bracket="bits"`` (16 rounds,
+152 + 16 W bytes); plus 4 product levels and the polynomial's truncation (136 bytes).
 LayerNorm and RMSNorm use it once per row, where rounds matter more than bytes.
 """
 
@@ -97,7 +98,8 @@ def rsqrt(
     """scale / sqrt(x) for secret x in [2^lo_exp, 2^hi_exp), public ``scale`` > 0.
 
     ``bracket`` picks how the bit length is found (:mod:`protocols.approx.bracket`):
-    "compare" (fewest rounds) or "bits" (fewest bytes, for large tensors).
+    "compare" (fewest rounds) or "bits" (fewest bytes for windows of 7 or more positions,
+    for large tensors).
 
     The result has f + ``extra_bits`` fractional bits (more relative precision for small
     results, e.g. LayerNorm of rows with a large variance).

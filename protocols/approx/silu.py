@@ -15,8 +15,8 @@ tending to |x|/2, so with T = 5
     silu(x) ~ 0 (x < -5);  x/2 + E(x^2) (|x| <= 5);  x (x > 5),
     E(s) = 0.020496548463330284 + 0.21099913255441075 s - 0.007965792174430242 s^2
            + 0.0001388975712446311 s^3      (a minimax fit; PUMA's P is the T = 4 fit).
-Two comparisons instead of three: max error 0.0335 on [-12, 12] (vs 0.0719), 344
-instead of 488 bytes per element, two rounds fewer.
+Two comparisons instead of three: max error 0.0335 on [-12, 12] (vs 0.0719), 199
+instead of 270.5 bytes per element, two rounds fewer.
 
 The default is the symmetric variant (fewer bytes, smaller error); ``variant="puma"``
 gives PUMA's exact four-segment formula above.
@@ -24,10 +24,12 @@ gives PUMA's exact four-segment formula above.
 Valid range: all x (|x| < 2^(63-f)); see :mod:`protocols.approx._piecewise`.
 Error: twin vs x * sigmoid(x): max 0.0719 on [-12, 12] (at x = 4).  Protocol vs twin:
 about 1e-5.
-Cost: segment bits (10 rounds, 360 bytes), powers x^2 | x^4 | x^6 (3 levels of 1 + 2
-rounds, 3 products: 72 bytes), one truncation for both polynomials (2 rounds, 32 bytes),
-selection (1 round, 24 bytes): 22 rounds, 488 bytes per element per party.
-Cost (symmetric): 240 + 72 + 16 + 16 = 344 bytes, 20 rounds (measured).
+Cost: segment bits (10 rounds, 3 * 47.5 = 142.5 bytes), powers x^2 | x^4 | x^6 (3 levels of
+1 + 2 rounds, 3 products: 72 bytes), one truncation for both polynomials (2 rounds,
+32 bytes), selection (1 round, 24 bytes): 22 rounds (23 at the busiest party), 270.5 bytes
+per element per party.
+Cost (symmetric): 95 + 72 + 16 + 16 = 199 bytes, 20 rounds (21 at the busiest party;
+measured).
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ this package's :func:`~protocols.approx.exp.exp` and
 Valid range: all |x| < 2^(63-f) (in practice any activation).
 Error: twin vs torch.tanh: at most 2 * (exp's 2.4e-4) + 2 * (reciprocal's 6e-5) ~ 6e-4;
 measured 5e-4 over [-10, 10] (tests/protocols/test_approx_tanh.py). Protocol vs twin: a few ulp.
-Cost: one comparison (10 rounds, 120 B), two sign products (1 round, 8 B each), exp
-(29 rounds, 272 B) and a reciprocal over a 2-position window (about 22 rounds,
-208 B): about 63 rounds and 616 bytes per element per party.
+Cost: one comparison (10 rounds, 47.5 B), two sign products (1 round, 8 B each), exp
+(27 rounds, 199.5 B) and a reciprocal over a 2-position window (21 rounds, one comparison
+and 128 B: 175.5 B): 60 rounds and 438.5 bytes per element per party (measured, busiest
+party).
 """
 
 from __future__ import annotations
