@@ -60,5 +60,9 @@ def limb_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b mod 2^64 for int64 tensors, choosing the kernel by device."""
     if a.device.type == "cpu":
+        if b.dim() == 2 and not b.is_contiguous() and b.mT.is_contiguous():
+            # x @ table.T (a tied LM head): int64 matmul would copy the transposed table;
+            # (table @ x.T).T reads it in place.
+            return torch.matmul(b.mT, a.mT).mT
         return torch.matmul(a, b)
     return limb_matmul(a, b)

@@ -90,12 +90,12 @@ def reveal_to(x: ArithShare, receiver: int) -> torch.Tensor | None:
     return ring if x.frac_bits == 0 else party.fxp.decode(ring, x.frac_bits)
 
 
-def deal(value: torch.Tensor, fxp: FixedPoint | None = None) -> tuple[list[torch.Tensor], int]:
-    """An *outside* owner (the client, the model owner) secret-shares ``value``.
+def deal_components(value: torch.Tensor, fxp: FixedPoint | None = None) -> tuple[torch.Tensor, int]:
+    """An *outside* owner (the client, the model owner) splits ``value`` into components.
 
-    Returns each party's stacked pair (x_i, x_{i+1}) and the fractional bits.  Components
-    x_0 and x_1 come from a fresh AES-CTR key that only the owner holds; x_2 = x - x_0 - x_1.
-    Party i receives only its pair, which is uniformly random on its own.
+    Returns x_0, x_1, x_2 stacked (3, ...) and the fractional bits: x_0 and x_1 come from a
+    fresh AES-CTR key that only the owner holds, x_2 = x - x_0 - x_1.  Party i must receive
+    only (x_i, x_{i+1}) (see :func:`deal`), which is uniformly random on its own.
     """
     fxp = fxp or FixedPoint()
     value = torch.as_tensor(value)
@@ -103,11 +103,18 @@ def deal(value: torch.Tensor, fxp: FixedPoint | None = None) -> tuple[list[torch
         ring, frac = fxp.encode(value), fxp.frac_bits
     else:
         ring, frac = value.to(torch.int64), 0
+    components = torch.empty(3, *ring.shape, dtype=torch.int64)
     prg = AesPrg(new_key())
-    c0 = prg.random_int64(ring.shape)
-    c1 = prg.random_int64(ring.shape)
-    components = (c0, c1, ring - c0 - c1)
-    return [torch.stack((components[i], components[(i + 1) % 3])) for i in range(3)], frac
+    components[0] = prg.random_int64(ring.shape)
+    components[1] = prg.random_int64(ring.shape)
+    torch.sub(ring - components[0], components[1], out=components[2])
+    return components, frac
+
+
+def deal(value: torch.Tensor, fxp: FixedPoint | None = None) -> tuple[list[torch.Tensor], int]:
+    """Each party's stacked pair (x_i, x_{i+1}) of a fresh sharing of ``value``, and its scale."""
+    components, frac = deal_components(value, fxp)
+    return [components[[i, (i + 1) % 3]] for i in range(3)], frac
 
 
 def reconstruct(pairs: list[torch.Tensor], frac_bits: int, fxp: FixedPoint | None = None) -> torch.Tensor:

@@ -105,18 +105,25 @@ NORM_HEADROOM_BITS = {"LlamaForCausalLM": 2}
 
 @dataclass
 class Dealt:
-    """A tensor secret-shared by an outside owner: each party's pair, and the scale."""
+    """A tensor secret-shared by an outside owner, as the simulated parties receive it.
 
-    pairs: list[torch.Tensor]
+    The components are kept once, as (x_0, x_1, x_2, x_0), so that party i's pair
+    (x_i, x_{i+1}) is the view ``ring[i : i + 2]``: the three simulated parties share
+    memory instead of holding six copies (in a deployment each party holds only its
+    own pair).  Protocols never write into their inputs, so the views stay intact.
+    """
+
+    ring: torch.Tensor
     frac_bits: int
 
     @classmethod
     def of(cls, value: torch.Tensor, fxp: FixedPoint) -> Dealt:
-        pairs, frac = mpc.deal(value.detach(), fxp)
-        return cls(pairs, frac)
+        components, frac = mpc.sharing.deal_components(value.detach(), fxp)
+        return cls(torch.cat([components, components[:1]]), frac)
 
     def at(self, party: mpc.Party) -> ArithShare:
-        return ArithShare(party, self.pairs[party.rank].to(party.device), self.frac_bits)
+        pair = self.ring[party.rank : party.rank + 2]
+        return ArithShare(party, pair.to(party.device), self.frac_bits)
 
 
 @dataclass

@@ -38,8 +38,14 @@ def _product(x: ArithShare, y: ArithShare, local: Callable[[torch.Tensor, torch.
              name: str, x_data: torch.Tensor, y_data: torch.Tensor) -> ArithShare:
     party = x.party
     with party.comm.scope(name):
-        z = local(x_data[0], y_data[0] + y_data[1])
-        z += local(x_data[1], y_data[0])
+        # x_i y_i + x_i y_{i+1} + x_{i+1} y_i, summing the components of the smaller
+        # operand (a weight matrix is summed once per call otherwise).
+        if x_data[0].numel() < y_data[0].numel():
+            z = local(x_data[0] + x_data[1], y_data[0])
+            z += local(x_data[0], y_data[1])
+        else:
+            z = local(x_data[0], y_data[0] + y_data[1])
+            z += local(x_data[1], y_data[0])
         z += party.zero_share(z.shape)
         data = reshare(party, z)
     return x._finish_product(data, x.frac_bits + y.frac_bits)
