@@ -84,10 +84,13 @@ class InferenceClient:
     ) -> dict[str, torch.Tensor]:
         """Run ``program`` on secret-shared ``inputs``; return the reconstructed outputs.
 
+        ``timeout`` bounds the upload and each fetch (default: ``run_timeout``, the bound
+        of the Run call, which includes waiting in the parties' queue).
+
         ``inputs`` may be a lazy iterable of (name, tensor): each tensor is dealt and
         streamed to the parties before the next is produced (a model's weights).
         """
-        timeout = timeout or self.config.timeout
+        timeout = timeout or self.run_timeout  # uploads of large models take a while
         request_id = uuid.uuid4().hex
         items = inputs.items() if isinstance(inputs, dict) else inputs
         self._upload(request_id, items, timeout)

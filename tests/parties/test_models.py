@@ -2,7 +2,8 @@
 
 One cluster of three party processes (mutual TLS on loopback) serves every test in
 this module, in order: the model owner shares tiny seeded BERT and GPT-2 models once,
-clients reuse them, two clients race, a soak of sequential requests watches the
+clients reuse them, two clients race, the CLI shares and queries a model, MiniLM
+embeds two sentences, a stalled party is named, a soak of sequential requests watches the
 parties' memory and descriptors, and -- last -- a party is killed mid-request.
 
 Bounds (stated once, checked below): served results equal the in-process simulation
@@ -282,6 +283,24 @@ def test_share_and_infer_cli(served, references, tmp_path, capsys) -> None:
     )
     expected_ids = references["tokens_plain"][:1, :3].tolist()
     assert f"generated ids: {expected_ids}" in capsys.readouterr().out
+
+
+def test_minilm_sentence_embedding(served) -> None:
+    """The bundled all-MiniLM-L6-v2 over the three processes: cosine to plaintext > 0.999."""
+    from nn.bert import normalize
+    from nn.demo import DEFAULT_SENTENCES, load_minilm
+
+    hf, tokenizer = load_minilm()
+    with served.client("owner", run_timeout=600) as owner:
+        owner.share_model("minilm", hf)
+    with served.client(run_timeout=600) as client:
+        got = client.embed_texts("minilm", tokenizer, DEFAULT_SENTENCES[:2])
+    enc = tokenizer(DEFAULT_SENTENCES[:2], padding=True, return_tensors="pt")
+    weights = enc["attention_mask"][:, :, None].float()
+    with torch.no_grad():
+        expected = normalize((hf(**enc).last_hidden_state * weights).sum(1) / weights.sum(1))
+    assert (got * expected).sum(-1).min() > 0.999
+    assert (got - expected).abs().max() < 0.02
 
 
 def test_stalled_party_named_within_timeout(served) -> None:
