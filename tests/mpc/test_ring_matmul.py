@@ -22,3 +22,11 @@ def test_limb_path_chunks_long_inner_dimension(monkeypatch, rng):
 def test_native_used_on_cpu(rng):
     a, b = full_range((3, 3), rng), full_range((3, 3), rng)
     assert torch.equal(rm.ring_matmul(a, b), a @ b)
+
+
+def test_skinny_and_transposed_cpu_paths_are_exact(rng):
+    b = full_range((40, 24), rng)
+    for a_shape in [(40,), (1, 40), (2, 40), (1, 1, 40), (3, 40)]:
+        a = full_range(a_shape, rng)
+        assert torch.equal(rm.ring_matmul(a, b), torch.matmul(a, b)), a_shape
+        assert torch.equal(rm.ring_matmul(a, b.mT.contiguous().mT), torch.matmul(a, b)), a_shape
