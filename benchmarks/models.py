@@ -2,7 +2,7 @@
 
     python -m benchmarks.models bert       # BERT-base, seq 128, seeded random weights
     python -m benchmarks.models gpt2       # GPT-2 base, 32 tokens in, 1 out
-    python -m benchmarks.models smollm2    # SmolLM2-135M: 32-token prompt + 8 generated
+    python -m benchmarks.models smollm2    # SmolLM2-135M: 32-token text prompt + 8 generated
     python -m benchmarks.models bert --layers 2 --seq 32   # smaller, for a quick look
 
 Each run also times the plaintext float model in the same process and prints the ratio,
@@ -102,23 +102,30 @@ def bench_gpt2(args) -> None:
            share_s, result, [f"next token equals plaintext argmax: {same}"])
 
 
+SMOLLM2_TEXT = (
+    "The printing press was invented by Johannes Gutenberg around 1440 in Mainz, Germany. "
+    "It made books cheaper and faster to produce, and within a few decades printing shops "
+    "had spread across Europe, which"
+)
+
+
 @torch.no_grad()
 def bench_smollm2(args) -> None:
     from nn.demo import load_smollm2
 
-    hf, _ = load_smollm2()
-    torch.manual_seed(0)
-    ids = torch.randint(0, hf.config.vocab_size, (1, args.seq))
+    hf, tokenizer = load_smollm2()
+    ids = tokenizer(SMOLLM2_TEXT, return_tensors="pt")["input_ids"][:, : args.seq]
     new = args.new_tokens
     plain_s, expected = timed(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-                                                  do_sample=False)[0, args.seq:], repeats=2)
+                                                  do_sample=False)[0, ids.shape[1]:], repeats=2)
     start = time.perf_counter()
     pm = PrivateModel.from_hf(hf)
     share_s = time.perf_counter() - start
     result = pm.generate(ids, max_new_tokens=new)
     ours = result.output[0].tolist()
-    report(f"SmolLM2-135M: {args.seq}-token prompt + {new} generated", plain_s, share_s, result,
-           [f"generated ids equal plaintext greedy: {ours == expected.tolist()} ({ours} vs {expected.tolist()})"])
+    report(f"SmolLM2-135M: {ids.shape[1]}-token prompt + {new} generated", plain_s, share_s, result,
+           [f"generated ids equal plaintext greedy: {ours == expected.tolist()} ({ours} vs {expected.tolist()})",
+            f"continuation: {tokenizer.decode(ours)!r}"])
 
 
 def main(argv: list[str] | None = None) -> int:
