@@ -293,6 +293,7 @@ def _serve(args: argparse.Namespace) -> int:
             check=lambda program, options: check_request(store, program, options),
             queue_size=args.queue_size,
             on_request=log,
+            on_event=_report,
         )
     except (PeerError, ConfigError) as exc:
         print(f"party {args.rank}: {exc}", file=sys.stderr)

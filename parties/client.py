@@ -258,19 +258,30 @@ def _diagnose(errors: dict[int, BaseException]) -> InferenceError:
     culprit: int | None = None
     for rank, (code, text) in sorted(described.items()):
         silent = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        answered = "stopped serving" in text or "is not serving" in text
+        answered = any(
+            phrase in text for phrase in ("stopped serving", "is not serving", "reconnecting")
+        )
         if (silent and not answered) or isinstance(errors[rank], _Unanswered):
             culprit = rank
             break
-    if culprit is None:
+    if culprit is None:  # a party that failed on its own, not because of a peer
+        for rank, (code, text) in sorted(described.items()):
+            own = re.search(rf"party {rank} failed: (\w+)", text)
+            peer_failure = own is not None and own.group(1) in ("PeerError", "PeerTimeoutError")
+            if code == grpc.StatusCode.INTERNAL and own is not None and not peer_failure:
+                culprit = rank
+                break
+    if culprit is None:  # the peer the others name; in a chain, the innermost mention
         for rank, (_, text) in sorted(described.items()):
-            match = re.search(r"Peer(?:Timeout)?Error: party (\d)", text)
-            if match:
-                culprit = int(match.group(1))
+            mentions = re.findall(r"Peer(?:Timeout)?Error: party (\d)", text)
+            if mentions:
+                culprit = int(mentions[-1])
                 break
     if culprit is None:
         culprit = min(described)
     code = described.get(culprit, described[min(described)])[0]
+    if code is None:  # the culprit did not answer: report what the others said
+        code = next((c for c, _ in described.values() if c is not None), None)
     detail = "; ".join(f"party {rank}: {text}" for rank, (_, text) in sorted(described.items()))
     return InferenceError(culprit, code, f"request failed at party {culprit} ({detail})")
 

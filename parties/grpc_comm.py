@@ -14,6 +14,12 @@ Failures surface as :class:`PeerError` naming the peer, never as a hang:
   whatever it sent before, so a pending or later receive fails at once;
 - a peer that stalls makes the receive fail after ``timeout`` seconds;
 - :meth:`GrpcCommunicator.abort` tells the peers why this party gives up.
+
+Links can be rebuilt in place (:meth:`GrpcCommunicator.relink`), so a serving party
+survives a failed request with its state (the shared models) intact: each incoming
+stream gets its own inbox; the first stream from a peer becomes the active one, and a
+newer stream waits aside until this party relinks too, so messages of an abandoned
+link generation can never be mistaken for those of the next.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 ABORT_DTYPE = "abort"  # a control chunk: the sender gives up, ``tag`` says why
+HELLO_DTYPE = "hello"  # a control chunk opening every stream: the receiver registers it
 _SERVER_THREADS = 8  # two peer streams plus client calls (inference runs block one each)
 
 AddServices = Callable[[grpc.Server], None]
@@ -49,6 +56,15 @@ class _PeerGone:
     """Queued after a peer's last message when its stream ends or turns bad."""
 
     reason: str
+
+
+class _Inbox:
+    """The messages of one incoming stream, in order, and the sequence number expected next."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.expected_seq = 0
+        self.gone_reason: str | None = None
 
 
 def _loopback(host: str) -> bool:
@@ -77,14 +93,16 @@ class GrpcCommunicator(Communicator):
         self.device = torch.device(device)
         spec = config.party(rank)
         self._peers = [r for r in range(WORLD_SIZE) if r != rank]
-        self._inbox: dict[int, queue.SimpleQueue] = {r: queue.SimpleQueue() for r in self._peers}
-        self._expected_seq = dict.fromkeys(self._peers, 0)
+        self._inbox: dict[int, _Inbox | None] = dict.fromkeys(self._peers)  # active streams
+        self._pending: dict[int, _Inbox] = {}  # newer streams, activated at the next relink
         self._send_seq = dict.fromkeys(self._peers, 0)
         self._outgoing: dict[int, _OutgoingStream] = {}
         self.gone: dict[int, str] = {}  # peers whose link ended, and why (for idle servers)
         self.wire_bytes_sent = 0  # serialized TensorChunk bytes (payload + protobuf framing)
         self._channels: list[grpc.Channel] = []
         self._lock = threading.Lock()
+        self._activated = threading.Condition(self._lock)
+        self._bound: ClusterConfig | None = None
         self._closed = False
         self._server_stopped = False
 
@@ -114,7 +132,8 @@ class GrpcCommunicator(Communicator):
 
         ``config`` may update the peers' addresses (when they listened on port 0).
         """
-        config = config or self.config
+        config = config or self._bound or self.config
+        self._bound = config
         own = config.party(self.rank)
         deadline = time.monotonic() + config.connect_timeout
         for dst in self._peers:
@@ -131,7 +150,58 @@ class GrpcCommunicator(Communicator):
                     f"unreachable at {address} after {config.connect_timeout:g} s (not running, "
                     "or its certificate is not from this cluster's CA?)",
                 ) from None
-            self._outgoing[dst] = _OutgoingStream(channel, dst, self._count_wire)
+            stream = _OutgoingStream(channel, dst, self._count_wire)
+            # Register the stream at the peer now, so that its place in the link
+            # generations is fixed before any data or abort travels on it.
+            stream.put_control(veil_pb2.TensorChunk(sender=self.rank, dtype=HELLO_DTYPE))
+            self._outgoing[dst] = stream
+
+    @property
+    def closed(self) -> bool:
+        """Closed or aborted for good (a relink is impossible)."""
+        return self._closed
+
+    def relink(self, reason: str) -> None:
+        """Abandon the current links (telling the peers why) and open new ones.
+
+        The peers notice the abandoned links and relink too; messages still arriving on
+        the old streams are dropped.  Raises :class:`PeerError` (naming the peer) if a
+        peer is unreachable within ``connect_timeout``; calling again retries.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"party {self.rank}'s communicator is closed")
+            old_streams, self._outgoing = list(self._outgoing.values()), {}
+            old_channels, self._channels = self._channels, []
+            self.gone = {}
+            for src in self._peers:
+                self._activate(src, self._pending.pop(src, None))
+            self._send_seq = dict.fromkeys(self._peers, 0)
+        for stream in old_streams:
+            stream.finish(abort_reason=f"relinking: {reason}", sender=self.rank)
+        for stream in old_streams:
+            stream.wait(timeout=1.0)
+            stream.cancel()
+        for channel in old_channels:
+            channel.close()
+        self.connect()
+
+    def _activate(self, src: int, inbox: _Inbox | None) -> None:
+        """Make ``inbox`` the stream ``recv`` reads from ``src`` (lock held)."""
+        self._inbox[src] = inbox
+        if inbox is not None and inbox.gone_reason is not None:
+            self.gone.setdefault(src, inbox.gone_reason)
+        self._activated.notify_all()
+
+    def _register(self, src: int) -> _Inbox:
+        """A new stream from ``src``: active if none is, else set aside for the next relink."""
+        inbox = _Inbox()
+        with self._lock:
+            if self._inbox[src] is None:
+                self._activate(src, inbox)
+            else:
+                self._pending[src] = inbox
+        return inbox
 
     def close(self) -> None:
         """Finish sending what is queued, end the streams, stop the server."""
@@ -198,13 +268,19 @@ class GrpcCommunicator(Communicator):
         stream.put(tensor.detach().to("cpu"), sender=self.rank, seq=seq, tag=scope)
 
     def _recv(self, src: int, timeout: float) -> torch.Tensor:
-        inbox = self._inbox[src]
+        deadline = time.monotonic() + timeout
+        with self._lock:  # after a relink, wait for the peer's new stream
+            while (inbox := self._inbox[src]) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PeerTimeoutError(src, f"no message within {timeout:g} s")
+                self._activated.wait(remaining)
         try:
-            item = inbox.get(timeout=timeout)
+            item = inbox.queue.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             raise PeerTimeoutError(src, f"no message within {timeout:g} s") from None
         if isinstance(item, _PeerGone):
-            inbox.put(item)  # every later receive from this peer fails the same way
+            inbox.queue.put(item)  # every later receive from this peer fails the same way
             raise PeerError(src, item.reason)
         return item if self.device.type == "cpu" else item.to(self.device)
 
@@ -224,10 +300,13 @@ class GrpcCommunicator(Communicator):
         self.wire_bytes_sent += nbytes
 
     # -- called by the server ------------------------------------------------------
-    def _deliver(self, src: int, item: torch.Tensor | _PeerGone) -> None:
+    def _deliver(self, src: int, inbox: _Inbox, item: torch.Tensor | _PeerGone) -> None:
         if isinstance(item, _PeerGone):
-            self.gone.setdefault(src, item.reason)
-        self._inbox[src].put(item)
+            with self._lock:
+                inbox.gone_reason = inbox.gone_reason or item.reason
+                if self._inbox[src] is inbox:  # an abandoned stream's end is no news
+                    self.gone.setdefault(src, item.reason)
+        inbox.queue.put(item)
 
 
 class _OutgoingStream:
@@ -242,6 +321,9 @@ class _OutgoingStream:
 
     def put(self, tensor: torch.Tensor, *, sender: int, seq: int, tag: str) -> None:
         self._queue.put((tensor, sender, seq, tag))
+
+    def put_control(self, chunk: veil_pb2.TensorChunk) -> None:
+        self._queue.put(chunk)
 
     def finish(self, abort_reason: str | None = None, sender: int = 0) -> None:
         if abort_reason is not None:
@@ -294,13 +376,14 @@ class _LinkServicer(veil_pb2_grpc.PartyLinkServicer):
     def Stream(self, request_iterator, context):
         comm = self.comm
         src = self._authenticated_rank(context)
+        inbox: _Inbox | None = None
         reassembler = Reassembler()
         delivered = 0
         error: str | None = None
         try:
             for chunk in request_iterator:
                 if src is None:  # plaintext: the first chunk names its sender, unverifiable
-                    if chunk.sender not in comm._inbox:
+                    if chunk.sender not in comm._peers:
                         context.abort(
                             grpc.StatusCode.INVALID_ARGUMENT, f"bad sender {chunk.sender}"
                         )
@@ -308,13 +391,15 @@ class _LinkServicer(veil_pb2_grpc.PartyLinkServicer):
                 if chunk.sender != src:
                     error = f"sent a chunk claiming to be from party {chunk.sender}"
                     break
+                if inbox is None:
+                    inbox = comm._register(src)
+                if chunk.dtype == HELLO_DTYPE:
+                    continue
                 if chunk.dtype == ABORT_DTYPE:
-                    comm._deliver(src, _PeerGone(f"aborted: {chunk.tag}"))
+                    comm._deliver(src, inbox, _PeerGone(f"aborted: {chunk.tag}"))
                     return veil_pb2.StreamSummary(messages=delivered)
-                if not reassembler.in_progress and chunk.seq != comm._expected_seq[src]:
-                    error = (
-                        f"message {chunk.seq} out of sequence, expected {comm._expected_seq[src]}"
-                    )
+                if not reassembler.in_progress and chunk.seq != inbox.expected_seq:
+                    error = f"message {chunk.seq} out of sequence, expected {inbox.expected_seq}"
                     break
                 try:
                     tensor = reassembler.add(chunk)
@@ -322,21 +407,23 @@ class _LinkServicer(veil_pb2_grpc.PartyLinkServicer):
                     error = f"malformed message {chunk.seq}: {exc}"
                     break
                 if tensor is not None:
-                    comm._expected_seq[src] += 1
-                    comm._deliver(src, tensor)
+                    inbox.expected_seq += 1
+                    comm._deliver(src, inbox, tensor)
                     delivered += 1
         except grpc.RpcError:
             # The request iterator raises when the peer's side of the stream breaks.
-            if src is not None:
-                comm._deliver(src, _PeerGone("connection lost"))
+            if src is not None and inbox is not None:
+                comm._deliver(src, inbox, _PeerGone("connection lost"))
             return veil_pb2.StreamSummary(messages=delivered)
         if src is None:
             return veil_pb2.StreamSummary(messages=0)
+        if inbox is None:
+            inbox = comm._register(src)
         if error is not None:
-            comm._deliver(src, _PeerGone(error))
+            comm._deliver(src, inbox, _PeerGone(error))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {comm.rank} rejects: {error}")
         reason = "closed its link mid-message" if reassembler.in_progress else "closed its link"
-        comm._deliver(src, _PeerGone(reason))
+        comm._deliver(src, inbox, _PeerGone(reason))
         return veil_pb2.StreamSummary(messages=delivered)
 
     def _authenticated_rank(self, context: grpc.ServicerContext) -> int | None:

@@ -57,34 +57,36 @@ def party_command(config: str, rank: int, extra: list[str], command: str = "part
 def launch(config: str, extra: list[str], command: str = "party", restarts: int = 0) -> int:
     """Run ``veil <command>`` for the three parties; 0 if all succeed, else the first failure's code.
 
-    ``restarts`` > 0 (serving parties): when a party exits with an error, all three are
-    stopped and started again, up to that many times, so a killed or failed party does not
-    end the service.  Models shared with the old processes are gone; the model owner
-    shares them again (requests for them are refused, naming the model, until then).
+    ``restarts`` > 0 (serving parties): a party that exits with an error is started
+    again, up to that many times in all, while the others keep running (they relink to
+    it).  The restarted party has lost its model shares: the model owner shares the
+    models again (requests for them are refused, naming the party, until then).
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     procs: list[subprocess.Popen] = []
+
+    def start(rank: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            party_command(config, rank, extra, command),
+            env=env,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - the launcher runs no threads
+        )
+
     try:
+        procs.extend(start(rank) for rank in range(WORLD_SIZE))
         while True:
-            procs[:] = [
-                subprocess.Popen(
-                    party_command(config, rank, extra, command),
-                    env=env,
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - the launcher runs no threads
-                )
-                for rank in range(WORLD_SIZE)
-            ]
-            code = _wait(procs)
+            rank, code = _wait(procs)
             if code == 0 or restarts <= 0:
+                if code != 0:
+                    print("veil launch: stopping the others", file=sys.stderr)
                 return code
             restarts -= 1
-            _stop(procs)
             print(
-                f"veil launch: restarting the three parties ({restarts} restarts left)",
-                file=sys.stderr,
+                f"veil launch: restarting party {rank} ({restarts} restarts left)", file=sys.stderr
             )
+            procs[rank] = start(rank)
     except KeyboardInterrupt:
         print("veil launch: interrupted, stopping the parties", file=sys.stderr)
         return 130
@@ -96,18 +98,16 @@ def launch(config: str, extra: list[str], command: str = "party", restarts: int 
         signal.signal(signal.SIGTERM, previous)
 
 
-def _wait(procs: list[subprocess.Popen]) -> int:
+def _wait(procs: list[subprocess.Popen]) -> tuple[int, int]:
+    """(rank, code) of the first party to fail, or (-1, 0) once all have succeeded."""
     while True:
         codes = [proc.poll() for proc in procs]
         for rank, code in enumerate(codes):
             if code not in (None, 0):
-                print(
-                    f"veil launch: party {rank} exited with code {code}, stopping the others",
-                    file=sys.stderr,
-                )
-                return code
+                print(f"veil launch: party {rank} exited with code {code}", file=sys.stderr)
+                return rank, code
         if all(code == 0 for code in codes):
-            return 0
+            return -1, 0
         time.sleep(_POLL_SECONDS)
 
 

@@ -15,11 +15,14 @@ running, the three exchange a digest of (request, program, options, input shapes
 and whether they are ready (inputs uploaded, program known, model present); on any
 disagreement all three refuse that request and stay in step for the next one.
 
-A program that raises, or a peer that fails, leaves the links in an unknown state:
-the party aborts them (its peers fail with a PeerError naming it), fails every
-queued request with UNAVAILABLE, and the service stops, so a launcher restarts the
-parties (``veil launch --serve`` does).  Waiting clients never hang: their calls end
-with the error.
+A program that raises, or a peer that fails or stalls past the timeout, leaves the
+links in an unknown state.  The party then fails that request (INTERNAL, naming the
+cause) and every queued one (UNAVAILABLE), abandons its links -- its peers notice and
+do the same -- and relinks (:meth:`GrpcCommunicator.relink`) with fresh PRG keys,
+retrying until its peers answer.  Uploads and shared models stay in memory, so the
+next request is served as usual.  A party that was killed and restarted has lost its
+shares: requests for a model are refused, naming the party, until the model owner
+shares it again.  Waiting clients never hang: their calls end with the error.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ Check = Callable[[str, dict[str, str]], "str | None"]
 
 _DIGEST_BYTES = 16
 _POLL_SECONDS = 0.2
+_RELINK_PAUSE_SECONDS = 1.0
 DEFAULT_QUEUE_SIZE = 16
 LEADER = 0
 
@@ -104,12 +108,17 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         check: Check | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         on_request: Callable[[RequestLog], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
+        recover: bool = True,
     ):
         self.config = config
         self.programs = dict(programs)
         self.check = check
         self.queue_size = queue_size
         self.on_request = on_request
+        self.on_event = on_event
+        self.recover = recover
+        self.recoveries = 0  # how often the links were rebuilt after a failure
         self.party: Party | None = None
         self.failed: BaseException | None = None
         self.stopped = threading.Event()
@@ -165,8 +174,14 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
     def Run(self, request, context):
         self._authorize(context)
         rank = self.party.rank if self.party is not None else "?"
-        if self.party is None or self.failed is not None or self.stopped.is_set():
+        if self.party is None or self.stopped.is_set():
             context.abort(grpc.StatusCode.UNAVAILABLE, f"party {rank} is not serving")
+        if self.failed is not None:
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"party {rank} is reconnecting to its peers after a failure "
+                f"({type(self.failed).__name__}: {self.failed}); retry",
+            )
         job = _Job(request.request_id, request.program, dict(request.options))
         with self._lock:
             if job.request_id in self._jobs:
@@ -204,16 +219,50 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
 
     # -- the executor ----------------------------------------------------------------
     def _serve(self) -> None:
-        party = self.party
-        assert party is not None
         while not self.stopped.is_set():
+            party = self.party
+            assert party is not None
             try:
                 request_id = self._next_request_id(party)
                 if request_id is not None:
                     self._execute(party, request_id)
             except BaseException as exc:  # noqa: BLE001 - the links are now unusable
-                self._fail(party, exc)
+                if not self.recover or self.stopped.is_set():
+                    self._fail(party, exc)
+                    return
+                self._relink(party, exc)
+
+    def _relink(self, party: Party, exc: BaseException) -> None:
+        """Fail what waits, rebuild the links and the PRG keys, retrying until peers answer."""
+        self.failed = exc
+        self.recoveries += 1
+        reason = f"{type(exc).__name__}: {exc}"
+        self._event(f"party {party.rank}: request failed ({reason}); relinking")
+        self._fail_waiting(
+            grpc.StatusCode.UNAVAILABLE,
+            f"party {party.rank}: an earlier request failed ({reason}); "
+            "the parties are reconnecting, retry",
+        )
+        comm = party.comm
+        while not self.stopped.is_set():
+            if getattr(comm, "closed", False):  # shut down by its owner: nothing to relink
+                self.stop("the party's links were closed")
                 return
+            try:
+                comm.relink(reason)
+                self.party = Party(comm, fxp=party.fxp, device=party.device)
+            except Exception as err:  # noqa: BLE001 - a peer not back yet, a stale link: retry
+                reason = f"{type(err).__name__}: {err}"
+                self._event(f"party {party.rank}: relinking failed ({reason}); retrying")
+                self.stopped.wait(_RELINK_PAUSE_SECONDS)
+                continue
+            self.failed = None
+            self._event(f"party {party.rank}: links rebuilt; serving again")
+            return
+
+    def _event(self, line: str) -> None:
+        if self.on_event is not None:
+            self.on_event(line)
 
     def _next_request_id(self, party: Party) -> str | None:
         """The next request in the leader's order, or None to poll again."""

@@ -129,23 +129,27 @@ def test_party_certificate_is_not_a_client(serving) -> None:
     assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_failing_program_stops_the_service(serving) -> None:
-    """Runs last in this module: a failure leaves the links unusable, by design."""
+def test_failing_program_fails_the_request_then_parties_relink(serving) -> None:
+    """Party 2's program raises: the client hears it (naming party 2); the parties
+    rebuild their links and serve the next request."""
     config, services = serving
+    before = [s.recoveries for s in services]
     with client(config) as c, pytest.raises(InferenceError) as info:
         c.infer("fails", {"x": torch.ones(2)})
-    assert info.value.code == grpc.StatusCode.INTERNAL
-
-    def party2_dropped(service: InferenceService) -> bool:
-        # A party whose program never waited on party 2 may finish its request; it
-        # still sees the link go (``gone``), which makes ``veil serve`` exit.
-        return "party 2" in str(service.failed) or 2 in service.party.comm.gone
-
-    deadline = time.monotonic() + 10
-    while not all(party2_dropped(s) for s in services[:2]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert isinstance(services[2].failed, ValueError) and services[2].stopped.is_set()
-    assert party2_dropped(services[0]) and party2_dropped(services[1])
+    assert info.value.rank == 2 and "bad weights at party 2" in str(info.value)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with client(config) as c:
+                out = c.infer("square_plus", {"x": torch.full((2,), 3.0)})
+            break
+        except InferenceError as exc:  # unavailable or refused while the parties relink
+            assert time.monotonic() < deadline, exc
+            time.sleep(0.2)
+    assert torch.allclose(out["y"], torch.full((2,), 9.0, dtype=torch.float64), atol=1e-3)
+    # At least one relink each (a loaded machine may time out once more while relinking).
+    assert all(s.recoveries > n for s, n in zip(services, before))
+    assert not any(s.stopped.is_set() for s in services)
 
 
 def test_launch_serve_and_infer_cli(tmp_path) -> None:
