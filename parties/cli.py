@@ -123,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     client_args.add_argument(
         "--cert", type=Path, help="client certificate (default: <config dir>/<first client>.pem)"
     )
-    client_args.add_argument("--key", type=Path, help="client key (default: <config dir>/….key)")
+    client_args.add_argument(
+        "--key", type=Path, help="client key (default: <config dir>/<first client>.key)"
+    )
     client_args.add_argument("--timeout", type=float, help="seconds a request may take in all")
     client_args.add_argument("--insecure", action="store_true", help="plaintext (local tests)")
 
