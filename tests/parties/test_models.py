@@ -389,6 +389,7 @@ def test_soak_sequential_requests(served) -> None:
             for _ in range(10):
                 client.logits("gpt-1-layer", ids)
     after = [(_rss_kb(pid), _fds(pid)) for pid in pids]
+    print(f"soak: (RSS kB, open fds) per party before {before}, after {after}")
     for (rss0, fd0), (rss1, fd1) in zip(before, after):
         assert (rss1 - rss0) / 1024 < SOAK_RSS_GROWTH_MB, (before, after)
         assert fd1 - fd0 <= SOAK_FD_GROWTH, (before, after)
