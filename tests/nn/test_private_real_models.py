@@ -4,7 +4,14 @@
   have cosine >= 0.999 with Hugging Face's, for each of 8 varied sentences.
 - SmolLM2-135M-Instruct: the first 8 greedily generated tokens under private inference
   equal plaintext greedy generation; the last-position logits' max abs error is reported.
-  One prompt runs by default (a bounded subset for CI); all four are marked slow.
+  One prompt runs by default (a bounded subset for CI); the other three are marked slow.
+
+A greedy step whose two best plaintext logits are nearly tied cannot be reproduced by any
+approximation (the private logits differ from float by ~0.5 at the last position), so the
+prompts must keep every step's top-2 gap >= MIN_TOP2_GAP; the test checks that
+precondition instead of assuming it.  "What is 12 times 7?" breaks it (a 0.007 tie at step
+7): there the private run follows the float twins of the approximations token for token,
+which the last test checks.
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ SENTENCES = [
 PROMPTS = [
     "What is the capital of France?",
     "Write a haiku about the sea.",
-    "What is 12 times 7?",
+    "Give me a synonym for happy.",
     "Name three primary colors.",
 ]
+NEAR_TIE_PROMPT = "What is 12 times 7?"
 NEW_TOKENS = 8
+MIN_TOP2_GAP = 0.03
 
 
 @torch.no_grad()
@@ -53,9 +62,13 @@ def test_minilm_private_embeddings_have_cosine_at_least_0999(minilm):
 def _private_smollm2_matches(smollm2, prompt: str) -> None:
     hf, tokenizer = smollm2
     ids = chat_ids(tokenizer, prompt)
-    expected = hf.generate(
-        ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False
-    )[0, ids.shape[1]:]
+    plain = hf.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False,
+        output_scores=True, return_dict_in_generate=True,
+    )
+    expected = plain.sequences[0, ids.shape[1]:]
+    gaps = [float(step[0].topk(2).values[0] - step[0].topk(2).values[1]) for step in plain.scores]
+    assert min(gaps) >= MIN_TOP2_GAP, f"prompt {prompt!r} has a near-tie in plaintext: {gaps}"
     private = PrivateModel.from_hf(hf)
     tokens = private.generate(ids, max_new_tokens=NEW_TOKENS).output[0]
     logits = private.logits(ids, last_only=True).output[0]
@@ -77,3 +90,19 @@ def test_smollm2_private_generation_first_prompt(smollm2):
 @pytest.mark.parametrize("prompt", PROMPTS[1:])
 def test_smollm2_private_generation_other_prompts(smollm2, prompt):
     _private_smollm2_matches(smollm2, prompt)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_smollm2_near_tie_follows_the_float_twins(smollm2):
+    """Where plaintext nearly ties, the private run still matches its float twin exactly."""
+    from nn.backend import ApproxBackend
+    from nn.generate import generate
+    from nn.llama import LlamaForCausalLM
+
+    hf, tokenizer = smollm2
+    ids = chat_ids(tokenizer, NEAR_TIE_PROMPT)
+    twins = ApproxBackend.puma(norm_headroom_bits=2)
+    expected = torch.stack(generate(LlamaForCausalLM.from_hf(hf), twins, ids, NEW_TOKENS), dim=-1)[0]
+    tokens = PrivateModel.from_hf(hf).generate(ids, max_new_tokens=NEW_TOKENS).output[0]
+    assert torch.equal(tokens, expected)
