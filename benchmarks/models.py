@@ -41,7 +41,8 @@ def timed(fn, repeats: int = 5):
     return best, out
 
 
-def report(name: str, plain_s: float, share_s: float, result: PrivateResult, error_lines: list[str]) -> None:
+def report(name: str, plain_s: float, share_s: float, result: PrivateResult, error_lines: list[str],
+           layers_per_pass: int) -> None:
     print(f"\n## {name}")
     print(f"plaintext float model: {plain_s:.3f} s")
     print(f"sharing the weights (once per session): {share_s:.1f} s")
@@ -63,6 +64,25 @@ def report(name: str, plain_s: float, share_s: float, result: PrivateResult, err
     accounted = sum(t.seconds for _, t in rows)
     print(f"| (outside protocols: local adds, reshapes, model code) | | "
           f"{result.reports[0].wall_s - accounted:.2f} | | |")
+    print_layers(result, layers_per_pass)
+
+
+def print_layers(result: PrivateResult, layers_per_pass: int) -> None:
+    """Per-layer seconds, MB and rounds at party 0; per pass (prompt, each new token) if several."""
+    steps = result.layers
+    if not steps:
+        return
+    if len(steps) <= layers_per_pass:
+        print("\nper layer (party 0; layer 0 includes the embedding lookup):\n| layer | seconds | MB sent | rounds |\n|---|---|---|---|")
+        for i, (sec, sent, rounds) in enumerate(steps):
+            print(f"| {i} | {sec:.2f} | {sent / 1e6:.1f} | {rounds} |")
+        return
+    print("\nper pass over the layers (party 0; pass 0 is the prompt):")
+    print("| pass | seconds | MB sent | rounds | slowest layer s |\n|---|---|---|---|---|")
+    for p in range(0, len(steps), layers_per_pass):
+        chunk = steps[p:p + layers_per_pass]
+        print(f"| {p // layers_per_pass} | {sum(c[0] for c in chunk):.2f} | "
+              f"{sum(c[1] for c in chunk) / 1e6:.1f} | {sum(c[2] for c in chunk)} | {max(c[0] for c in chunk):.2f} |")
 
 
 @torch.no_grad()
@@ -85,7 +105,7 @@ def bench_bert(args) -> None:
     report(f"BERT-base-like: {args.layers} layers, hidden {args.hidden}, seq {args.seq}", plain_s, share_s,
            result, [f"max abs error of the last hidden state vs plaintext: {err.max():.3e} (mean {err.mean():.3e})",
                     (f"  of which approximation (float twins vs plaintext): {(twin - expected).abs().max():.3e}; "
-                    f"protocol (private vs twins): {(result.output - twin).abs().max():.3e}")])
+                    f"protocol (private vs twins): {(result.output - twin).abs().max():.3e}")], args.layers)
 
 
 @torch.no_grad()
@@ -103,7 +123,7 @@ def bench_gpt2(args) -> None:
     result = pm.generate(ids, max_new_tokens=1)
     same = int(result.output[0, 0]) == int(expected.argmax(-1)[0])
     report(f"GPT-2-like: {args.layers} layers, hidden {args.hidden}, {args.seq} tokens in, 1 out", plain_s,
-           share_s, result, [f"next token equals plaintext argmax: {same}"])
+           share_s, result, [f"next token equals plaintext argmax: {same}"], args.layers)
 
 
 SMOLLM2_TEXT = (
@@ -129,7 +149,7 @@ def bench_smollm2(args) -> None:
     ours = result.output[0].tolist()
     report(f"SmolLM2-135M: {ids.shape[1]}-token prompt + {new} generated", plain_s, share_s, result,
            [f"generated ids equal plaintext greedy: {ours == expected.tolist()} ({ours} vs {expected.tolist()})",
-            f"continuation: {tokenizer.decode(ours)!r}"])
+            f"continuation: {tokenizer.decode(ours)!r}"], hf.config.num_hidden_layers)
 
 
 def main(argv: list[str] | None = None) -> int:

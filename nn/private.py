@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import inspect
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -135,12 +136,42 @@ class PartyReport:
     by_protocol: dict[str, Traffic] = field(default_factory=dict)
 
 
+class LayerLog:
+    """Party 0's record of each layer step: (seconds, bytes sent, rounds), with an optional bar.
+
+    It stands in for :class:`nn.progress.Progress` (the models call ``advance`` once per
+    layer evaluated), so the per-layer breakdown costs the model code nothing.
+    """
+
+    def __init__(self, party: mpc.Party, bar: Progress | None):
+        self.party = party
+        self.bar = bar
+        self.steps: list[tuple[float, int, int]] = []
+        self._mark = self._now()
+
+    def _now(self) -> tuple[float, int, int]:
+        total = self.party.comm.stats.total()
+        return time.perf_counter(), total.bytes_sent, total.rounds
+
+    def advance(self, n: int = 1) -> None:
+        now = self._now()
+        self.steps.append(tuple(b - a for a, b in zip(self._mark, now)))
+        self._mark = now
+        if self.bar is not None:
+            self.bar.advance(n)
+
+
 @dataclass
 class PrivateResult:
-    """The client's reconstructed output and each party's costs."""
+    """The client's reconstructed output and each party's costs.
+
+    ``layers`` holds party 0's (seconds, bytes sent, rounds) for each layer evaluated, in
+    order (for generation: every layer of every step).
+    """
 
     output: Any
     reports: list[PartyReport]
+    layers: list[tuple[float, int, int]] = field(default_factory=list)
 
     @property
     def wall_s(self) -> float:
@@ -207,10 +238,12 @@ class PrivateModel:
             model = self._model_at(party)
             ops = MPCBackend(party, self.norm_headroom_bits)
             shares = {name: d.at(party) for name, d in inputs.items()}
-            bar = Progress(*progress) if progress is not None and party.rank == 0 else None
+            log = None
+            if party.rank == 0:
+                log = LayerLog(party, Progress(*progress) if progress is not None else None)
             start = time.perf_counter()
             with party.comm.scope("inference"):
-                out = program(model, ops, **shares, **public, progress=bar)
+                out = program(model, ops, **shares, **public, progress=log)
             wall = time.perf_counter() - start
             outs = out if isinstance(out, list) else [out]
             report = PartyReport(
@@ -218,7 +251,7 @@ class PrivateModel:
                 party.comm.stats.total("inference"),
                 party.comm.stats.by_child_scope("inference"),
             )
-            return [(o.data, o.frac_bits) for o in outs], report
+            return [(o.data, o.frac_bits) for o in outs], report, log.steps if log else []
 
         with self._lock:
             results = mpc.simulate(party_program, fxp=self.fxp, device=self.device)
@@ -227,7 +260,7 @@ class PrivateModel:
             frac = results[0][0][k][1]
             outputs.append(mpc.reconstruct([results[r][0][k][0] for r in range(3)], frac, self.fxp))
         reports = [r[1] for r in results]
-        return PrivateResult(outputs, reports)
+        return PrivateResult(outputs, reports, results[0][2])
 
     # -- the requests of each model family --------------------------------------------
     def sentence_embedding(
@@ -307,6 +340,8 @@ def _sentence_embedding_program(model, ops, input_ids, attention_mask, token_typ
 
 
 def _forward_program(model, ops, input_ids, progress, **public):
+    if "progress" in inspect.signature(model.__call__).parameters:
+        public["progress"] = progress
     return model(ops, input_ids, **public)
 
 
