@@ -231,6 +231,8 @@ class PrivateModel:
         reconstructed only there.  ``progress`` = (steps, label) draws a bar from party 0.
         Requests are served one at a time.
         """
+        if "input_ids" in client_inputs:
+            check_token_ids(client_inputs["input_ids"], vocab_size(self._shared))
         inputs = {name: Dealt.of(torch.as_tensor(v), self.fxp) for name, v in client_inputs.items()}
         public = public or {}
 
@@ -313,6 +315,22 @@ class PrivateModel:
     ) -> PrivateModel:
         """Import a ``transformers`` model (BERT, GPT-2, LLaMA family) and share its weights."""
         return cls(import_hf(hf_model), fxp, device, norm_headroom_bits)
+
+
+def vocab_size(model: Module) -> int:
+    """The (public) vocabulary size of one of our models."""
+    config = getattr(model, "config", None) or model.bert.config
+    return config.vocab_size
+
+
+def check_token_ids(ids: torch.Tensor, vocab: int) -> None:
+    """The client's own check before sharing: the parties cannot see the ids to check them."""
+    ids = torch.as_tensor(ids)
+    if ids.is_floating_point() or ids.dim() != 2:
+        raise ValueError(f"token ids must be an integer tensor (batch, seq), got {ids.dtype} {tuple(ids.shape)}")
+    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
+        bad = ids[(ids < 0) | (ids >= vocab)][0].item()
+        raise ValueError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
 
 
 def import_hf(hf_model: Any) -> Module:

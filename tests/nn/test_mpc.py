@@ -87,3 +87,14 @@ def test_private_greedy_generation_matches_plaintext(make_hf, family, seed):
     tokens = PrivateModel.from_hf(hf).generate(prompt, max_new_tokens=4).output
     expected = torch.stack(generate(family.from_hf(hf), ExactBackend(), prompt, 4), dim=-1)
     assert torch.equal(tokens, expected)
+
+
+def test_bad_token_ids_are_refused_by_the_client_before_sharing():
+    torch.manual_seed(0)
+    private = PrivateModel.from_hf(_gpt2())
+    with pytest.raises(ValueError, match=r"token id 50 is outside the vocabulary \(0..49\)"):
+        private.generate(torch.tensor([[1, 50]]), max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"token id -1 is outside the vocabulary"):
+        private.logits(torch.tensor([[-1, 2]]))
+    with pytest.raises(ValueError, match=r"integer tensor \(batch, seq\)"):
+        private.logits(torch.tensor([1, 2]))
