@@ -29,11 +29,6 @@ class AesPrg:
             raise ValueError(f"PRG key must be {KEY_BYTES} bytes, got {len(key)}")
         self._encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
         self._zeros = bytearray()
-        self.bytes_drawn = 0
-
-    def random_bytes(self, n: int) -> bytes:
-        self.bytes_drawn += n
-        return self._encryptor.update(bytes(n))
 
     def random_int64(self, shape: tuple[int, ...] | torch.Size, device: torch.device | str = "cpu") -> torch.Tensor:
         """Uniform elements of Z_2^64 as an int64 tensor of ``shape``.
@@ -49,5 +44,4 @@ class AesPrg:
         out = torch.empty(count + 2, dtype=torch.int64)
         if nbytes:
             self._encryptor.update_into(memoryview(self._zeros)[:nbytes], memoryview(out.numpy()).cast("B"))
-        self.bytes_drawn += nbytes
         return out[:count].reshape(shape).to(device)
