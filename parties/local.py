@@ -120,18 +120,19 @@ def call_at_party(
 # -- three threads -------------------------------------------------------------------
 
 
-class GrpcThreads:
-    """The three parties as threads of this process, talking gRPC over loopback."""
+class _LocalCluster:
+    """What both local clusters share: a config (a temporary one with fresh certificates
+    when none is given), ``run`` on top of ``run_all``, and cleanup as a context manager."""
 
-    def __init__(
-        self, config: ClusterConfig | None = None, *, insecure: bool = False, timeout: float = 30.0
-    ):
-        self._tmp = None
+    def __init__(self, config: ClusterConfig | None, *, insecure: bool, timeout: float):
+        self._tmp: tempfile.TemporaryDirectory | None = None
         if config is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="veil-grpc-")
             config = local_config(self._tmp.name, insecure=insecure, timeout=timeout)
         self.config = config
-        self.comms: list[GrpcCommunicator] | None = None
+
+    def run_all(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Outcome]:
+        raise NotImplementedError
 
     def run(
         self,
@@ -142,6 +143,32 @@ class GrpcThreads:
         **kwargs: Any,
     ) -> list[Any]:
         return raise_root_cause(self.run_all(fn, *args, fxp=fxp, device=device, **kwargs))
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the parties and remove temporary files."""
+        self._stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class GrpcThreads(_LocalCluster):
+    """The three parties as threads of this process, talking gRPC over loopback."""
+
+    def __init__(
+        self, config: ClusterConfig | None = None, *, insecure: bool = False, timeout: float = 30.0
+    ):
+        super().__init__(config, insecure=insecure, timeout=timeout)
+        self.comms: list[GrpcCommunicator] | None = None
 
     def run_all(
         self,
@@ -170,17 +197,8 @@ class GrpcThreads:
             self._disconnect()
         return outcomes
 
-    def close(self) -> None:
+    def _stop(self) -> None:
         self._disconnect()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _connected(self) -> list[GrpcCommunicator]:
         if self.comms is None:
@@ -271,7 +289,7 @@ class WorkerDied(PeerError):
     """A worker process exited while the parent was waiting on it."""
 
 
-class GrpcCluster:
+class GrpcCluster(_LocalCluster):
     """Three party processes on this machine; ``run`` ships a function to all of them.
 
     ``grace`` bounds how long the cluster waits for the remaining parties after one
@@ -286,12 +304,8 @@ class GrpcCluster:
         timeout: float = 30.0,
         grace: float | None = None,
     ):
-        self._tmp = None
-        if config is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="veil-grpc-")
-            config = local_config(self._tmp.name, insecure=insecure, timeout=timeout)
-        self.config = config
-        self.grace = config.timeout + 5.0 if grace is None else grace
+        super().__init__(config, insecure=insecure, timeout=timeout)
+        self.grace = self.config.timeout + 5.0 if grace is None else grace
         self._context = multiprocessing.get_context("spawn")
         self._procs: list[Any] = [None] * WORLD_SIZE
         self._pipes: list[Any] = [None] * WORLD_SIZE
@@ -300,16 +314,6 @@ class GrpcCluster:
     @property
     def pids(self) -> list[int | None]:
         return [p.pid if p is not None else None for p in self._procs]
-
-    def run(
-        self,
-        fn: Callable[..., Any],
-        *args: Any,
-        fxp: FixedPoint | None = None,
-        device: torch.device | str = "cpu",
-        **kwargs: Any,
-    ) -> list[Any]:
-        return raise_root_cause(self.run_all(fn, *args, fxp=fxp, device=device, **kwargs))
 
     def run_all(
         self,
@@ -328,8 +332,8 @@ class GrpcCluster:
             self._linked = False
         return outcomes
 
-    def close(self) -> None:
-        """Stop the workers (politely, then by force) and remove temporary files."""
+    def _stop(self) -> None:
+        """Stop the workers (politely, then by force)."""
         for rank, proc in enumerate(self._procs):
             if proc is not None and proc.is_alive():
                 try:
@@ -345,15 +349,6 @@ class GrpcCluster:
         self._procs = [None] * WORLD_SIZE
         self._pipes = [None] * WORLD_SIZE
         self._linked = False
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _link(self) -> None:
         """Start missing workers; (re)build the links unless they are known good."""
