@@ -5,7 +5,7 @@
     python -m benchmarks.grpc_e2e --repeats 3 --seq 16 --new-tokens 4
 
 gRPC: `veil launch --serve` on loopback with mutual TLS (fresh certificates), the model
-owner shares the weights once with :class:`parties.client.VeilClient`, then the client
+owner shares the weights once with :class:`veil.parties.client.VeilClient`, then the client
 runs the request ``--repeats`` times (after one warm-up).  Wall time is what the client
 waits (upload, queueing, the MPC program, fetch, reconstruction); bytes, messages and
 rounds are each party's communicator counters for the program, as the parties log
@@ -13,7 +13,7 @@ them; *wire* is the serialized TensorChunk bytes each party sent for the request
 (payload + protobuf framing, plus the request's two small control messages; HTTP/2 and
 TLS framing come on top).
 
-In memory: :class:`nn.private.PrivateModel` runs the same model code with the three
+In memory: :class:`veil.nn.private.PrivateModel` runs the same model code with the three
 parties as threads of this process (zero-copy); wall time is the slowest party's.
 
 On one host the three processes and gRPC's threads share the cores (2 here), so the
@@ -99,7 +99,7 @@ def tiny_cases(seq: int, new_tokens: int) -> list[Case]:
 
 
 def minilm_case() -> Case:
-    from nn.demo import DEFAULT_SENTENCES, load_minilm
+    from veil.nn.demo import DEFAULT_SENTENCES, load_minilm
 
     hf, tokenizer = load_minilm()
     enc = tokenizer(DEFAULT_SENTENCES[:2], padding=True, return_tensors="pt")
@@ -114,7 +114,7 @@ def minilm_case() -> Case:
 
 
 def in_memory(case: Case, repeats: int) -> Row:
-    from nn.private import PrivateModel
+    from veil.nn.private import PrivateModel
 
     model = PrivateModel.from_hf(case.hf)
 
@@ -142,7 +142,7 @@ class Cluster:
     """`veil launch --serve` on free loopback ports with fresh certificates."""
 
     def __init__(self, directory: Path):
-        from parties.cli import main
+        from veil.parties.cli import main
 
         ports = _free_ports(3)
         addresses = [f"--address=localhost:{port}" for port in ports]
@@ -155,7 +155,7 @@ class Cluster:
                 [
                     sys.executable,
                     "-m",
-                    "parties.cli",
+                    "veil.parties.cli",
                     "launch",
                     "--config",
                     str(self.config_path),
@@ -168,14 +168,14 @@ class Cluster:
                 stdout=sink,
                 stderr=subprocess.STDOUT,
             )
-        from parties.client import VeilClient
-        from parties.config import load_config
+        from veil.parties.client import VeilClient
+        from veil.parties.config import load_config
 
         config = load_config(self.config_path)
         self.client = VeilClient(config, directory / "client.pem", directory / "client.key")
 
     def share(self, name: str, hf: Any, deadline_s: float = 120.0) -> float:
-        from parties.client import InferenceError
+        from veil.parties.client import InferenceError
 
         deadline = time.monotonic() + deadline_s
         while True:

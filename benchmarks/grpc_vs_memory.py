@@ -24,8 +24,8 @@ import time
 
 import torch
 
-import mpc
-from parties.local import GrpcCluster, GrpcThreads
+from veil import mpc
+from veil.parties.local import GrpcCluster, GrpcThreads
 
 MB = 1e6
 

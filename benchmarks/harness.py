@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-import mpc
+from veil import mpc
 
 NETWORKS = {"LAN": (5e9, 1e-3), "WAN": (100e6, 40e-3)}  # (bits per second, round-trip time)
 

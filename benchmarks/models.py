@@ -4,6 +4,11 @@
     python -m benchmarks.models gpt2       # GPT-2 base, 32 tokens in, 1 out
     python -m benchmarks.models smollm2    # SmolLM2-135M: 32-token text prompt + 8 generated
     python -m benchmarks.models bert --layers 2 --seq 32   # smaller, for a quick look
+    python -m benchmarks.models decode     # GPT-2 base: seconds per new token vs prompt length
+
+``--plot`` also writes PNG plots (matplotlib, the ``bench`` extra) into benchmarks/plots/:
+where time, bytes and rounds go by protocol, per-token decode time against prompt length,
+and the run's headline figures for ``python -m benchmarks.plots`` (Veil beside SPU).
 
 Each run also times the plaintext float model in the same process and prints the ratio,
 since absolute times drift on shared machines; bytes and rounds are per party from the
@@ -19,9 +24,10 @@ import time
 
 import torch
 
+from benchmarks import plots
 from benchmarks.harness import NETWORKS
-from nn.backend import ApproxBackend
-from nn.private import PrivateModel, PrivateResult, import_hf
+from veil.nn.backend import ApproxBackend
+from veil.nn.private import PrivateModel, PrivateResult, import_hf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -42,7 +48,7 @@ def timed(fn, repeats: int = 5):
 
 
 def report(name: str, plain_s: float, share_s: float, result: PrivateResult, error_lines: list[str],
-           layers_per_pass: int) -> None:
+           layers_per_pass: int, plot_as: str | None = None) -> None:
     print(f"\n## {name}")
     print(f"plaintext float model: {plain_s:.3f} s")
     print(f"sharing the weights (once per session): {share_s:.1f} s")
@@ -65,6 +71,17 @@ def report(name: str, plain_s: float, share_s: float, result: PrivateResult, err
     print(f"| (outside protocols: local adds, reshapes, model code) | | "
           f"{result.reports[0].wall_s - accounted:.2f} | | |")
     print_layers(result, layers_per_pass)
+    if plot_as is not None:
+        plots.protocol_breakdown(result.reports[0].by_protocol, f"{name} (party 0)",
+                                 plots.PLOT_DIR / f"{plot_as}_protocols.png")
+        plots.Headline(plot_as, result.wall_s, result.max_bytes_sent, result.max_rounds,
+                       peak_rss_gb()).save()
+
+
+def pass_seconds(result: PrivateResult, layers_per_pass: int) -> list[float]:
+    """Party 0's seconds per pass over the layers (pass 0 is the prompt, then one per token)."""
+    steps = result.layers
+    return [sum(c[0] for c in steps[p:p + layers_per_pass]) for p in range(0, len(steps), layers_per_pass)]
 
 
 def print_layers(result: PrivateResult, layers_per_pass: int) -> None:
@@ -105,7 +122,8 @@ def bench_bert(args) -> None:
     report(f"BERT-base-like: {args.layers} layers, hidden {args.hidden}, seq {args.seq}", plain_s, share_s,
            result, [f"max abs error of the last hidden state vs plaintext: {err.max():.3e} (mean {err.mean():.3e})",
                     (f"  of which approximation (float twins vs plaintext): {(twin - expected).abs().max():.3e}; "
-                    f"protocol (private vs twins): {(result.output - twin).abs().max():.3e}")], args.layers)
+                    f"protocol (private vs twins): {(result.output - twin).abs().max():.3e}")], args.layers,
+           "bert" if args.plot else None)
 
 
 @torch.no_grad()
@@ -123,7 +141,8 @@ def bench_gpt2(args) -> None:
     result = pm.generate(ids, max_new_tokens=1)
     same = int(result.output[0, 0]) == int(expected.argmax(-1)[0])
     report(f"GPT-2-like: {args.layers} layers, hidden {args.hidden}, {args.seq} tokens in, 1 out", plain_s,
-           share_s, result, [f"next token equals plaintext argmax: {same}"], args.layers)
+           share_s, result, [f"next token equals plaintext argmax: {same}"], args.layers,
+           "gpt2" if args.plot else None)
 
 
 SMOLLM2_TEXT = (
@@ -135,7 +154,7 @@ SMOLLM2_TEXT = (
 
 @torch.no_grad()
 def bench_smollm2(args) -> None:
-    from nn.demo import load_smollm2
+    from veil.nn.demo import load_smollm2
 
     hf, tokenizer = load_smollm2()
     ids = tokenizer(SMOLLM2_TEXT, return_tensors="pt")["input_ids"][:, : args.seq]
@@ -149,21 +168,57 @@ def bench_smollm2(args) -> None:
     ours = result.output[0].tolist()
     report(f"SmolLM2-135M: {ids.shape[1]}-token prompt + {new} generated", plain_s, share_s, result,
            [f"generated ids equal plaintext greedy: {ours == expected.tolist()} ({ours} vs {expected.tolist()})",
-            f"continuation: {tokenizer.decode(ours)!r}"], hf.config.num_hidden_layers)
+            f"continuation: {tokenizer.decode(ours)!r}"], hf.config.num_hidden_layers,
+           "smollm2" if args.plot else None)
+
+
+@torch.no_grad()
+def bench_decode(args) -> None:
+    """GPT-2 (seeded, ``--layers``/``--hidden``) generating ``--new-tokens`` after prompts of
+    each ``--prompt-lengths``: with the KV cache a new token should cost about the same
+    whatever the prompt length, while the prompt pass grows with it."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=args.layers, n_embd=args.hidden, n_head=args.hidden // 64)
+    pm = PrivateModel.from_hf(GPT2LMHeadModel(config).eval())
+    lengths = [int(n) for n in args.prompt_lengths.split(",")]
+    new = max(args.new_tokens, 2)
+    print(f"\n## GPT-2-like decoding: {args.layers} layers, hidden {args.hidden}, {new} new tokens")
+    print("| prompt tokens | prompt pass s | s per new token | rounds per new token |\n|---|---|---|---|")
+    per_token, prompt = [], []
+    for n in lengths:
+        ids = torch.randint(0, config.vocab_size, (1, n))
+        result = pm.generate(ids, max_new_tokens=new)
+        passes = pass_seconds(result, args.layers)
+        rounds = [sum(c[2] for c in result.layers[p:p + args.layers])
+                  for p in range(args.layers, len(result.layers), args.layers)]
+        prompt.append(passes[0])
+        per_token.append(sum(passes[1:]) / len(passes[1:]))
+        print(f"| {n} | {passes[0]:.2f} | {per_token[-1]:.2f} | {sum(rounds) / len(rounds):.0f} |")
+    if args.plot:
+        plots.decode_time_vs_prompt(lengths, per_token, prompt,
+                                    f"GPT-2-like ({args.layers} layers, hidden {args.hidden}), party 0",
+                                    plots.PLOT_DIR / "decode_per_token.png")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=["bert", "gpt2", "smollm2"])
+    parser.add_argument("model", choices=["bert", "gpt2", "smollm2", "decode"])
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--seq", type=int, default=None)
-    parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=None, help="smollm2: 8; decode: 3")
+    parser.add_argument("--prompt-lengths", default="8,16,32,64", help="decode: comma-separated")
+    parser.add_argument("--plot", action="store_true", help="also write PNG plots (bench extra)")
     args = parser.parse_args(argv)
     if args.seq is None:
-        args.seq = {"bert": 128, "gpt2": 32, "smollm2": 32}[args.model]
+        args.seq = {"bert": 128, "gpt2": 32, "smollm2": 32, "decode": 0}[args.model]
+    if args.new_tokens is None:
+        args.new_tokens = 3 if args.model == "decode" else 8
     print(f"torch threads: {torch.get_num_threads()}")
-    {"bert": bench_bert, "gpt2": bench_gpt2, "smollm2": bench_smollm2}[args.model](args)
+    benches = {"bert": bench_bert, "gpt2": bench_gpt2, "smollm2": bench_smollm2, "decode": bench_decode}
+    benches[args.model](args)
     return 0
 
 

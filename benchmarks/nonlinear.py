@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import HEADER, measure
-from protocols.approx.argmax import argmax
-from protocols.approx.embedding import embedding
-from protocols.approx.gelu import gelu
-from protocols.approx.layernorm import layernorm
-from protocols.approx.softmax import softmax
+from veil.protocols.approx.argmax import argmax
+from veil.protocols.approx.embedding import embedding
+from veil.protocols.approx.gelu import gelu
+from veil.protocols.approx.layernorm import layernorm
+from veil.protocols.approx.softmax import softmax
 
 SPU_PARTY0 = {  # (MB sent, send steps), SecretFlow-SPU PUMA, from issue 3
     "gelu 128x768": (30.7, 55),

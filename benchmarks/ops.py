@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from benchmarks.harness import HEADER, measure
-from protocols.truncation import truncate
+from veil.protocols.truncation import truncate
 
 
 def main(argv: list[str] | None = None) -> int:

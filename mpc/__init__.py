@@ -1,17 +1,17 @@
 """Secret-shared tensors over Z_2^64 and the runtime that moves them between parties."""
 
-from mpc.arith import ArithShare, cat, stack
-from mpc.boolean import BoolShare
-from mpc.communicator import Communicator, PeerError, PeerTimeoutError
-from mpc.fixedpoint import FixedPoint, FixedPointRangeError
-from mpc.party import Party
-from mpc.sharing import deal, reconstruct, reveal, reveal_to, share
-from mpc.simulate import simulate
+from veil.mpc.arith import ArithShare, cat, stack
+from veil.mpc.boolean import BoolShare
+from veil.mpc.communicator import Communicator, PeerError, PeerTimeoutError
+from veil.mpc.fixedpoint import FixedPoint, FixedPointRangeError
+from veil.mpc.party import Party
+from veil.mpc.sharing import deal, reconstruct, reveal, reveal_to, share
+from veil.mpc.simulate import simulate
 
 
 def where(condition: ArithShare, x: "ArithShare | float", y: "ArithShare | float") -> ArithShare:
     """condition ? x : y for an integer 0/1 share ``condition`` (one multiplication)."""
-    from protocols.select import mux
+    from veil.protocols.select import mux
 
     return mux(condition, x, y)
 

@@ -6,7 +6,7 @@ Any two parties can reconstruct x; any single party's pair is uniformly random.
 Values are fixed point with ``frac_bits`` fractional bits: ``party.fxp.frac_bits``
 for real numbers, 0 for integers (bits, token ids, one-hot vectors).  Products of two
 fixed-point values are truncated back to f bits with the precise truncation of
-:mod:`protocols.truncation`; products with an integer operand need no truncation.
+:mod:`veil.protocols.truncation`; products with an integer operand need no truncation.
 
 Local operations (add, public multiply, reshape, ...) cost nothing; the costs of the
 interactive ones are in their protocol modules.
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mpc.shape_ops import ShapeOps, aligned_pair
+from veil.mpc.shape_ops import ShapeOps, aligned_pair
 
 if TYPE_CHECKING:
-    from mpc.party import Party
+    from veil.mpc.party import Party
 
 Public = torch.Tensor | float | int
 
@@ -142,14 +142,14 @@ class ArithShare(ShapeOps):
         product = ArithShare(self.party, data, frac)
         target = self.party.fxp.frac_bits
         if frac > target:
-            from protocols.truncation import truncate
+            from veil.protocols.truncation import truncate
 
             return truncate(product, frac - target)
         return product
 
     def __mul__(self, other: ArithShare | Public) -> ArithShare:
         if isinstance(other, ArithShare):
-            from protocols.multiplication import mul
+            from veil.protocols.multiplication import mul
 
             return mul(self, other)
         ring, frac = self._public_ring(other)
@@ -164,10 +164,10 @@ class ArithShare(ShapeOps):
 
     def __matmul__(self, other: ArithShare | torch.Tensor) -> ArithShare:
         if isinstance(other, ArithShare):
-            from protocols.multiplication import matmul
+            from veil.protocols.multiplication import matmul
 
             return matmul(self, other)
-        from mpc.ring_matmul import ring_matmul
+        from veil.mpc.ring_matmul import ring_matmul
 
         ring, frac = self._public_ring(other)
         return self._finish_product(
@@ -175,7 +175,7 @@ class ArithShare(ShapeOps):
         )
 
     def __rmatmul__(self, other: torch.Tensor) -> ArithShare:
-        from mpc.ring_matmul import ring_matmul
+        from veil.mpc.ring_matmul import ring_matmul
 
         ring, frac = self._public_ring(other)
         return self._finish_product(
@@ -199,12 +199,12 @@ class ArithShare(ShapeOps):
 
     # -- comparisons and selection (interactive) ----------------------------------------
     def __lt__(self, other: ArithShare | Public) -> ArithShare:
-        from protocols.comparison import less_than
+        from veil.protocols.comparison import less_than
 
         return less_than(self, other)
 
     def __gt__(self, other: ArithShare | Public) -> ArithShare:
-        from protocols.comparison import less_than
+        from veil.protocols.comparison import less_than
 
         return less_than(other, self)
 
@@ -215,31 +215,31 @@ class ArithShare(ShapeOps):
         return 1 - (self < other)
 
     def eq(self, other: ArithShare | Public) -> ArithShare:
-        from protocols.comparison import equal
+        from veil.protocols.comparison import equal
 
         return equal(self, other)
 
     def relu(self) -> ArithShare:
-        from protocols.select import relu
+        from veil.protocols.select import relu
 
         return relu(self)
 
     def max(self, dim: int = -1, keepdim: bool = False) -> ArithShare:
-        from protocols.reductions import max_with_argmax
+        from veil.protocols.reductions import max_with_argmax
 
         value, _ = max_with_argmax(self, dim)
         return value.unsqueeze(dim) if keepdim else value
 
     def argmax(self, dim: int = -1) -> ArithShare:
         """One-hot (integer 0/1 share) of the first maximum along ``dim``."""
-        from protocols.reductions import max_with_argmax
+        from veil.protocols.reductions import max_with_argmax
 
         return max_with_argmax(self, dim)[1]
 
     # -- opening ----------------------------------------------------------------------------
     def reveal(self) -> torch.Tensor:
         """Open to every party (1 round, one element per party); float for fixed point."""
-        from mpc.sharing import reveal
+        from veil.mpc.sharing import reveal
 
         return reveal(self)
 

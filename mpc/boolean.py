@@ -3,7 +3,7 @@
 x = x_0 ^ x_1 ^ x_2; party i holds (x_i, x_{i+1}).  Bit k of an element is bit k of
 its int64 word, so one AND round works on all 64 bits of every element at once.
 XOR, NOT, shifts and AND with a public mask are local; AND of two shares costs one
-round and one word per element per party (:func:`protocols.boolean.and_shares`).
+round and one word per element per party (:func:`veil.protocols.boolean.and_shares`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mpc.shape_ops import ShapeOps, aligned_pair
+from veil.mpc.shape_ops import ShapeOps, aligned_pair
 
 if TYPE_CHECKING:
-    from mpc.party import Party
+    from veil.mpc.party import Party
 
 ALL_ONES = -1
 
@@ -79,7 +79,7 @@ class BoolShare(ShapeOps):
 
     def __and__(self, other: BoolShare | torch.Tensor | int) -> BoolShare:
         if isinstance(other, BoolShare):
-            from protocols.boolean import and_shares
+            from veil.protocols.boolean import and_shares
 
             return and_shares([self], [other])[0]
         return self._like(self.data & torch.as_tensor(other, dtype=torch.int64, device=self.device))
@@ -103,6 +103,6 @@ class BoolShare(ShapeOps):
 
     def reveal(self) -> torch.Tensor:
         """Open to every party: the XOR of the three components (1 round)."""
-        from mpc.sharing import reveal_bool
+        from veil.mpc.sharing import reveal_bool
 
         return reveal_bool(self)

@@ -1,7 +1,7 @@
 """The communicator interface: how one party sends tensors to the other two.
 
 Protocol code talks only to this interface, so the in-memory simulation
-(:mod:`mpc.inmemory`) and the gRPC deployment (:mod:`parties.grpc_comm`) are
+(:mod:`veil.mpc.inmemory`) and the gRPC deployment (:mod:`veil.parties.grpc_comm`) are
 interchangeable.  Every implementation keeps the same counters, broken down by
 the protocol scope that was active when the traffic happened.
 

@@ -6,7 +6,7 @@ import queue
 
 import torch
 
-from mpc.communicator import WORLD_SIZE, Communicator, PeerError, PeerTimeoutError
+from veil.mpc.communicator import WORLD_SIZE, Communicator, PeerError, PeerTimeoutError
 
 
 class _Closed:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from mpc.communicator import WORLD_SIZE, Communicator
-from mpc.fixedpoint import FixedPoint
-from mpc.prg import KEY_BYTES, AesPrg, new_key
+from veil.mpc.communicator import WORLD_SIZE, Communicator
+from veil.mpc.fixedpoint import FixedPoint
+from veil.mpc.prg import KEY_BYTES, AesPrg, new_key
 
 
 class Party:

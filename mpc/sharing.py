@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import torch
 
-from mpc.arith import ArithShare
-from mpc.boolean import BoolShare
-from mpc.fixedpoint import FixedPoint
-from mpc.party import Party
-from mpc.prg import AesPrg, new_key
+from veil.mpc.arith import ArithShare
+from veil.mpc.boolean import BoolShare
+from veil.mpc.fixedpoint import FixedPoint
+from veil.mpc.party import Party
+from veil.mpc.prg import AesPrg, new_key
 
 
 def share(party: Party, value: torch.Tensor | float | None, owner: int = 0) -> ArithShare:

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from mpc.communicator import PeerError
-from mpc.fixedpoint import FixedPoint
-from mpc.inmemory import InMemoryNetwork
-from mpc.party import Party
+from veil.mpc.communicator import PeerError
+from veil.mpc.fixedpoint import FixedPoint
+from veil.mpc.inmemory import InMemoryNetwork
+from veil.mpc.party import Party
 
 
 def simulate(

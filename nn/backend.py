@@ -1,15 +1,15 @@
 """Backends: where the model code's nonlinear work happens.
 
-The models in :mod:`nn` touch activations only through Python operators (``+``, ``-``,
+The models in :mod:`veil.nn` touch activations only through Python operators (``+``, ``-``,
 ``*``, ``@``, reshapes, public indexing, ``.sum``) and through a backend object, by
 convention called ``ops``.  :class:`Backend` lists every call the models make, so a
 backend is complete when it implements this protocol:
 
 - :class:`ExactBackend`: float torch with the exact functions (matches Hugging Face);
 - :class:`ApproxBackend`: float torch with the float twins of the MPC protocols
-  (:mod:`protocols.approx`), so approximation error can be measured apart from protocol
+  (:mod:`veil.protocols.approx`), so approximation error can be measured apart from protocol
   error;
-- the MPC backend (in :mod:`protocols`): the same calls on secret shares.
+- the MPC backend (in :mod:`veil.protocols`): the same calls on secret shares.
 
 Token ids enter through :meth:`Backend.private_ids` and results leave through
 :meth:`Backend.reveal`; a plaintext backend passes both through unchanged.
@@ -127,7 +127,7 @@ class ApproxBackend(ExactBackend):
     (``gelu`` and ``silu``, ``tanh``: one tensor; ``softmax(x, mask)`` over the last dim;
     ``layernorm(x, weight, bias, eps)``; ``rmsnorm(x, weight, eps)``); one left out is
     computed exactly, so ``ApproxBackend()`` equals :class:`ExactBackend`.  :meth:`puma`
-    takes the twins of :mod:`protocols.approx`.  GeLU has one approximation for both
+    takes the twins of :mod:`veil.protocols.approx`.  GeLU has one approximation for both
     reference forms, as in PUMA.  Results come back in the input's dtype (the twins compute
     in float64).  Embedding and argmax are exact in MPC too, so they are not replaced.
     """
@@ -156,14 +156,14 @@ class ApproxBackend(ExactBackend):
         """The float twins of the MPC protocols (PUMA's approximations, fixed-point rounded).
 
         ``norm_headroom_bits`` widens the LayerNorm/RMSNorm input range by that many bits
-        (for models with massive activations, see :mod:`protocols.approx.layernorm`);
+        (for models with massive activations, see :mod:`veil.protocols.approx.layernorm`);
         ``overrides`` replace single twins.
         """
-        from protocols.approx.gelu import gelu_twin
-        from protocols.approx.layernorm import layernorm_twin, rmsnorm_twin
-        from protocols.approx.silu import silu_twin
-        from protocols.approx.softmax import softmax_twin
-        from protocols.approx.tanh import tanh_twin
+        from veil.protocols.approx.gelu import gelu_twin
+        from veil.protocols.approx.layernorm import layernorm_twin, rmsnorm_twin
+        from veil.protocols.approx.silu import silu_twin
+        from veil.protocols.approx.softmax import softmax_twin
+        from veil.protocols.approx.tanh import tanh_twin
 
         twins: dict[str, Callable[..., torch.Tensor]] = {
             "gelu": gelu_twin,

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from nn.backend import Backend, TensorLike
-from nn.modules import (
+from veil.nn.backend import Backend, TensorLike
+from veil.nn.modules import (
     MLP,
     Attention,
     AttentionShape,
@@ -20,7 +20,7 @@ from nn.modules import (
     gelu_form,
     padding_mask,
 )
-from nn.progress import Progress, tracked
+from veil.nn.progress import Progress, tracked
 
 if TYPE_CHECKING:
     import transformers

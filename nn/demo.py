@@ -2,7 +2,7 @@
 
 On the plaintext backends (:func:`plaintext_backend`) each model runs through :func:`run_minilm` /
 :func:`run_smollm2` (backend and model in, what the client receives out).  ``mpc`` runs the
-same model code through :class:`nn.private.PrivateModel`: the weights and token ids are
+same model code through :class:`veil.nn.private.PrivateModel`: the weights and token ids are
 secret-shared to three parties simulated in this process, and only the client reconstructs
 the output.
 """
@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from nn.backend import ApproxBackend, Backend, ExactBackend
-from nn.bert import BertModel, normalize, sentence_embedding
-from nn.generate import generate
-from nn.llama import LlamaForCausalLM
-from nn.progress import Progress
+from veil.nn.backend import ApproxBackend, Backend, ExactBackend
+from veil.nn.bert import BertModel, normalize, sentence_embedding
+from veil.nn.generate import generate
+from veil.nn.llama import LlamaForCausalLM
+from veil.nn.progress import Progress
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SENTENCES = [
@@ -122,7 +122,7 @@ def demo_minilm(backend_name: str, sentences: list[str]) -> None:
     print(f"\n== MiniLM sentence similarity ({len(sentences)} sentences, {enc['input_ids'].shape[1]} tokens)")
     _print_similarities(f"Hugging Face plaintext ({plain_s:.2f} s)", expected, sentences)
     if backend_name == MPC:
-        from nn.private import PrivateModel
+        from veil.nn.private import PrivateModel
 
         result = PrivateModel.from_hf(hf).sentence_embedding(
             enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], show_progress=True
@@ -150,7 +150,7 @@ def demo_smollm2(backend_name: str, prompt: str, max_new_tokens: int) -> None:
     print(f"prompt: {prompt!r}")
     print(f"Hugging Face plaintext ({plain_s:.2f} s): {tokenizer.decode(_until_eos(expected, eos))!r}")
     if backend_name == MPC:
-        from nn.private import PrivateModel
+        from veil.nn.private import PrivateModel
 
         result = PrivateModel.from_hf(hf).generate(ids, max_new_tokens, show_progress=True)
         print(f"private run: {result.summary()}")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from nn.backend import Backend, TensorLike
-from nn.modules import KVCache
-from nn.progress import Progress
+from veil.nn.backend import Backend, TensorLike
+from veil.nn.modules import KVCache
+from veil.nn.progress import Progress
 
 
 class CausalLM(Protocol):

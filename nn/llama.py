@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from nn.backend import Backend, TensorLike
-from nn.modules import (
+from veil.nn.backend import Backend, TensorLike
+from veil.nn.modules import (
     Attention,
     AttentionShape,
     Embedding,
@@ -23,7 +23,7 @@ from nn.modules import (
     detached,
     fold_gain,
 )
-from nn.progress import Progress, tracked
+from veil.nn.progress import Progress, tracked
 
 if TYPE_CHECKING:
     import transformers

@@ -2,7 +2,7 @@
 
 Parameters and activations are *tensor-likes* (float tensors, or secret shares in the MPC
 backend), so a module only uses operators, public indexing and reshapes on them, and asks
-the backend ``ops`` (see :mod:`nn.backend`) for everything else.  Masks, positions and the
+the backend ``ops`` (see :mod:`veil.nn.backend`) for everything else.  Masks, positions and the
 RoPE tables are public plain tensors.  Linear weights are stored (in, out): ``x @ w + b``.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nn.backend import Backend, TensorLike
+from veil.nn.backend import Backend, TensorLike
 
 
 class Module:

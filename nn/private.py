@@ -1,11 +1,11 @@
-"""Private inference: the models of :mod:`nn` on secret shares across three parties.
+"""Private inference: the models of :mod:`veil.nn` on secret shares across three parties.
 
 Roles (DESIGN.md): the *model owner* secret-shares the weights once
 (:class:`PrivateModel`); a *client* secret-shares its token ids per request and alone
 reconstructs the output; the three compute parties run the same model code with
-:class:`MPCBackend`, which maps every backend call to a protocol of :mod:`protocols`.
+:class:`MPCBackend`, which maps every backend call to a protocol of :mod:`veil.protocols`.
 
-Here the three parties are simulated in one process (:func:`mpc.simulate`); the dealt
+Here the three parties are simulated in one process (:func:`veil.mpc.simulate`); the dealt
 shares are exactly what each party would receive over the network, and no party's
 program ever sees another party's pair.
 
@@ -28,23 +28,23 @@ from typing import Any
 
 import torch
 
-import mpc
-from mpc import ArithShare
-from mpc.communicator import Traffic
-from mpc.fixedpoint import FixedPoint
-from nn.modules import Module
-from nn.progress import Progress
-from protocols.approx import argmax as argmax_protocol
-from protocols.approx import embedding as embedding_protocol
-from protocols.approx import gelu as gelu_protocol
-from protocols.approx import layernorm as layernorm_protocol
-from protocols.approx import silu as silu_protocol
-from protocols.approx import softmax as softmax_protocol
-from protocols.approx import tanh as tanh_protocol
+from veil import mpc
+from veil.mpc import ArithShare
+from veil.mpc.communicator import Traffic
+from veil.mpc.fixedpoint import FixedPoint
+from veil.nn.modules import Module
+from veil.nn.progress import Progress
+from veil.protocols.approx import argmax as argmax_protocol
+from veil.protocols.approx import embedding as embedding_protocol
+from veil.protocols.approx import gelu as gelu_protocol
+from veil.protocols.approx import layernorm as layernorm_protocol
+from veil.protocols.approx import silu as silu_protocol
+from veil.protocols.approx import softmax as softmax_protocol
+from veil.protocols.approx import tanh as tanh_protocol
 
 
 class MPCBackend:
-    """:class:`nn.backend.Backend` on :class:`mpc.ArithShare` values at one party.
+    """:class:`veil.nn.backend.Backend` on :class:`veil.mpc.ArithShare` values at one party.
 
     ``norm_headroom_bits`` is passed to the LayerNorm/RMSNorm protocols: rows whose sum
     of squares would overflow their range (e.g. SmolLM2's attention-sink position, with
@@ -139,7 +139,7 @@ class PartyReport:
 class LayerLog:
     """Party 0's record of each layer step: (seconds, bytes sent, rounds), with an optional bar.
 
-    It stands in for :class:`nn.progress.Progress` (the models call ``advance`` once per
+    It stands in for :class:`veil.nn.progress.Progress` (the models call ``advance`` once per
     layer evaluated), so the per-layer breakdown costs the model code nothing.
     """
 
@@ -335,9 +335,9 @@ def check_token_ids(ids: torch.Tensor, vocab: int) -> None:
 
 def import_hf(hf_model: Any) -> Module:
     """Our model for a ``transformers`` model, by its class name."""
-    from nn.bert import BertForSequenceClassification, BertModel
-    from nn.gpt2 import GPT2LMHeadModel
-    from nn.llama import LlamaForCausalLM
+    from veil.nn.bert import BertForSequenceClassification, BertModel
+    from veil.nn.gpt2 import GPT2LMHeadModel
+    from veil.nn.llama import LlamaForCausalLM
 
     families = {
         "BertModel": lambda m: BertModel.from_hf(m, pooler=False),
@@ -352,7 +352,7 @@ def import_hf(hf_model: Any) -> Module:
 
 
 def _sentence_embedding_program(model, ops, input_ids, attention_mask, token_type_ids, progress):
-    from nn.bert import sentence_embedding
+    from veil.nn.bert import sentence_embedding
 
     return sentence_embedding(model, ops, input_ids, attention_mask, token_type_ids, progress)
 
@@ -364,6 +364,6 @@ def _forward_program(model, ops, input_ids, progress, **public):
 
 
 def _generate_program(model, ops, input_ids, max_new_tokens, progress):
-    from nn.generate import generate
+    from veil.nn.generate import generate
 
     return generate(model, ops, input_ids, max_new_tokens, progress)

@@ -1,44 +1,55 @@
-"""A minimal progress bar on stderr (no dependency), advanced once per layer evaluated."""
+"""Progress over the layer steps of a long run, drawn by tqdm (rate and time left).
+
+tqdm picks the right display for where the run is: a redrawn bar on a terminal, a widget in
+a notebook (``tqdm.auto``), and, when stderr is not a terminal (a log file, CI), a line at
+most every :data:`LOG_INTERVAL_S` seconds instead of a redraw every fraction of a second.
+"""
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from typing import TextIO, TypeVar
 
+from tqdm.auto import tqdm
+
 T = TypeVar("T")
 
-_WIDTH = 30
-_REDRAW_S = 0.2
+TERMINAL_INTERVAL_S = 0.2
+LOG_INTERVAL_S = 10.0
 
 
 class Progress:
-    """``desc [#####.....] done/total  elapsed`` redrawn in place; newline when complete.
+    """A tqdm bar over ``total`` steps, advanced by the models once per layer evaluated.
 
-    Redraws at most every 0.2 s (fast plaintext runs would otherwise flood the terminal).
+    The bar closes itself when the count reaches ``total``, so a finished run leaves one
+    final line (steps, elapsed time, rate) and no open handle.
     """
 
     def __init__(self, total: int, desc: str = "", stream: TextIO | None = None):
+        stream = sys.stderr if stream is None else stream
+        interactive = getattr(stream, "isatty", lambda: False)()
         self.total = total
-        self.desc = desc
-        self.done = 0
-        self.stream = sys.stderr if stream is None else stream
-        self.start = time.perf_counter()
-        self.drawn_at = float("-inf")
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            file=stream,
+            unit="step",
+            mininterval=TERMINAL_INTERVAL_S if interactive else LOG_INTERVAL_S,
+            dynamic_ncols=interactive,
+            ascii=not interactive,
+        )
+
+    @property
+    def done(self) -> int:
+        return self._bar.n
 
     def advance(self, n: int = 1) -> None:
-        self.done = min(self.done + n, self.total)
-        now = time.perf_counter()
-        if self.done < self.total and now - self.drawn_at < _REDRAW_S:
+        if self._bar.disable:
             return
-        self.drawn_at = now
-        filled = _WIDTH * self.done // max(self.total, 1)
-        bar = "#" * filled + "." * (_WIDTH - filled)
-        elapsed = now - self.start
-        end = "\n" if self.done == self.total else ""
-        self.stream.write(f"\r{self.desc} [{bar}] {self.done}/{self.total} {elapsed:6.1f}s{end}")
-        self.stream.flush()
+        self._bar.update(min(n, self.total - self._bar.n))
+        if self._bar.n >= self.total:
+            self._bar.close()
 
 
 def tracked(items: Iterable[T], progress: Progress | None) -> Iterator[T]:

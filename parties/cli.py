@@ -11,9 +11,9 @@
 
 ``party`` runs one compute party: it connects to its peers over mutual TLS, agrees
 PRG keys, runs an SPMD program ``fn(party)`` (default: the cluster health check in
-:mod:`parties.health`), prints its result and exits.  ``serve`` runs a party that
-serves inference programs (:mod:`parties.service`) to clients until stopped.
-Serving parties always offer the model programs of :mod:`parties.models`; ``share``
+:mod:`veil.parties.health`), prints its result and exits.  ``serve`` runs a party that
+serves inference programs (:mod:`veil.parties.service`) to clients until stopped.
+Serving parties always offer the model programs of :mod:`veil.parties.models`; ``share``
 secret-shares a ``transformers`` model to them once, under a name.  ``launch`` runs
 all three parties on this machine, either way (serving parties are restarted after a
 failure).  ``infer`` is the client: it tokenizes text locally, secret-shares the token
@@ -34,14 +34,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PROGRAM = "parties.health:check"
+DEFAULT_PROGRAM = "veil.parties.health:check"
 DEFAULT_BASE_PORT = 50051
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":
-        from nn.demo import main as demo_main  # heavy (models): import only when asked
+        from veil.nn.demo import main as demo_main  # heavy (models): import only when asked
 
         return demo_main(argv[1:])
     parser = _parser()
@@ -164,8 +164,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from parties.certs import cluster_config_toml, write_cluster_certs
-    from parties.config import ConfigError, parse_address
+    from veil.parties.certs import cluster_config_toml, write_cluster_certs
+    from veil.parties.config import ConfigError, parse_address
 
     addresses = args.address or [f"localhost:{DEFAULT_BASE_PORT + rank}" for rank in range(3)]
     if len(addresses) != 3:
@@ -193,11 +193,11 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _party(args: argparse.Namespace) -> int:
-    from mpc.communicator import PeerError
-    from mpc.fixedpoint import FixedPoint
-    from mpc.party import Party
-    from parties.config import ConfigError, load_config
-    from parties.grpc_comm import connect_party
+    from veil.mpc.communicator import PeerError
+    from veil.mpc.fixedpoint import FixedPoint
+    from veil.mpc.party import Party
+    from veil.parties.config import ConfigError, load_config
+    from veil.parties.grpc_comm import connect_party
 
     def stop(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
@@ -231,8 +231,8 @@ def _party(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from parties.config import ConfigError, load_config
-    from parties.launch import launch
+    from veil.parties.config import ConfigError, load_config
+    from veil.parties.launch import launch
 
     try:
         load_config(args.config, insecure=True if args.insecure else None)  # fail before forking
@@ -254,10 +254,10 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mpc.communicator import PeerError
-    from parties.config import ConfigError, load_config
-    from parties.models import ModelStore, check_request, model_programs
-    from parties.service import RequestLog, start_serving
+    from veil.mpc.communicator import PeerError
+    from veil.parties.config import ConfigError, load_config
+    from veil.parties.models import ModelStore, check_request, model_programs
+    from veil.parties.service import RequestLog, start_serving
 
     stopping = threading.Event()
 
@@ -322,8 +322,8 @@ def _client_files(args: argparse.Namespace, config) -> tuple[Path, Path]:
 
 
 def _share(args: argparse.Namespace) -> int:
-    from parties.client import InferenceError, VeilClient
-    from parties.config import ConfigError, load_config
+    from veil.parties.client import InferenceError, VeilClient
+    from veil.parties.config import ConfigError, load_config
 
     try:
         config = load_config(args.config, insecure=True if args.insecure else None)
@@ -347,8 +347,8 @@ def _share(args: argparse.Namespace) -> int:
 def _infer(args: argparse.Namespace) -> int:
     import torch
 
-    from parties.client import InferenceClient, InferenceError, VeilClient
-    from parties.config import ConfigError, load_config
+    from veil.parties.client import InferenceClient, InferenceError, VeilClient
+    from veil.parties.config import ConfigError, load_config
 
     try:
         config = load_config(args.config, insecure=True if args.insecure else None)
@@ -398,7 +398,7 @@ def _model_task(client, args: argparse.Namespace, tokenizer) -> dict:
         enc = tokenizer(args.text, padding=True, return_tensors="pt")
         ids, mask, types = enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")
     if args.task == "embed":
-        from nn.bert import normalize
+        from veil.nn.bert import normalize
 
         embedding = normalize(client.embed(args.model, ids, mask, types).float())
         for i, row in enumerate(embedding):
@@ -414,7 +414,7 @@ def _model_task(client, args: argparse.Namespace, tokenizer) -> dict:
         )
         return {"logits": logits}
     if args.chat and tokenizer is not None:
-        from nn.demo import chat_ids
+        from veil.nn.demo import chat_ids
 
         ids = chat_ids(tokenizer, args.text[0])
     tokens = client.generate(args.model, ids, args.max_new_tokens)
@@ -431,7 +431,7 @@ def _load_hf(name: str, *, model: bool = True, tokenizer: bool = True):
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if name in ("minilm", "smollm2"):
-        from nn.demo import load_minilm, load_smollm2
+        from veil.nn.demo import load_minilm, load_smollm2
 
         return (load_minilm if name == "minilm" else load_smollm2)()
     path = Path(name)

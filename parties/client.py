@@ -1,8 +1,8 @@
 """The client side of private inference: share inputs, run, reconstruct outputs.
 
 The client never sends a plaintext input anywhere: it splits each tensor into three
-replicated shares (:func:`mpc.deal`), gives party i only its pair, and rebuilds the
-outputs from the three parties' pairs (:func:`mpc.reconstruct`, which also checks
+replicated shares (:func:`veil.mpc.deal`), gives party i only its pair, and rebuilds the
+outputs from the three parties' pairs (:func:`veil.mpc.reconstruct`, which also checks
 that the parties' overlapping components agree).
 
 :class:`InferenceClient` runs any named program; :class:`VeilClient` adds the model
@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import torch
 
-from mpc.communicator import WORLD_SIZE
-from mpc.fixedpoint import FixedPoint
-from mpc.sharing import deal, reconstruct
-from parties import tls
-from parties.config import ClusterConfig
-from parties.wire import Reassembler, tensor_chunks
-from proto import veil_pb2, veil_pb2_grpc
+from veil.mpc.communicator import WORLD_SIZE
+from veil.mpc.fixedpoint import FixedPoint
+from veil.mpc.sharing import deal, reconstruct
+from veil.parties import tls
+from veil.parties.config import ClusterConfig
+from veil.parties.wire import Reassembler, tensor_chunks
+from veil.proto import veil_pb2, veil_pb2_grpc
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -312,8 +312,8 @@ class VeilClient:
         Returns the number of weight tensors sent.  Each party receives only its pair of
         each weight; the class name and config (public) travel as options.
         """
-        from nn.private import NORM_HEADROOM_BITS, import_hf
-        from parties.models import FAMILIES, SHARE_PROGRAM, WEIGHT_PREFIX, unique_params
+        from veil.nn.private import NORM_HEADROOM_BITS, import_hf
+        from veil.parties.models import FAMILIES, SHARE_PROGRAM, WEIGHT_PREFIX, unique_params
 
         family = type(hf_model).__name__
         if family not in FAMILIES:
@@ -340,7 +340,7 @@ class VeilClient:
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean-pooled BERT/MiniLM embeddings (batch, hidden), not normalised (float64)."""
-        from parties.models import EMBED_PROGRAM
+        from veil.parties.models import EMBED_PROGRAM
 
         options = {"model": model}
         if attention_mask is not None:
@@ -351,7 +351,7 @@ class VeilClient:
 
     def logits(self, model: str, input_ids: torch.Tensor) -> torch.Tensor:
         """The model's raw output for secret ids (decoders: (batch, seq, vocab))."""
-        from parties.models import LOGITS_PROGRAM
+        from veil.parties.models import LOGITS_PROGRAM
 
         return self.api.infer(LOGITS_PROGRAM, {"input_ids": _ids(input_ids)}, {"model": model})[
             "logits"
@@ -359,7 +359,7 @@ class VeilClient:
 
     def generate(self, model: str, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Greedy continuation (batch, max_new_tokens); only this client sees the ids."""
-        from parties.models import GENERATE_PROGRAM
+        from veil.parties.models import GENERATE_PROGRAM
 
         options = {"model": model, "max_new_tokens": str(max_new_tokens)}
         out = self.api.infer(GENERATE_PROGRAM, {"input_ids": _ids(input_ids)}, options)
@@ -367,7 +367,7 @@ class VeilClient:
 
     def embed_texts(self, model: str, tokenizer: Any, texts: list[str]) -> torch.Tensor:
         """L2-normalised sentence embeddings of ``texts`` (tokenised here, at the client)."""
-        from nn.bert import normalize
+        from veil.nn.bert import normalize
 
         enc = tokenizer(texts, padding=True, return_tensors="pt")
         types = enc.get("token_type_ids")
@@ -378,7 +378,7 @@ class VeilClient:
     ) -> str:
         """Greedy continuation of ``prompt`` as text, cut at the end-of-sequence token."""
         if chat:
-            from nn.demo import chat_ids
+            from veil.nn.demo import chat_ids
 
             ids = chat_ids(tokenizer, prompt)
         else:

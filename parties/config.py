@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mpc.communicator import WORLD_SIZE
+from veil.mpc.communicator import WORLD_SIZE
 
 try:
     import tomllib

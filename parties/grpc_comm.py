@@ -2,7 +2,7 @@
 
 Each party runs a gRPC server (the :class:`PartyLink` service) and keeps one
 long-lived client stream open to each of its two peers.  A send chunks the
-tensor (:mod:`parties.wire`) onto the stream for that peer and returns; the
+tensor (:mod:`veil.parties.wire`) onto the stream for that peer and returns; the
 peer's server reassembles the chunks, validates them, and appends the tensor
 to the FIFO queue for that source, where :meth:`GrpcCommunicator.recv` finds it.
 
@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING
 import grpc
 import torch
 
-from mpc.communicator import WORLD_SIZE, Communicator, PeerError, PeerTimeoutError
-from parties import tls
-from parties.config import ClusterConfig, ConfigError
-from parties.wire import Reassembler, WireError, tensor_chunks
-from proto import veil_pb2, veil_pb2_grpc
+from veil.mpc.communicator import WORLD_SIZE, Communicator, PeerError, PeerTimeoutError
+from veil.parties import tls
+from veil.parties.config import ClusterConfig, ConfigError
+from veil.parties.wire import Reassembler, WireError, tensor_chunks
+from veil.proto import veil_pb2, veil_pb2_grpc
 
 if TYPE_CHECKING:
     from typing_extensions import Self

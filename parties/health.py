@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-import mpc
-from mpc.party import Party
+from veil import mpc
+from veil.mpc.party import Party
 
 _INPUTS = (torch.tensor([1.5, -2.0, 0.25]), torch.tensor([4.0, 0.5, -8.0]))
 _TOLERANCE = 1e-3

@@ -9,19 +9,16 @@ party process is stopped, so no orphan keeps a port bound.
 from __future__ import annotations
 
 import ctypes
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from mpc.communicator import WORLD_SIZE
+from veil.mpc.communicator import WORLD_SIZE
 
 _POLL_SECONDS = 0.1
 _STOP_GRACE_SECONDS = 5.0
 _PR_SET_PDEATHSIG = 1
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _die_with_parent() -> None:
@@ -44,7 +41,7 @@ def party_command(config: str, rank: int, extra: list[str], command: str = "part
     return [
         sys.executable,
         "-m",
-        "parties.cli",
+        "veil.parties.cli",
         command,
         "--config",
         config,
@@ -62,15 +59,12 @@ def launch(config: str, extra: list[str], command: str = "party", restarts: int 
     it).  The restarted party has lost its model shares: the model owner shares the
     models again (requests for them are refused, naming the party, until then).
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     procs: list[subprocess.Popen] = []
 
     def start(rank: int) -> subprocess.Popen:
         return subprocess.Popen(
             party_command(config, rank, extra, command),
-            env=env,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - the launcher runs no threads
         )
 

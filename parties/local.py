@@ -10,7 +10,7 @@ Two flavours, both with real servers, real (m)TLS and real sockets on loopback:
   against ``mpc.simulate`` runs over gRPC unchanged.
 
 Both mirror ``mpc.simulate``: ``run(fn, *args, fxp=None, device="cpu", **kwargs)``
-calls ``fn(party, *args, **kwargs)`` at every party with a fresh :class:`mpc.Party`
+calls ``fn(party, *args, **kwargs)`` at every party with a fresh :class:`veil.mpc.Party`
 (fresh counters, fresh PRG keys), returns the three results, and re-raises the root
 cause if a party fails.  The links are kept across calls; after a failure they are
 rebuilt before the next call.
@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mpc.communicator import WORLD_SIZE, CommStats, PeerError
-from mpc.fixedpoint import FixedPoint
-from mpc.party import Party
-from parties.certs import write_cluster_certs
-from parties.config import ClusterConfig, config_from_dict
-from parties.grpc_comm import GrpcCommunicator
+from veil.mpc.communicator import WORLD_SIZE, CommStats, PeerError
+from veil.mpc.fixedpoint import FixedPoint
+from veil.mpc.party import Party
+from veil.parties.certs import write_cluster_certs
+from veil.parties.config import ClusterConfig, config_from_dict
+from veil.parties.grpc_comm import GrpcCommunicator
 
 if TYPE_CHECKING:
     from typing_extensions import Self

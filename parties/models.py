@@ -6,11 +6,11 @@ weights travel over the same mutual TLS as any request.  What is public travels 
 request's options: the ``transformers`` class name (from a fixed allow-list, never an
 importable path) and its config as JSON.  Each party rebuilds the model *structure*
 from that config alone -- a randomly initialised ``transformers`` model of the same
-class, imported with :func:`nn.private.import_hf` -- and then replaces every
+class, imported with :func:`veil.nn.private.import_hf` -- and then replaces every
 parameter by the pair it received, checking that names and shapes match exactly.
 
 The programs of :func:`model_programs` run requests on a stored model with
-:class:`nn.private.MPCBackend`; inputs and outputs stay shares, so no party opens the
+:class:`veil.nn.private.MPCBackend`; inputs and outputs stay shares, so no party opens the
 token ids, an activation or a result.
 """
 
@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-import mpc
-from mpc.arith import ArithShare
-from mpc.party import Party
-from nn.modules import Module
+from veil import mpc
+from veil.mpc.arith import ArithShare
+from veil.mpc.party import Party
+from veil.nn.modules import Module
 
 SHARE_PROGRAM = "veil.share_model"
 EMBED_PROGRAM = "veil.embed"
@@ -77,7 +77,7 @@ def build_structure(family: str, config_json: str) -> Module:
     import transformers
     from transformers import CONFIG_MAPPING
 
-    from nn.private import import_hf
+    from veil.nn.private import import_hf
 
     if family not in FAMILIES:
         raise ModelError(f"unsupported model family {family!r}; supported: {', '.join(FAMILIES)}")
@@ -171,7 +171,7 @@ def model_programs(store: ModelStore) -> dict[str, Program]:
         return {}
 
     def embed(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):
-        from nn.bert import sentence_embedding
+        from veil.nn.bert import sentence_embedding
 
         model, ops, ids = _prepare(store, party, inputs, options)
         mask = _public_tensor(options, "attention_mask", torch.ones(ids.shape, dtype=torch.int64))
@@ -183,7 +183,7 @@ def model_programs(store: ModelStore) -> dict[str, Program]:
         return {"logits": model(ops, ids)}
 
     def generate(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):
-        from nn.generate import generate as greedy
+        from veil.nn.generate import generate as greedy
 
         model, ops, ids = _prepare(store, party, inputs, options)
         steps = int(_option(options, "max_new_tokens"))
@@ -213,7 +213,7 @@ def check_request(store: ModelStore, program: str, options: dict[str, str]) -> s
 def _prepare(
     store: ModelStore, party: Party, inputs: dict[str, ArithShare], options: dict[str, str]
 ):
-    from nn.private import MPCBackend
+    from veil.nn.private import MPCBackend
 
     served = store.get(_option(options, "model"))
     ids = inputs.get("input_ids")

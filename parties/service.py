@@ -3,7 +3,7 @@
 A *program* is an SPMD function ``program(party, inputs, options) -> outputs`` over
 named secret shares (``dict[str, ArithShare]`` in and out; ``options`` is a
 ``dict[str, str]``).  A client uploads its share pairs to every party, calls ``Run``
-at all three, and fetches the output pairs (:mod:`parties.client`).
+at all three, and fetches the output pairs (:mod:`veil.parties.client`).
 
 The three parties must run requests in the same order, or their messages would mix.
 Run calls from any number of clients are queued (bounded: a full queue answers
@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
-from mpc.arith import ArithShare
-from mpc.communicator import CommStats, PeerError, Traffic
-from mpc.party import Party
-from parties import tls
-from parties.config import ClusterConfig
-from parties.wire import Reassembler, WireError, tensor_chunks
-from proto import veil_pb2, veil_pb2_grpc
+from veil.mpc.arith import ArithShare
+from veil.mpc.communicator import CommStats, PeerError, Traffic
+from veil.mpc.party import Party
+from veil.parties import tls
+from veil.parties.config import ClusterConfig
+from veil.parties.wire import Reassembler, WireError, tensor_chunks
+from veil.proto import veil_pb2, veil_pb2_grpc
 
 Program = Callable[[Party, dict[str, ArithShare], dict[str, str]], dict[str, ArithShare]]
 Check = Callable[[str, dict[str, str]], "str | None"]
@@ -458,8 +458,8 @@ def start_serving(
     ``service_options`` go to :class:`InferenceService` (``check``, ``queue_size``,
     ``on_request``).
     """
-    from mpc.fixedpoint import FixedPoint
-    from parties.grpc_comm import connect_party
+    from veil.mpc.fixedpoint import FixedPoint
+    from veil.parties.grpc_comm import connect_party
 
     service = InferenceService(config, programs, **service_options)
     comm = connect_party(config, rank, device=device, add_services=service.add_to)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from parties.local import GrpcCluster, GrpcThreads
+from veil.parties.local import GrpcCluster, GrpcThreads
 
 TEST_TIMEOUT = 60.0
 

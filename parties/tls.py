@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from parties.config import ClusterConfig, ConfigError
+from veil.parties.config import ClusterConfig, ConfigError
 
 
 def read_pem(path: Path | None, what: str) -> bytes:

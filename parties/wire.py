@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from proto import veil_pb2
+from veil.proto import veil_pb2
 
 CHUNK_BYTES = 1 << 20
 MAX_TENSOR_BYTES = 16 << 30  # refuse absurd headers before allocating anything

@@ -1,1 +1,1 @@
-"""The wire protocol (``veil.proto``) and its generated code; see :mod:`proto.generate`."""
+"""The wire protocol (``veil.proto``) and its generated code; see :mod:`veil.proto.generate`."""

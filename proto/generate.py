@@ -1,10 +1,10 @@
 """Regenerate the Python code for ``proto/veil.proto``.
 
-Usage: ``python -m proto.generate [OUT_DIR]`` (default: the ``proto`` package itself).
+Usage: ``python -m veil.proto.generate [OUT_DIR]`` (default: the ``proto`` package itself).
 
 protoc writes ``import veil_pb2`` into the gRPC module, which only works when
 ``proto/`` is on ``sys.path``; we rewrite it to the package-relative
-``from proto import veil_pb2`` so the generated code imports like any other module.
+``from veil.proto import veil_pb2`` so the generated code imports like any other module.
 The committed files must equal what this command produces (a test checks it).
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 PROTO_DIR = Path(__file__).resolve().parent
 PROTO_FILE = PROTO_DIR / "veil.proto"
 _ABSOLUTE_IMPORT = "import veil_pb2 as veil__pb2"
-_PACKAGE_IMPORT = "from proto import veil_pb2 as veil__pb2"
+_PACKAGE_IMPORT = "from veil.proto import veil_pb2 as veil__pb2"
 
 
 def generate(out_dir: Path = PROTO_DIR) -> list[Path]:

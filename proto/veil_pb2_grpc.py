@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import veil_pb2 as veil__pb2
+from veil.proto import veil_pb2 as veil__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from mpc.boolean import BoolShare
-from protocols.boolean import and_shares
+from veil.mpc.boolean import BoolShare
+from veil.protocols.boolean import and_shares
 
 WORD = 64
 TRANSPOSE_STAGES = (

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from mpc.boolean import BoolShare
-from mpc.shape_ops import aligned_pair
+from veil.mpc.boolean import BoolShare
+from veil.mpc.shape_ops import aligned_pair
 
 
 def and_shares(xs: Sequence[BoolShare], ys: Sequence[BoolShare]) -> list[BoolShare]:

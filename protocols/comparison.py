@@ -14,10 +14,10 @@ Exact for all ring values.
 
 from __future__ import annotations
 
-from mpc.arith import ArithShare, Public
-from mpc.boolean import BoolShare
-from protocols.bits import all_ones
-from protocols.conversions import _share_local_sum, b2a_bit, msb
+from veil.mpc.arith import ArithShare, Public
+from veil.mpc.boolean import BoolShare
+from veil.protocols.bits import all_ones
+from veil.protocols.conversions import _share_local_sum, b2a_bit, msb
 
 
 def _difference(x: ArithShare | Public, y: ArithShare | Public) -> ArithShare:

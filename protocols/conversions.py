@@ -11,7 +11,7 @@ component 2).  A Kogge-Stone parallel-prefix adder then adds the two numbers:
 (``|`` is ``^`` in the carry update because a prefix cannot both generate and
 propagate.)  Cost: 1 + 1 + 6 = 8 rounds; bytes per element per party: 8 (reshare)
 + 8 (g) + 5 * 16 + 8 (levels) = 104.  MSB alone needs only the carry into bit 63,
-computed by a bit-sliced tree for 31.5 bytes (:mod:`protocols.bits`).
+computed by a bit-sliced tree for 31.5 bytes (:mod:`veil.protocols.bits`).
 
 B2A of one bit b = b_0 ^ b_1 ^ b_2 (each b_j known to two parties, so an arithmetic
 sharing of it is free): s = b_0 + b_1 - 2 b_0 b_1, b = s + b_2 - 2 s b_2.
@@ -20,12 +20,12 @@ Cost: 2 rounds, 16 bytes per element per party.
 
 from __future__ import annotations
 
-from mpc.arith import ArithShare
-from mpc.boolean import BoolShare
-from mpc.party import Party
-from protocols.bits import msb_of_sum
-from protocols.boolean import and_shares
-from protocols.multiplication import mul, reshare
+from veil.mpc.arith import ArithShare
+from veil.mpc.boolean import BoolShare
+from veil.mpc.party import Party
+from veil.protocols.bits import msb_of_sum
+from veil.protocols.boolean import and_shares
+from veil.protocols.multiplication import mul, reshare
 
 RING_BITS = 64
 PREFIX_SHIFTS = (1, 2, 4, 8, 16, 32)
@@ -73,7 +73,7 @@ def msb(x: ArithShare) -> BoolShare:
     """Bit 63 of x (1 iff x < 0 as a signed value), in bit 0 of a BoolShare.
 
     Only the carry into bit 63 is computed, by a bit-sliced tree
-    (:func:`protocols.bits.msb_of_sum`).  Cost: 8 rounds, 8 + 23.5 = 31.5 bytes per
+    (:func:`veil.protocols.bits.msb_of_sum`).  Cost: 8 rounds, 8 + 23.5 = 31.5 bytes per
     element per party (a full A2B would be 104).
     """
     party = x.party

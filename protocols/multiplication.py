@@ -8,7 +8,7 @@ and sends z_i to party i-1; its new replicated share is (z_i, z_{i+1}).  The zer
 sharing makes the message uniformly random to its receiver.
 
 Cost: 1 round; one ring element (8 bytes) per *output* element per party.  Fixed-point
-operands additionally pay for :func:`protocols.truncation.truncate` (2 rounds).
+operands additionally pay for :func:`veil.protocols.truncation.truncate` (2 rounds).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import torch
 
-from mpc.arith import ArithShare
-from mpc.party import Party
-from mpc.ring_matmul import ring_matmul
-from mpc.shape_ops import aligned_pair
+from veil.mpc.arith import ArithShare
+from veil.mpc.party import Party
+from veil.mpc.ring_matmul import ring_matmul
+from veil.mpc.shape_ops import aligned_pair
 
 
 def reshare(party: Party, z: torch.Tensor) -> torch.Tensor:

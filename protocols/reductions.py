@@ -15,8 +15,8 @@ for the max and n * 8 for the one-hot.
 
 from __future__ import annotations
 
-from mpc.arith import ArithShare, cat, stack
-from protocols.select import mux
+from veil.mpc.arith import ArithShare, cat, stack
+from veil.protocols.select import mux
 
 
 def max_with_argmax(x: ArithShare, dim: int = -1) -> tuple[ArithShare, ArithShare]:

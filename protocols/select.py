@@ -9,8 +9,8 @@ Cost: 11 rounds, 55.5 bytes per element per party.  Valid for |x| < 2^(63-f).
 
 from __future__ import annotations
 
-from mpc.arith import ArithShare, Public
-from protocols.conversions import b2a_bit, msb
+from veil.mpc.arith import ArithShare, Public
+from veil.protocols.conversions import b2a_bit, msb
 
 
 def mux(condition: ArithShare, x: ArithShare | Public, y: ArithShare | Public) -> ArithShare:

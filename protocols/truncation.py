@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from mpc.arith import ArithShare
+from veil.mpc.arith import ArithShare
 
 HALF_RING = 1 << 63
 BIAS = 1 << 62

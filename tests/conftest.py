@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-import mpc
-from parties.testing import grpc_threads  # noqa: F401 - the session's gRPC cluster
+from veil import mpc
+from veil.parties.testing import grpc_threads  # noqa: F401 - the session's gRPC cluster
 
 # Models load from installed packages only; never reach for a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,6 +1,6 @@
 """PUMA's nonlinear functions as MPC protocols, each beside its plaintext float twin.
 
-Every module holds one function as a protocol on :class:`mpc.ArithShare` and its ``*_twin``:
+Every module holds one function as a protocol on :class:`veil.mpc.ArithShare` and its ``*_twin``:
 the same formula in float64, rounded to the fixed-point grid where the protocol truncates,
 so that tests and benchmarks separate approximation error (twin vs exact torch) from
 protocol error (protocol vs twin).  Each docstring gives the formula, its source, the

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 import torch
 
-from mpc.arith import ArithShare, cat
-from mpc.fixedpoint import DEFAULT_FRAC_BITS
-from protocols.comparison import less_than
-from protocols.multiplication import mul
-from protocols.select import mux
-from protocols.truncation import truncate
+from veil.mpc.arith import ArithShare, cat
+from veil.mpc.fixedpoint import DEFAULT_FRAC_BITS
+from veil.protocols.comparison import less_than
+from veil.protocols.multiplication import mul
+from veil.protocols.select import mux
+from veil.protocols.truncation import truncate
 
 FRAC_BITS = DEFAULT_FRAC_BITS
 SUM_RANGE_BITS = 10

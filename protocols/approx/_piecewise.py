@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import torch
 
-from mpc.arith import ArithShare, cat
-from protocols.approx._common import products, quantize
-from protocols.comparison import less_than
+from veil.mpc.arith import ArithShare, cat
+from veil.protocols.approx._common import products, quantize
+from veil.protocols.comparison import less_than
 
 
 def select_twin(

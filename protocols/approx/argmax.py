@@ -1,6 +1,6 @@
 """Secret argmax over the last dimension (greedy decoding): one-hot and shared index.
 
-Formula: the tree reduction of :func:`protocols.reductions.max_with_argmax` (pairwise
+Formula: the tree reduction of :func:`veil.protocols.reductions.max_with_argmax` (pairwise
 comparisons and multiplexers, log2(n) levels; the one-hot is rebuilt top-down from the kept
 comparison bits), then index = sum_v onehot_v * v, a public-integer dot product (free).
 Ties go to the lowest index, like torch.argmax.
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from mpc.arith import ArithShare
-from protocols.reductions import max_with_argmax
+from veil.mpc.arith import ArithShare
+from veil.protocols.reductions import max_with_argmax
 
 
 def argmax_twin(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

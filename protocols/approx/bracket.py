@@ -26,11 +26,11 @@ import math
 
 import torch
 
-from mpc.arith import ArithShare, cat
-from mpc.boolean import BoolShare
-from protocols.approx._common import with_frac
-from protocols.comparison import less_than
-from protocols.conversions import a2b, b2a_bit
+from veil.mpc.arith import ArithShare, cat
+from veil.mpc.boolean import BoolShare
+from veil.protocols.approx._common import with_frac
+from veil.protocols.comparison import less_than
+from veil.protocols.conversions import a2b, b2a_bit
 
 METHODS = ("compare", "bits")
 RING_BITS = 64

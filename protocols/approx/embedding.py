@@ -27,9 +27,9 @@ import math
 
 import torch
 
-from mpc.arith import ArithShare, cat
-from protocols.approx._common import FRAC_BITS, products, quantize
-from protocols.conversions import a2b, b2a_bit
+from veil.mpc.arith import ArithShare, cat
+from veil.protocols.approx._common import FRAC_BITS, products, quantize
+from veil.protocols.conversions import a2b, b2a_bit
 
 
 def embedding_twin(

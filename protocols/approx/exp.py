@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import torch
 
-from mpc.arith import ArithShare
-from protocols.approx._common import FRAC_BITS, products, quantize, with_frac
-from protocols.comparison import less_than
+from veil.mpc.arith import ArithShare
+from veil.protocols.approx._common import FRAC_BITS, products, quantize, with_frac
+from veil.protocols.comparison import less_than
 
 EXP_CLIP = -14.0
 """Below this exp(x) is taken as 0 (PUMA's T_exp)."""

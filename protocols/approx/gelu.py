@@ -23,7 +23,7 @@ The default is the symmetric variant (fewer bytes, smaller error); ``variant="pu
 gives PUMA's exact four-segment formula above.
 
 Valid range: all x (|x| < 2^(63-f)); far outside [-4, 3] the powers overflow the ring but
-cancel exactly in the segment combination (see :mod:`protocols.approx._piecewise`).
+cancel exactly in the segment combination (see :mod:`veil.protocols.approx._piecewise`).
 Error: twin vs erf-GeLU: max 0.0199 on [-10, 10] (at the segment joins; 0.0195 vs the tanh
 form).  Protocol vs twin: about 1e-5 (coefficients times one-ulp truncation errors).
 Cost (PUMA): segment bits (10 rounds, 3 * 47.5 = 142.5 bytes), powers x^2 | x^3, x^4 | x^6
@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import torch
 
-from mpc.arith import ArithShare
-from protocols.approx._common import FRAC_BITS, linear_combination, products, quantize
-from protocols.approx._piecewise import (
+from veil.mpc.arith import ArithShare
+from veil.protocols.approx._common import FRAC_BITS, linear_combination, products, quantize
+from veil.protocols.approx._piecewise import (
     segment_bits,
     select,
     select_twin,

@@ -39,10 +39,16 @@ import math
 
 import torch
 
-from mpc.arith import ArithShare
-from protocols.approx._common import FRAC_BITS, products, quantize, truncate_together, with_frac
-from protocols.approx.rsqrt import rsqrt, rsqrt_twin
-from protocols.truncation import truncate
+from veil.mpc.arith import ArithShare
+from veil.protocols.approx._common import (
+    FRAC_BITS,
+    products,
+    quantize,
+    truncate_together,
+    with_frac,
+)
+from veil.protocols.approx.rsqrt import rsqrt, rsqrt_twin
+from veil.protocols.truncation import truncate
 
 MEAN_RANGE_BITS = 50
 """The public 1/n of the row mean gets 50 - f fractional bits (32 at f = 18): |mean| < 2^11."""

@@ -9,7 +9,7 @@ Source: SecretFlow-SPU ``fxp_approx.cc`` / ``reciprocal_goldschmidt`` (PUMA's di
 eprint 2012/405 §6.1 for the iteration.
 
 Bit length: the one-hot of the power-of-two bracket of v = x * 2^f over the window
-(:mod:`protocols.approx.bracket`: by default one batched comparison with every public
+(:mod:`veil.protocols.approx.bracket`: by default one batched comparison with every public
 2^p, 10 rounds; or SPU's bit decomposition + prefix-OR + B2A, 16 rounds and fewer bytes
 for windows of 7 positions or more);
 both secret powers of two the protocol needs (2^(2f-1-p) to normalise, 2^(f-1-p+E) to
@@ -37,14 +37,14 @@ from __future__ import annotations
 
 import torch
 
-from mpc.arith import ArithShare
-from protocols.approx._common import (
+from veil.mpc.arith import ArithShare
+from veil.protocols.approx._common import (
     FRAC_BITS,
     products,
     quantize,
     with_frac,
 )
-from protocols.approx.bracket import bracket_dot, power_of_two_bracket
+from veil.protocols.approx.bracket import bracket_dot, power_of_two_bracket
 
 GOLDSCHMIDT_W0_OFFSET = 2.9142
 GOLDSCHMIDT_W0_SLOPE = -2.0
@@ -89,7 +89,7 @@ def reciprocal(
 ) -> ArithShare:
     """1/x for secret x in [2^lo_exp, 2^hi_exp); the result has f + ``extra_bits`` bits.
 
-    ``bracket`` picks how the bit length is found (:mod:`protocols.approx.bracket`):
+    ``bracket`` picks how the bit length is found (:mod:`veil.protocols.approx.bracket`):
     "compare" (fewest rounds) or "bits" (fewest bytes for windows of 7 or more positions,
     for large tensors).
     """

@@ -7,7 +7,7 @@ has relative error 8.2e-5 on [0.25, 0.5), so no Newton step is needed.  Then
     rsqrt(x) = rsqrt(u) * 2^(-(e+1)/2),
 where the factor, including the sqrt(2) of odd exponents (SPU's parity correction), and an
 optional public ``scale`` are one public table entry per bracket: the bracket's one-hot
-(:mod:`protocols.approx.bracket`) dotted
+(:mod:`veil.protocols.approx.bracket`) dotted
 with the table gives the secret factor for free.  The factor carries E extra fractional bits
 (as many as the ring allows) so that small results keep their relative precision.
 
@@ -30,15 +30,15 @@ import math
 
 import torch
 
-from mpc.arith import ArithShare
-from protocols.approx._common import (
+from veil.mpc.arith import ArithShare
+from veil.protocols.approx._common import (
     FRAC_BITS,
     linear_combination,
     products,
     quantize,
     with_frac,
 )
-from protocols.approx.bracket import bracket_dot, power_of_two_bracket
+from veil.protocols.approx.bracket import bracket_dot, power_of_two_bracket
 
 # rsqrt(u) on [0.25, 0.5): coefficients of u^1..u^4 and the constant (SPU).
 RSQRT_COEFFS = (-15.47994394, 38.4714796, -49.86605845, 26.02942339)
@@ -97,7 +97,7 @@ def rsqrt(
 ) -> ArithShare:
     """scale / sqrt(x) for secret x in [2^lo_exp, 2^hi_exp), public ``scale`` > 0.
 
-    ``bracket`` picks how the bit length is found (:mod:`protocols.approx.bracket`):
+    ``bracket`` picks how the bit length is found (:mod:`veil.protocols.approx.bracket`):
     "compare" (fewest rounds) or "bits" (fewest bytes for windows of 7 or more positions,
     for large tensors).
 

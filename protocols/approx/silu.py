@@ -24,7 +24,7 @@ vs 5.3e-3 on N(0, 1) inputs), and on SmolLM2 that flips greedy tokens that PUMA'
 formula keeps (measured with the float twins on the benchmarks/models.py prompt).
 ``variant="symmetric"`` remains for cost-sensitive use.
 
-Valid range: all x (|x| < 2^(63-f)); see :mod:`protocols.approx._piecewise`.
+Valid range: all x (|x| < 2^(63-f)); see :mod:`veil.protocols.approx._piecewise`.
 Error: twin vs x * sigmoid(x): max 0.0719 on [-12, 12] (at x = 4).  Protocol vs twin:
 about 1e-5.
 Cost: segment bits (10 rounds, 3 * 47.5 = 142.5 bytes), powers x^2 | x^4 | x^6 (3 levels of
@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import torch
 
-from mpc.arith import ArithShare
-from protocols.approx._common import FRAC_BITS, linear_combination, products, quantize
-from protocols.approx._piecewise import (
+from veil.mpc.arith import ArithShare
+from veil.protocols.approx._common import FRAC_BITS, linear_combination, products, quantize
+from veil.protocols.approx._piecewise import (
     segment_bits,
     select,
     select_twin,

@@ -1,8 +1,8 @@
 """Softmax over the last dimension with an optional public mask.
 
 Formula (PUMA, arXiv 2307.12533 §4.2): z = x - max(x) (tree of comparisons), e = exp(z)
-(:mod:`protocols.approx.exp`, quadratic base, t = 5, clipped below -14), s = sum(e), one
-reciprocal per row (:mod:`protocols.approx.reciprocal`, on [1, 2^ceil(log2(n+1))), result
+(:mod:`veil.protocols.approx.exp`, quadratic base, t = 5, clipped below -14), s = sum(e), one
+reciprocal per row (:mod:`veil.protocols.approx.reciprocal`, on [1, 2^ceil(log2(n+1))), result
 with 6 extra fractional bits), softmax = e * (1/s).  The last squaring of exp is left
 untruncated (2f bits) and truncated together with the final product: one truncation
 per element fewer.
@@ -13,7 +13,7 @@ mask, so masked probabilities are exactly 0.  Every row needs at least one kept 
 Valid range: |x| < 2^20 for the logits (comparisons and the mask offset stay in range).
 Error vs torch.softmax (measured, f = 18, rows of 128 logits ~ N(0, 3^2), plain and
 causal-masked, 12x128x128): 3.9e-3 max abs (bound 1e-2; PUMA's t = 5 linear exp: 6.4e-2);
-protocol vs twin about 3e-5.  See :mod:`protocols.approx.exp` for the exp trade-off table.
+protocol vs twin about 3e-5.  See :mod:`veil.protocols.approx.exp` for the exp trade-off table.
 Cost per party, 12x128x128 (benchmarks/nonlinear.py): 128 rounds, 52.35 MB, of which the
 max tree 10.8 MB (77 rounds; no argmax one-hot, see ``row_max``), exp's clip (comparison
 and multiplexer) 10.9 MB, exp's 6 products 25.2 MB, the final product 4.7 MB, the per-row
@@ -32,11 +32,11 @@ import math
 
 import torch
 
-from mpc.arith import ArithShare
-from protocols.approx._common import FRAC_BITS, products, quantize, row_max, with_frac
-from protocols.approx.exp import DEFAULT_SQUARINGS, EXP_CLIP, exp, exp_twin
-from protocols.approx.reciprocal import reciprocal, reciprocal_twin
-from protocols.truncation import truncate
+from veil.mpc.arith import ArithShare
+from veil.protocols.approx._common import FRAC_BITS, products, quantize, row_max, with_frac
+from veil.protocols.approx.exp import DEFAULT_SQUARINGS, EXP_CLIP, exp, exp_twin
+from veil.protocols.approx.reciprocal import reciprocal, reciprocal_twin
+from veil.protocols.truncation import truncate
 
 MASK_OFFSET = float(2**20)
 """Subtracted from masked logits so that they never win the max."""

@@ -4,8 +4,8 @@ Formula: tanh(x) = s * (2 / (1 + e) - 1) with s = sign(x), e = exp(-2|x|) in (0,
 so the reciprocal's argument 1 + e lies in [1, 2] whatever x is, and exp only ever sees
 non-positive inputs (|x| > 7 clips e to 0 and gives exactly s).
 Source: the identity tanh(x) = (1 - e^-2|x|) / (1 + e^-2|x|) * sign(x), composed from
-this package's :func:`~protocols.approx.exp.exp` and
-:func:`~protocols.approx.reciprocal.reciprocal` (as CrypTen composes tanh from sigmoid).
+this package's :func:`~veil.protocols.approx.exp.exp` and
+:func:`~veil.protocols.approx.reciprocal.reciprocal` (as CrypTen composes tanh from sigmoid).
 
 Valid range: all |x| < 2^(63-f) (in practice any activation).
 Error: twin vs torch.tanh: at most 2 * (exp's 2.4e-4) + 2 * (reciprocal's 6e-5) ~ 6e-4;
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from mpc.arith import ArithShare
-from protocols.approx.exp import exp, exp_twin
-from protocols.approx.reciprocal import reciprocal, reciprocal_twin
-from protocols.comparison import less_than
+from veil.mpc.arith import ArithShare
+from veil.protocols.approx.exp import exp, exp_twin
+from veil.protocols.approx.reciprocal import reciprocal, reciprocal_twin
+from veil.protocols.comparison import less_than
 
 RECIPROCAL_WINDOW = (0, 2)
 """1 + e lies in [1, 2]: the reciprocal only has to search [2^0, 2^2)."""

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mpc
-from mpc import ArithShare
+from veil import mpc
+from veil.mpc import ArithShare
 
 ULP = 2.0**-18
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mpc.fixedpoint import FixedPoint, FixedPointRangeError
+from veil.mpc.fixedpoint import FixedPoint, FixedPointRangeError
 
 
 def test_round_trip_within_half_ulp():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-import mpc
-from mpc.prg import AesPrg, new_key
+from veil import mpc
+from veil.mpc.prg import AesPrg, new_key
 
 
 def test_same_key_same_stream_and_counter_advances():

@@ -2,9 +2,9 @@
 
 import torch
 
-import mpc
-from mpc.inmemory import InMemoryNetwork
-from protocols.conversions import a2b
+from veil import mpc
+from veil.mpc.inmemory import InMemoryNetwork
+from veil.protocols.conversions import a2b
 
 N = 20_000
 SECRET = 12345.678

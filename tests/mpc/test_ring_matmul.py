@@ -1,6 +1,6 @@
 import torch
 
-import mpc.ring_matmul as rm
+import veil.mpc.ring_matmul as rm
 
 
 def full_range(shape, gen):

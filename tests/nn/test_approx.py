@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nn.backend import ApproxBackend, ExactBackend
-from nn.bert import BertModel, normalize, sentence_embedding
-from nn.demo import SMOLLM2_NORM_HEADROOM_BITS, chat_ids
-from nn.generate import generate
-from nn.llama import LlamaForCausalLM
+from veil.nn.backend import ApproxBackend, ExactBackend
+from veil.nn.bert import BertModel, normalize, sentence_embedding
+from veil.nn.demo import SMOLLM2_NORM_HEADROOM_BITS, chat_ids
+from veil.nn.generate import generate
+from veil.nn.llama import LlamaForCausalLM
 
 SENTENCES = [
     "A man is eating food.",

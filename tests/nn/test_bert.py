@@ -6,8 +6,8 @@ import pytest
 import torch
 import transformers
 
-from nn.backend import ExactBackend
-from nn.bert import BertForSequenceClassification, BertModel, normalize, sentence_embedding
+from veil.nn.backend import ExactBackend
+from veil.nn.bert import BertForSequenceClassification, BertModel, normalize, sentence_embedding
 
 ATOL = 1e-5
 VOCAB = 120

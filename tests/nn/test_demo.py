@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nn import demo
+from veil.nn import demo
 
 
 def test_minilm_demo_matches_hf(minilm, monkeypatch, capsys):

@@ -6,9 +6,9 @@ import pytest
 import torch
 import transformers
 
-from nn.backend import ExactBackend
-from nn.generate import generate
-from nn.gpt2 import GPT2LMHeadModel
+from veil.nn.backend import ExactBackend
+from veil.nn.generate import generate
+from veil.nn.gpt2 import GPT2LMHeadModel
 
 ATOL = 1e-5
 VOCAB = 97

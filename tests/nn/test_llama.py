@@ -6,9 +6,9 @@ import pytest
 import torch
 import transformers
 
-from nn.backend import ExactBackend
-from nn.generate import generate
-from nn.llama import LlamaForCausalLM
+from veil.nn.backend import ExactBackend
+from veil.nn.generate import generate
+from veil.nn.llama import LlamaForCausalLM
 
 ATOL = 1e-5
 VOCAB = 101

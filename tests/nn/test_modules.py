@@ -6,9 +6,9 @@ import io
 
 import torch
 
-from nn.backend import ApproxBackend, ExactBackend
-from nn.modules import Embedding, Linear, Module, causal_mask, padding_mask
-from nn.progress import Progress, tracked
+from veil.nn.backend import ApproxBackend, ExactBackend
+from veil.nn.modules import Embedding, Linear, Module, causal_mask, padding_mask
+from veil.nn.progress import Progress, tracked
 
 
 class _Tied(Module):
@@ -139,5 +139,17 @@ def test_progress_counts_to_total():
     stream = io.StringIO()
     progress = Progress(3, "layers", stream=stream)
     assert list(tracked("abc", progress)) == ["a", "b", "c"]
-    assert stream.getvalue().endswith("\n")
-    assert "3/3" in stream.getvalue()
+    text = stream.getvalue()
+    assert text.endswith("\n")
+    assert "layers" in text and "3/3" in text
+    assert "step/s" in text or "s/step" in text  # tqdm's rate: the bar is tqdm's, not ours
+
+
+def test_progress_closes_at_total_and_ignores_extra_steps():
+    stream = io.StringIO()
+    progress = Progress(2, "tokens", stream=stream)
+    progress.advance(5)
+    assert progress.done == 2
+    closed = stream.getvalue()
+    progress.advance()
+    assert stream.getvalue() == closed

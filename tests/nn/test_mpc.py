@@ -1,4 +1,4 @@
-"""The same model code on secret shares: tiny models through :class:`nn.private.PrivateModel`."""
+"""The same model code on secret shares: tiny models through :class:`veil.nn.private.PrivateModel`."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 import transformers
 
-from nn.backend import ApproxBackend, ExactBackend
-from nn.bert import BertForSequenceClassification
-from nn.generate import generate
-from nn.gpt2 import GPT2LMHeadModel
-from nn.llama import LlamaForCausalLM
-from nn.private import PrivateModel
+from veil.nn.backend import ApproxBackend, ExactBackend
+from veil.nn.bert import BertForSequenceClassification
+from veil.nn.generate import generate
+from veil.nn.gpt2 import GPT2LMHeadModel
+from veil.nn.llama import LlamaForCausalLM
+from veil.nn.private import PrivateModel
 
 VOCAB = 50
 

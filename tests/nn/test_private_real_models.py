@@ -19,9 +19,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nn.bert import normalize
-from nn.demo import chat_ids
-from nn.private import PrivateModel
+from veil.nn.bert import normalize
+from veil.nn.demo import chat_ids
+from veil.nn.private import PrivateModel
 
 SENTENCES = [
     "A man is eating food.",
@@ -96,9 +96,9 @@ def test_smollm2_private_generation_other_prompts(smollm2, prompt):
 @torch.no_grad()
 def test_smollm2_near_tie_follows_the_float_twins(smollm2):
     """Where plaintext nearly ties, the private run still matches its float twin exactly."""
-    from nn.backend import ApproxBackend
-    from nn.generate import generate
-    from nn.llama import LlamaForCausalLM
+    from veil.nn.backend import ApproxBackend
+    from veil.nn.generate import generate
+    from veil.nn.llama import LlamaForCausalLM
 
     hf, tokenizer = smollm2
     ids = chat_ids(tokenizer, NEAR_TIE_PROMPT)

@@ -1,5 +1,5 @@
-"""The gRPC cluster fixtures of :mod:`parties.testing` (session-scoped, reused)."""
+"""The gRPC cluster fixtures of :mod:`veil.parties.testing` (session-scoped, reused)."""
 
-from parties.testing import grpc_cluster, grpc_run, grpc_threads
+from veil.parties.testing import grpc_cluster, grpc_run, grpc_threads
 
 __all__ = ["grpc_cluster", "grpc_run", "grpc_threads"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from parties.cli import main
-from parties.config import load_config
+from veil.parties.cli import main
+from veil.parties.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 PID_DIR_ENV = "VEIL_TEST_PID_DIR"
@@ -57,7 +57,7 @@ def cluster_dir(tmp_path) -> Path:
 def veil(*args: str, env_extra: dict | None = None, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "parties.cli", *args], env=env, cwd=REPO, **kwargs
+        [sys.executable, "-m", "veil.parties.cli", *args], env=env, cwd=REPO, **kwargs
     )
 
 

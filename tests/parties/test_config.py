@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from parties.certs import common_name, write_cluster_certs
-from parties.config import ConfigError, config_from_dict, load_config, parse_address
+from veil.parties.certs import common_name, write_cluster_certs
+from veil.parties.config import ConfigError, config_from_dict, load_config, parse_address
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def raw_config(**overrides) -> dict:
 
 
 def test_toml_and_json_configs_agree(cert_dir) -> None:
-    from parties.certs import cluster_config_toml
+    from veil.parties.certs import cluster_config_toml
 
     names = ("party0", "party1", "party2")
     toml_path = cert_dir / "cluster.toml"

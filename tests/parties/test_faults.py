@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-import mpc
-from mpc.communicator import PeerError, PeerTimeoutError
-from parties.health import check
-from parties.local import WorkerDied
+from veil import mpc
+from veil.mpc.communicator import PeerError, PeerTimeoutError
+from veil.parties.health import check
+from veil.parties.local import WorkerDied
 
 STALL_TIMEOUT = 2.0
 

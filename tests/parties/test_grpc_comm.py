@@ -8,13 +8,13 @@ import grpc
 import pytest
 import torch
 
-import mpc
-from mpc.communicator import PeerError, PeerTimeoutError
-from parties.config import ClusterConfig
-from parties.grpc_comm import GrpcCommunicator
-from parties.local import local_config
-from parties.wire import tensor_chunks
-from proto import veil_pb2, veil_pb2_grpc
+from veil import mpc
+from veil.mpc.communicator import PeerError, PeerTimeoutError
+from veil.parties.config import ClusterConfig
+from veil.parties.grpc_comm import GrpcCommunicator
+from veil.parties.local import local_config
+from veil.parties.wire import tensor_chunks
+from veil.proto import veil_pb2, veil_pb2_grpc
 
 PAYLOADS = [
     torch.arange(12, dtype=torch.int64).reshape(3, 4),

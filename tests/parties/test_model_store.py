@@ -6,8 +6,8 @@ import pytest
 import torch
 import transformers
 
-from nn.private import import_hf
-from parties.models import (
+from veil.nn.private import import_hf
+from veil.parties.models import (
     HeldShare,
     ModelError,
     ModelStore,

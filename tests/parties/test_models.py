@@ -7,7 +7,7 @@ embeds two sentences, a stalled party is named, a soak of sequential requests wa
 parties' memory and descriptors, and -- last -- a party is killed mid-request.
 
 Bounds (stated once, checked below): served results equal the in-process simulation
-(:class:`nn.private.PrivateModel`) up to fixed-point truncation noise (1e-3 here; the
+(:class:`veil.nn.private.PrivateModel`) up to fixed-point truncation noise (1e-3 here; the
 two runs use independent random shares) and plaintext Hugging Face within the PUMA
 approximations' error (0.02 for BERT embeddings, 0.05 for GPT-2 logits); greedy tokens
 equal Hugging Face's for these seeded models.
@@ -29,8 +29,8 @@ import pytest
 import torch
 import transformers
 
-from parties.client import InferenceError, VeilClient
-from parties.config import ClusterConfig, load_config
+from veil.parties.client import InferenceError, VeilClient
+from veil.parties.config import ClusterConfig, load_config
 
 from .test_cli import REPO, assert_ports_free, free_ports
 
@@ -105,7 +105,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Served:
-    from parties.cli import main
+    from veil.parties.cli import main
 
     directory = tmp_path_factory.mktemp("served")
     addresses = [f"--address=localhost:{port}" for port in free_ports(3)]
@@ -116,7 +116,7 @@ def served(tmp_path_factory) -> Served:
     log = directory / "launch.log"
     with log.open("w") as sink:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "parties.cli", "launch", "--config", str(path), "--serve"],
+            [sys.executable, "-m", "veil.parties.cli", "launch", "--config", str(path), "--serve"],
             env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
             cwd=REPO,
             stdout=sink,
@@ -139,7 +139,7 @@ def served(tmp_path_factory) -> Served:
 @pytest.fixture(scope="module")
 def references() -> dict[str, torch.Tensor]:
     """What the in-process simulation and plaintext Hugging Face give for IDS."""
-    from nn.private import PrivateModel
+    from veil.nn.private import PrivateModel
 
     bert, gpt = tiny_bert(), tiny_gpt2()
     mask = torch.ones_like(IDS)
@@ -215,7 +215,7 @@ def test_plaintext_client_refused(served) -> None:
 
 
 def test_client_with_foreign_certificate_refused(served, tmp_path) -> None:
-    from parties.certs import write_cluster_certs
+    from veil.parties.certs import write_cluster_certs
 
     write_cluster_certs(tmp_path)  # another CA, a certificate also named "client"
     with (
@@ -228,9 +228,9 @@ def test_client_with_foreign_certificate_refused(served, tmp_path) -> None:
 
 def test_share_and_infer_cli(served, references, tmp_path, capsys) -> None:
     """`veil share --hf DIR` then `veil infer --model`: text tokenized at the client."""
-    from nn.bert import normalize
-    from nn.demo import load_minilm
-    from parties.cli import main
+    from veil.nn.bert import normalize
+    from veil.nn.demo import load_minilm
+    from veil.parties.cli import main
 
     _, tokenizer = load_minilm()
     torch.manual_seed(1)
@@ -287,8 +287,8 @@ def test_share_and_infer_cli(served, references, tmp_path, capsys) -> None:
 
 def test_minilm_sentence_embedding(served) -> None:
     """The bundled all-MiniLM-L6-v2 over the three processes: cosine to plaintext > 0.999."""
-    from nn.bert import normalize
-    from nn.demo import DEFAULT_SENTENCES, load_minilm
+    from veil.nn.bert import normalize
+    from veil.nn.demo import DEFAULT_SENTENCES, load_minilm
 
     hf, tokenizer = load_minilm()
     with served.client("owner", run_timeout=600) as owner:

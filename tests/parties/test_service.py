@@ -14,12 +14,12 @@ import grpc
 import pytest
 import torch
 
-from mpc.party import Party
-from parties.client import InferenceClient, InferenceError
-from parties.config import load_config
-from parties.grpc_comm import GrpcCommunicator
-from parties.local import local_config
-from parties.service import InferenceService
+from veil.mpc.party import Party
+from veil.parties.client import InferenceClient, InferenceError
+from veil.parties.config import load_config
+from veil.parties.grpc_comm import GrpcCommunicator
+from veil.parties.local import local_config
+from veil.parties.service import InferenceService
 
 from .test_cli import REPO, assert_ports_free, free_ports
 
@@ -153,7 +153,7 @@ def test_failing_program_fails_the_request_then_parties_relink(serving) -> None:
 
 
 def test_launch_serve_and_infer_cli(tmp_path) -> None:
-    from parties.cli import main
+    from veil.parties.cli import main
 
     addresses = [f"--address=localhost:{port}" for port in free_ports(3)]
     assert main(["certs", "--out", str(tmp_path), *addresses]) == 0
@@ -163,7 +163,7 @@ def test_launch_serve_and_infer_cli(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "parties.cli",
+            "veil.parties.cli",
             "launch",
             "--config",
             str(config_path),

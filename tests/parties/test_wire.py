@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parties import wire
-from parties.wire import CHUNK_BYTES, Reassembler, WireError, tensor_chunks
-from proto import veil_pb2
+from veil.parties import wire
+from veil.parties.wire import CHUNK_BYTES, Reassembler, WireError, tensor_chunks
+from veil.proto import veil_pb2
 
 CASES = [
     torch.arange(10, dtype=torch.int64),

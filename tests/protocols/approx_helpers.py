@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-import mpc
-from mpc.communicator import Traffic
+from veil import mpc
+from veil.mpc.communicator import Traffic
 
 FXP = mpc.FixedPoint()
 ULP = 2.0**-FXP.frac_bits

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protocols.approx.gelu import gelu, gelu_twin
-from protocols.approx.silu import silu, silu_twin
 from tests.protocols.approx_helpers import ULP, on_grid, run_protocol
+from veil.protocols.approx.gelu import gelu, gelu_twin
+from veil.protocols.approx.silu import silu, silu_twin
 
 FAR = torch.tensor([-1e5, -3000.0, 3000.0, 1e5], dtype=torch.float64)
 # variant: (documented twin error, comparisons per element, other bytes per element, rounds);

@@ -2,9 +2,9 @@
 
 import torch
 
-from protocols.approx.argmax import argmax, argmax_twin
-from protocols.approx.embedding import embedding, embedding_twin
 from tests.protocols.approx_helpers import run_protocol
+from veil.protocols.approx.argmax import argmax, argmax_twin
+from veil.protocols.approx.embedding import embedding, embedding_twin
 
 
 def test_embedding_rows_are_exact():
@@ -38,7 +38,7 @@ def test_argmax_onehot_and_index():
 
 def test_argmax_onehot_feeds_embedding_exactly():
     """Greedy decoding's next-token embedding: argmax one-hot @ table, no truncation."""
-    from protocols.approx.embedding import embedding_onehot
+    from veil.protocols.approx.embedding import embedding_onehot
 
     g = torch.Generator().manual_seed(3)
     table = torch.randn(64, 8, generator=g, dtype=torch.float64)

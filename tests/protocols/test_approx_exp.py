@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from protocols.approx.exp import exp, exp_twin
 from tests.protocols.approx_helpers import on_grid, run_protocol
+from veil.protocols.approx.exp import exp, exp_twin
 
 X = on_grid(
     torch.cat([torch.linspace(-20, 0, 2001, dtype=torch.float64), torch.tensor([-1e4, -14.01])])

@@ -5,15 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mpc
-from protocols.approx.exp import exp, exp_twin
-from protocols.approx.gelu import gelu, gelu_twin
-from protocols.approx.layernorm import layernorm, layernorm_twin, rmsnorm, rmsnorm_twin
-from protocols.approx.reciprocal import reciprocal, reciprocal_twin
-from protocols.approx.rsqrt import rsqrt, rsqrt_twin
-from protocols.approx.silu import silu, silu_twin
-from protocols.approx.softmax import softmax, softmax_twin
 from tests.protocols.approx_helpers import run_protocol
+from veil import mpc
+from veil.protocols.approx.exp import exp, exp_twin
+from veil.protocols.approx.gelu import gelu, gelu_twin
+from veil.protocols.approx.layernorm import layernorm, layernorm_twin, rmsnorm, rmsnorm_twin
+from veil.protocols.approx.reciprocal import reciprocal, reciprocal_twin
+from veil.protocols.approx.rsqrt import rsqrt, rsqrt_twin
+from veil.protocols.approx.silu import silu, silu_twin
+from veil.protocols.approx.softmax import softmax, softmax_twin
 
 FRACS = [14, 16, 20, 22]
 

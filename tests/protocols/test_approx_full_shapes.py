@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protocols.approx.argmax import argmax
-from protocols.approx.embedding import embedding
-from protocols.approx.gelu import gelu
-from protocols.approx.layernorm import layernorm
-from protocols.approx.softmax import softmax
 from tests.protocols.approx_helpers import run_protocol
+from veil.protocols.approx.argmax import argmax
+from veil.protocols.approx.embedding import embedding
+from veil.protocols.approx.gelu import gelu
+from veil.protocols.approx.layernorm import layernorm
+from veil.protocols.approx.softmax import softmax
 
 pytestmark = pytest.mark.slow
 CAUSAL = torch.tril(torch.ones(128, 128, dtype=torch.bool))

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protocols.approx.layernorm import layernorm, layernorm_twin, rmsnorm, rmsnorm_twin
 from tests.protocols.approx_helpers import run_protocol
+from veil.protocols.approx.layernorm import layernorm, layernorm_twin, rmsnorm, rmsnorm_twin
 
 BOUND = 5e-3
 

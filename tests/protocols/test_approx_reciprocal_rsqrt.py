@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from protocols.approx.bracket import power_of_two_bracket
-from protocols.approx.reciprocal import reciprocal, reciprocal_twin
-from protocols.approx.rsqrt import rsqrt, rsqrt_twin
 from tests.protocols.approx_helpers import on_grid, run_protocol
+from veil.protocols.approx.bracket import power_of_two_bracket
+from veil.protocols.approx.reciprocal import reciprocal, reciprocal_twin
+from veil.protocols.approx.rsqrt import rsqrt, rsqrt_twin
 
 RECIPROCAL_X = on_grid(torch.exp2(torch.linspace(-10, 7, 400, dtype=torch.float64)))
 RSQRT_X = on_grid(torch.exp2(torch.linspace(-14, 13.99, 400, dtype=torch.float64)))

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from protocols.approx.softmax import softmax, softmax_twin
 from tests.protocols.approx_helpers import run_protocol
+from veil.protocols.approx.softmax import softmax, softmax_twin
 
 CAUSAL = torch.tril(torch.ones(128, 128, dtype=torch.bool))
 

@@ -2,8 +2,8 @@
 
 import torch
 
-import mpc
-from protocols.approx.tanh import tanh, tanh_twin
+from veil import mpc
+from veil.protocols.approx.tanh import tanh, tanh_twin
 
 
 def test_twin_is_close_to_torch_tanh():

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-import mpc
-from mpc import BoolShare
-from protocols.boolean import and_shares
-from protocols.conversions import a2b, b2a_bit, msb
-from protocols.reductions import max_with_argmax
+from veil import mpc
+from veil.mpc import BoolShare
+from veil.protocols.boolean import and_shares
+from veil.protocols.conversions import a2b, b2a_bit, msb
+from veil.protocols.reductions import max_with_argmax
 
 EDGE = torch.tensor([0.0, 1e-5, -1e-5, 2.0**-18, -(2.0**-18), 1e6, -1e6, 2.0**43, -(2.0**43), 3.0, -3.0],
                     dtype=torch.float64)
@@ -139,7 +139,7 @@ def test_and_shares_batches_in_one_round(run, rng):
 
 
 def test_packed_msb_of_sum_and_zero_test_on_full_range_words(run, rng):
-    from protocols.bits import all_ones, msb_of_sum
+    from veil.protocols.bits import all_ones, msb_of_sum
 
     a = torch.randint(-(2**63), 2**63 - 1, (777,), generator=rng)
     b = torch.randint(-(2**63), 2**63 - 1, (777,), generator=rng)

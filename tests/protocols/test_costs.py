@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import mpc
-from protocols.conversions import a2b, msb
-from protocols.truncation import truncate
+from veil import mpc
+from veil.protocols.conversions import a2b, msb
+from veil.protocols.truncation import truncate
 
 N = 96  # elements per operand
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import mpc
-from mpc.prg import AesPrg, new_key
-from protocols.truncation import truncate
+from veil import mpc
+from veil.mpc.prg import AesPrg, new_key
+from veil.protocols.truncation import truncate
 
 TOP = 2**62
 BITS = 18
