@@ -189,9 +189,11 @@ class BertForSequenceClassification(Module):
 def mean_pool(hidden: TensorLike, attention_mask: torch.Tensor) -> TensorLike:
     """Average of the hidden states over the real (unpadded) tokens: (batch, hidden).
 
-    The mask and the token counts are public, so this is a public-weight sum.
+    The mask and the token counts are public, so this is a public-weight sum.  The weights
+    take the dtype of plaintext ``hidden`` (float64 for shares, which encode them exactly).
     """
-    weights = attention_mask.to(torch.float)
+    dtype = hidden.dtype if isinstance(hidden, torch.Tensor) else torch.float64
+    weights = attention_mask.to(dtype)
     weights = weights / weights.sum(dim=1, keepdim=True)
     return (hidden * weights[:, :, None]).sum(dim=1)
 
