@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -200,9 +199,10 @@ class Cluster:
         return [entries[rank][-count:] for rank in range(3)]
 
     def close(self) -> None:
+        from veil.parties.launch import stop_launcher
+
         self.client.close()
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=30)
+        stop_launcher(self.proc)  # SIGINT, then SIGTERM and SIGKILL: nothing left listening
 
 
 def over_grpc(cluster: Cluster, case: Case, name: str, repeats: int) -> tuple[Row, float]:

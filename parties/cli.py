@@ -203,6 +203,7 @@ def _party(args: argparse.Namespace) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # explicitly: a background job starts with it ignored
     try:
         config = load_config(args.config, insecure=True if args.insecure else None)
         config.party(args.rank)

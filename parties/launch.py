@@ -9,10 +9,12 @@ party process is stopped, so no orphan keeps a port bound.
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from veil.mpc.communicator import WORLD_SIZE
 
@@ -29,12 +31,21 @@ def _die_with_parent() -> None:
         pass
 
 
-class _Terminated(Exception):
-    """The launcher got SIGTERM."""
+class _Stopped(Exception):
+    """The launcher got SIGINT or SIGTERM; ``code`` is the shell's 128 + signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""Both stop the launcher and its parties.  SIGINT gets an explicit handler because a shell
+starts background jobs with SIGINT ignored, and Python then never installs its own."""
 
 
 def party_command(config: str, rank: int, extra: list[str], command: str = "party") -> list[str]:
@@ -59,7 +70,7 @@ def launch(config: str, extra: list[str], command: str = "party", restarts: int 
     it).  The restarted party has lost its model shares: the model owner shares the
     models again (requests for them are refused, naming the party, until then).
     """
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
     procs: list[subprocess.Popen] = []
 
     def start(rank: int) -> subprocess.Popen:
@@ -81,15 +92,15 @@ def launch(config: str, extra: list[str], command: str = "party", restarts: int 
                 f"veil launch: restarting party {rank} ({restarts} restarts left)", file=sys.stderr
             )
             procs[rank] = start(rank)
-    except KeyboardInterrupt:
-        print("veil launch: interrupted, stopping the parties", file=sys.stderr)
-        return 130
-    except _Terminated:
-        print("veil launch: terminated, stopping the parties", file=sys.stderr)
-        return 143
+    except (_Stopped, KeyboardInterrupt) as exc:
+        code = exc.code if isinstance(exc, _Stopped) else 128 + signal.SIGINT
+        how = "interrupted" if code == 128 + signal.SIGINT else "terminated"
+        print(f"veil launch: {how}, stopping the parties", file=sys.stderr)
+        return code
     finally:
         _stop(procs)
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _wait(procs: list[subprocess.Popen]) -> tuple[int, int]:
@@ -117,3 +128,53 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux /proc; empty where it is not available)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def stop_launcher(proc: subprocess.Popen, grace: float = 20.0) -> list[int]:
+    """Stop a ``veil launch`` process and its parties whatever state they are in.
+
+    SIGINT (as Ctrl-C would), then SIGTERM, then SIGKILL, each after ``grace`` seconds
+    without an exit; parties still alive after their launcher has gone are killed too.
+    Returns the pids that had to be killed (empty when the launcher stopped them itself).
+    """
+    parties = child_pids(proc.pid)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                continue
+    killed = []
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+        killed.append(proc.pid)
+    deadline = time.monotonic() + grace
+    for pid in parties:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(_POLL_SECONDS)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False

@@ -14,6 +14,7 @@ import pytest
 
 from veil.parties.cli import main
 from veil.parties.config import load_config
+from veil.parties.launch import stop_launcher
 
 REPO = Path(__file__).resolve().parents[2]
 PID_DIR_ENV = "VEIL_TEST_PID_DIR"
@@ -141,6 +142,40 @@ def test_launch_interrupted(cluster_dir, tmp_path) -> None:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the launcher
     _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert_gone(pid_dir)
+    assert_ports_free(cluster_dir / "cluster.toml")
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts a background job
+
+
+def test_launch_from_a_background_job_stops_on_sigint(cluster_dir, tmp_path) -> None:
+    """Started with SIGINT ignored (``veil launch ... &`` in a script), Ctrl-C still stops it."""
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    proc = veil(
+        "launch",
+        "--config",
+        str(cluster_dir / "cluster.toml"),
+        "--run",
+        "tests.parties.test_cli:sleep_long",
+        env_extra={PID_DIR_ENV: str(pid_dir)},
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ignore_sigint,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(pid_dir.iterdir())) < 3 and time.monotonic() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        killed = stop_launcher(proc)
+    assert killed == [], f"had to kill {killed}: SIGINT did not stop the launcher"
     assert proc.returncode == 130 and "interrupted" in err
     assert_gone(pid_dir)
     assert_ports_free(cluster_dir / "cluster.toml")

@@ -31,6 +31,7 @@ import transformers
 
 from veil.parties.client import InferenceError, VeilClient
 from veil.parties.config import ClusterConfig, load_config
+from veil.parties.launch import stop_launcher
 
 from .test_cli import REPO, assert_ports_free, free_ports
 
@@ -128,8 +129,7 @@ def served(tmp_path_factory) -> Served:
         yield served
     finally:
         pids = served.party_pids() if launcher.poll() is None else []
-        launcher.send_signal(signal.SIGINT)
-        launcher.wait(timeout=30)
+        stop_launcher(launcher)  # SIGINT, then SIGTERM and SIGKILL if it lingers
         for pid in pids:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)

@@ -18,6 +18,7 @@ from veil.mpc.party import Party
 from veil.parties.client import InferenceClient, InferenceError
 from veil.parties.config import load_config
 from veil.parties.grpc_comm import GrpcCommunicator
+from veil.parties.launch import stop_launcher
 from veil.parties.local import local_config
 from veil.parties.service import InferenceService
 
@@ -201,7 +202,10 @@ def test_launch_serve_and_infer_cli(tmp_path) -> None:
         assert len(children) == 3
     finally:
         launcher.send_signal(signal.SIGINT)
-        _, err = launcher.communicate(timeout=30)
+        try:
+            _, err = launcher.communicate(timeout=30)
+        finally:
+            stop_launcher(launcher)  # escalates if SIGINT did not stop it
     assert launcher.returncode == 130, err
     for pid in children:
         with pytest.raises(ProcessLookupError):
