@@ -1,9 +1,10 @@
 """Measuring a protocol in the three-party simulation.
 
 Each figure comes from one run: wall time (slowest party, from a common start),
-bytes sent and rounds per party (from the communicator counters), process peak memory,
-the plaintext torch time of the same computation, and the error against plaintext.
-The network model adds rounds x RTT + bytes / bandwidth for PUMA's LAN and a WAN.
+bytes sent per party, critical-path rounds and send steps (from the communicator
+counters), process peak memory, the plaintext torch time of the same computation, and the
+error against plaintext.  The network model adds critical-path rounds x RTT + bytes /
+bandwidth for PUMA's LAN and a WAN.
 """
 
 from __future__ import annotations
@@ -27,27 +28,35 @@ class Measurement:
     name: str
     wall_s: float
     bytes_sent: int  # the busiest party
-    rounds: int  # the busiest party
+    rounds: int  # send steps of the busiest party (SPU's count)
+    depth: int  # critical-path rounds
     plain_s: float
     max_abs_error: float
     peak_rss_mb: float
 
     def network_estimate(self, network: str) -> float:
-        bandwidth, rtt = NETWORKS[network]
-        return self.wall_s + self.rounds * rtt + self.bytes_sent * 8 / bandwidth
+        return network_estimate(self.wall_s, self.depth, self.bytes_sent, network)
 
     def row(self) -> str:
         return (
-            f"| {self.name} | {self.wall_s:.3f} | {self.bytes_sent / 1e6:.2f} | {self.rounds} | "
+            f"| {self.name} | {self.wall_s:.3f} | {self.bytes_sent / 1e6:.2f} | {self.depth} | "
+            f"{self.rounds} | "
             f"{self.plain_s * 1e3:.2f} | {self.max_abs_error:.2e} | {self.network_estimate('LAN'):.3f} | "
             f"{self.network_estimate('WAN'):.2f} |"
         )
 
 
 HEADER = (
-    "| op | wall s | MB sent / party | rounds | plaintext ms | max abs err | LAN est. s | WAN est. s |\n"
-    "|---|---|---|---|---|---|---|---|"
+    "| op | wall s | MB sent / party | critical-path rounds | send steps | plaintext ms "
+    "| max abs err | LAN est. s | WAN est. s |\n"
+    "|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def network_estimate(wall_s: float, depth: int, bytes_sent: int, network: str) -> float:
+    """Measured wall time plus what the network would add: depth x RTT + bytes / bandwidth."""
+    bandwidth, rtt = NETWORKS[network]
+    return wall_s + depth * rtt + bytes_sent * 8 / bandwidth
 
 
 def peak_rss_mb() -> float:
@@ -76,9 +85,10 @@ def measure(
     owners = owners or {}
     barrier = threading.Barrier(3)
 
-    def party_fn(party: mpc.Party) -> tuple[float, int, int, torch.Tensor]:
+    def party_fn(party: mpc.Party) -> tuple[float, int, int, int, torch.Tensor]:
         shares = {k: mpc.share(party, v, owner=owners.get(k, i % 3)) for i, (k, v) in enumerate(inputs.items())}
         private_op(**shares)  # warm-up: first-touch allocation would otherwise dominate
+        party.comm.reset_counters()  # before the barrier: no party sends until all have reset
         barrier.wait()
         before = party.comm.stats.total()
         start = time.perf_counter()
@@ -86,16 +96,18 @@ def measure(
         elapsed = time.perf_counter() - start
         after = party.comm.stats.total()
         opened = out.reveal()
-        return elapsed, after.bytes_sent - before.bytes_sent, after.rounds - before.rounds, opened
+        return (elapsed, after.bytes_sent - before.bytes_sent, after.rounds - before.rounds,
+                after.depth - before.depth, opened)
 
     results = mpc.simulate(party_fn)
     plain_s, expected = time_plain(lambda: plain_op(**inputs))
-    error = (results[0][3].double() - expected.double()).abs().max().item()
+    error = (results[0][4].double() - expected.double()).abs().max().item()
     return Measurement(
         name=name,
         wall_s=max(r[0] for r in results),
         bytes_sent=max(r[1] for r in results),
         rounds=max(r[2] for r in results),
+        depth=max(r[3] for r in results),
         plain_s=plain_s,
         max_abs_error=error,
         peak_rss_mb=peak_rss_mb(),

@@ -12,7 +12,9 @@ and the run's headline figures for ``python -m benchmarks.plots`` (Veil beside S
 
 Each run also times the plaintext float model in the same process and prints the ratio,
 since absolute times drift on shared machines; bytes and rounds are per party from the
-communicator counters; the network model adds rounds x RTT + bytes / bandwidth.
+communicator counters; rounds are critical-path rounds (the logical clock on every message)
+beside send steps (SPU's count); the network model adds critical-path rounds x RTT + bytes /
+bandwidth.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 import torch
 
 from benchmarks import plots
-from benchmarks.harness import NETWORKS
+from benchmarks.harness import NETWORKS, network_estimate
 from veil.nn.backend import ApproxBackend
 from veil.nn.private import PrivateModel, PrivateResult, import_hf
 
@@ -55,26 +57,29 @@ def report(name: str, plain_s: float, share_s: float, result: PrivateResult, err
     print(f"private inference: {result.wall_s:.1f} s  ({result.wall_s / plain_s:.0f}x plaintext)")
     for i, r in enumerate(result.reports):
         print(f"  party {i}: sent {r.traffic.bytes_sent / 1e9:.3f} GB, received "
-              f"{r.traffic.bytes_received / 1e9:.3f} GB, {r.traffic.rounds} rounds")
+              f"{r.traffic.bytes_received / 1e9:.3f} GB, {r.traffic.depth} critical-path rounds, "
+              f"{r.traffic.rounds} send steps")
     for net, (bandwidth, rtt) in NETWORKS.items():
-        est = result.wall_s + result.max_rounds * rtt + result.max_bytes_sent * 8 / bandwidth
+        est = network_estimate(result.wall_s, result.depth, result.max_bytes_sent, net)
         print(f"  {net} estimate ({bandwidth / 1e9:g} Gbps, {rtt * 1e3:g} ms RTT): {est:.1f} s")
     print(f"peak memory (process RSS): {peak_rss_gb():.2f} GB")
     for line in error_lines:
         print(line)
     print("\nwhere time and bytes go (party 0, by protocol; time includes local work inside it):")
-    print("| protocol | calls | seconds | MB sent | rounds |\n|---|---|---|---|---|")
+    print("| protocol | calls | seconds | MB sent | critical-path rounds | send steps |\n"
+          "|---|---|---|---|---|---|")
     rows = sorted(result.reports[0].by_protocol.items(), key=lambda kv: -kv[1].seconds)
     for proto, t in rows:
-        print(f"| {proto} | {t.calls} | {t.seconds:.2f} | {t.bytes_sent / 1e6:.1f} | {t.rounds} |")
+        print(f"| {proto} | {t.calls} | {t.seconds:.2f} | {t.bytes_sent / 1e6:.1f} | {t.depth} | "
+              f"{t.rounds} |")
     accounted = sum(t.seconds for _, t in rows)
     print(f"| (outside protocols: local adds, reshapes, model code) | | "
-          f"{result.reports[0].wall_s - accounted:.2f} | | |")
+          f"{result.reports[0].wall_s - accounted:.2f} | | | |")
     print_layers(result, layers_per_pass)
     if plot_as is not None:
         plots.protocol_breakdown(result.reports[0].by_protocol, f"{name} (party 0)",
                                  plots.PLOT_DIR / f"{plot_as}_protocols.png")
-        plots.Headline(plot_as, result.wall_s, result.max_bytes_sent, result.max_rounds,
+        plots.Headline(plot_as, result.wall_s, result.max_bytes_sent, result.depth,
                        peak_rss_gb()).save()
 
 
@@ -90,16 +95,19 @@ def print_layers(result: PrivateResult, layers_per_pass: int) -> None:
     if not steps:
         return
     if len(steps) <= layers_per_pass:
-        print("\nper layer (party 0; layer 0 includes the embedding lookup):\n| layer | seconds | MB sent | rounds |\n|---|---|---|---|")
-        for i, (sec, sent, rounds) in enumerate(steps):
-            print(f"| {i} | {sec:.2f} | {sent / 1e6:.1f} | {rounds} |")
+        print("\nper layer (party 0; layer 0 includes the embedding lookup):\n"
+              "| layer | seconds | MB sent | critical-path rounds | send steps |\n|---|---|---|---|---|")
+        for i, (sec, sent, rounds, depth) in enumerate(steps):
+            print(f"| {i} | {sec:.2f} | {sent / 1e6:.1f} | {depth} | {rounds} |")
         return
     print("\nper pass over the layers (party 0; pass 0 is the prompt):")
-    print("| pass | seconds | MB sent | rounds | slowest layer s |\n|---|---|---|---|---|")
+    print("| pass | seconds | MB sent | critical-path rounds | send steps | slowest layer s |\n"
+          "|---|---|---|---|---|---|")
     for p in range(0, len(steps), layers_per_pass):
         chunk = steps[p:p + layers_per_pass]
         print(f"| {p // layers_per_pass} | {sum(c[0] for c in chunk):.2f} | "
-              f"{sum(c[1] for c in chunk) / 1e6:.1f} | {sum(c[2] for c in chunk)} | {max(c[0] for c in chunk):.2f} |")
+              f"{sum(c[1] for c in chunk) / 1e6:.1f} | {sum(c[3] for c in chunk)} | {sum(c[2] for c in chunk)} | "
+              f"{max(c[0] for c in chunk):.2f} |")
 
 
 @torch.no_grad()
@@ -185,13 +193,14 @@ def bench_decode(args) -> None:
     lengths = [int(n) for n in args.prompt_lengths.split(",")]
     new = max(args.new_tokens, 2)
     print(f"\n## GPT-2-like decoding: {args.layers} layers, hidden {args.hidden}, {new} new tokens")
-    print("| prompt tokens | prompt pass s | s per new token | rounds per new token |\n|---|---|---|---|")
+    print("| prompt tokens | prompt pass s | s per new token | critical-path rounds per new token |\n"
+          "|---|---|---|---|")
     per_token, prompt = [], []
     for n in lengths:
         ids = torch.randint(0, config.vocab_size, (1, n))
         result = pm.generate(ids, max_new_tokens=new)
         passes = pass_seconds(result, args.layers)
-        rounds = [sum(c[2] for c in result.layers[p:p + args.layers])
+        rounds = [sum(c[3] for c in result.layers[p:p + args.layers])
                   for p in range(args.layers, len(result.layers), args.layers)]
         prompt.append(passes[0])
         per_token.append(sum(passes[1:]) / len(passes[1:]))

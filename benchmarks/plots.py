@@ -37,7 +37,7 @@ class Headline:
     model: str
     wall_s: float
     bytes_sent: int
-    rounds: int
+    rounds: int  # critical-path rounds
     peak_rss_gb: float
 
     def save(self, directory: Path = PLOT_DIR) -> Path:
@@ -69,7 +69,7 @@ def _pyplot():
 def protocol_breakdown(
     by_protocol: Mapping[str, object], title: str, path: Path, top: int = 10
 ) -> Path | None:
-    """Three bar charts (seconds, MB sent, rounds) of party 0's counters by protocol.
+    """Bar charts (seconds, MB sent, critical-path rounds) of party 0's counters by protocol.
 
     ``by_protocol`` maps a protocol name to its :class:`veil.mpc.communicator.Traffic`;
     the ``top`` most expensive by time are drawn, the rest summed as "other".
@@ -89,7 +89,7 @@ def protocol_breakdown(
     for ax, (label, values) in zip(
         axes,
         [("seconds", column("seconds")), ("MB sent", column("bytes_sent", 1e6)),
-         ("rounds (send steps)", column("rounds"))],
+         ("critical-path rounds", column("depth"))],
     ):
         ax.barh(names, values, color="#4c72b0")
         ax.set_xlabel(label)

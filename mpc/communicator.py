@@ -5,9 +5,20 @@ Protocol code talks only to this interface, so the in-memory simulation
 interchangeable.  Every implementation keeps the same counters, broken down by
 the protocol scope that was active when the traffic happened.
 
-Rounds are counted as *send steps*, the way SecretFlow-SPU reports them: a send
-that follows a receive (or is the first send of a scope) opens a new round;
-further sends before the next receive belong to the same round.
+Two round counts are kept:
+
+- *Critical-path rounds* (``Traffic.depth``), the latency that counts: every message
+  carries a logical clock, one more than the deepest clock its sender had received when
+  it sent (Lamport, CACM 1978).  A party's depth is the largest clock it has sent or
+  received; each increase is charged to the scope active when it happened, so a scope's
+  depth is the number of message latencies it added to the critical path at that party.
+  The largest depth over the parties is the number of sequential network latencies of
+  the whole computation: total time >= depth x RTT / 2 on any network.  A clock depends
+  only on the public order of messages, never on a secret, so sending it reveals nothing.
+- *Send steps* (``Traffic.rounds``), the way SecretFlow-SPU reports rounds: a send that
+  follows a receive (or is the first send of a scope) opens a new step; further sends
+  before the next receive belong to the same step.  They undercount latency where the
+  critical path crosses parties (a message that waits for another party's message).
 """
 
 from __future__ import annotations
@@ -49,7 +60,8 @@ class Traffic:
     bytes_sent: int = 0
     bytes_received: int = 0
     messages_sent: int = 0
-    rounds: int = 0
+    rounds: int = 0  # send steps (SPU's count)
+    depth: int = 0  # critical-path rounds: increase of the logical clock inside the scope
     seconds: float = 0.0  # wall time inside the scope, including nested scopes
     calls: int = 0
 
@@ -58,6 +70,7 @@ class Traffic:
         self.bytes_received += other.bytes_received
         self.messages_sent += other.messages_sent
         self.rounds += other.rounds
+        self.depth += other.depth
         self.seconds += other.seconds
         self.calls += other.calls
 
@@ -98,6 +111,7 @@ class CommStats:
                 entry.bytes_received += traffic.bytes_received
                 entry.messages_sent += traffic.messages_sent
                 entry.rounds += traffic.rounds
+                entry.depth += traffic.depth
                 if not rest:
                     entry.seconds += traffic.seconds
                     entry.calls += traffic.calls
@@ -118,8 +132,9 @@ def tensor_nbytes(tensor: torch.Tensor) -> int:
 class Communicator(ABC):
     """Point-to-point tensor transport between the three parties, with counters.
 
-    Subclasses implement :meth:`_send` and :meth:`_recv`; this base class does the
-    bookkeeping.  Messages between a pair of parties are delivered in order.
+    Subclasses implement :meth:`_send` and :meth:`_recv`, which carry each message's
+    logical clock beside the tensor; this base class does the bookkeeping.  Messages
+    between a pair of parties are delivered in order.
     """
 
     def __init__(self, rank: int, timeout: float = 60.0):
@@ -130,15 +145,17 @@ class Communicator(ABC):
         self.stats = CommStats()
         self._scopes = threading.local()
         self._last_op_was_send = False
+        self._received_clock = 0  # the deepest clock received so far
+        self.clock = 0  # this party's depth: the deepest clock sent or received
 
     # -- transport, implemented by subclasses ---------------------------------
     @abstractmethod
-    def _send(self, dst: int, tensor: torch.Tensor) -> None:
-        """Deliver ``tensor`` to party ``dst`` (may return before it is received)."""
+    def _send(self, dst: int, tensor: torch.Tensor, clock: int) -> None:
+        """Deliver ``tensor`` and its logical ``clock`` to party ``dst`` (may return early)."""
 
     @abstractmethod
-    def _recv(self, src: int, timeout: float) -> torch.Tensor:
-        """Next tensor from party ``src``; raise :class:`PeerTimeoutError` after ``timeout``."""
+    def _recv(self, src: int, timeout: float) -> tuple[torch.Tensor, int]:
+        """Next (tensor, clock) from party ``src``; :class:`PeerTimeoutError` after ``timeout``."""
 
     def close(self) -> None:
         """Release transport resources."""
@@ -160,14 +177,33 @@ class Communicator(ABC):
         self._last_op_was_send = True
         traffic.bytes_sent += tensor_nbytes(tensor)
         traffic.messages_sent += 1
-        self._send(dst, tensor)
+        stamp = self._received_clock + 1
+        self._advance(stamp, traffic)
+        self._send(dst, tensor, stamp)
 
     def recv(self, src: int) -> torch.Tensor:
         self._check_peer(src)
-        tensor = self._recv(src, self.timeout)
+        tensor, stamp = self._recv(src, self.timeout)
         self._last_op_was_send = False
-        self._current().bytes_received += tensor_nbytes(tensor)
+        traffic = self._current()
+        traffic.bytes_received += tensor_nbytes(tensor)
+        self._received_clock = max(self._received_clock, stamp)
+        self._advance(stamp, traffic)
         return tensor
+
+    def reset_counters(self) -> None:
+        """Start counting afresh (a new request on long-lived links): zero the traffic
+        counters and the logical clock.  Call it at every party before the request's first
+        message, after the last message of the one before."""
+        self.stats = CommStats()
+        self._received_clock = 0
+        self.clock = 0
+
+    def observe_clock(self, stamp: int) -> None:
+        """Take in the clock of a message received outside :meth:`recv` (idle polls),
+        without charging any scope: later messages then carry the right depth."""
+        self._received_clock = max(self._received_clock, stamp)
+        self.clock = max(self.clock, stamp)
 
     def send_prev_recv_next(self, tensor: torch.Tensor) -> torch.Tensor:
         """The resharing step: send to party i-1, receive from party i+1 (one round)."""
@@ -193,6 +229,11 @@ class Communicator(ABC):
             self._last_op_was_send = False
 
     # -- helpers ---------------------------------------------------------------
+    def _advance(self, stamp: int, traffic: Traffic) -> None:
+        if stamp > self.clock:
+            traffic.depth += stamp - self.clock
+            self.clock = stamp
+
     def _stack(self) -> list[str]:
         if not hasattr(self._scopes, "stack"):
             self._scopes.stack = []

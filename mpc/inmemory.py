@@ -45,10 +45,10 @@ class InMemoryCommunicator(Communicator):
         super().__init__(rank, timeout)
         self.network = network
 
-    def _send(self, dst: int, tensor: torch.Tensor) -> None:
-        self.network.queues[(self.rank, dst)].put(tensor)
+    def _send(self, dst: int, tensor: torch.Tensor, clock: int) -> None:
+        self.network.queues[(self.rank, dst)].put((tensor, clock))
 
-    def _recv(self, src: int, timeout: float) -> torch.Tensor:
+    def _recv(self, src: int, timeout: float) -> tuple[torch.Tensor, int]:
         try:
             item = self.network.queues[(src, self.rank)].get(timeout=timeout)
         except queue.Empty:

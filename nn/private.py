@@ -137,7 +137,8 @@ class PartyReport:
 
 
 class LayerLog:
-    """Party 0's record of each layer step: (seconds, bytes sent, rounds), with an optional bar.
+    """Party 0's record of each layer step, with an optional bar: (seconds, bytes sent, send
+    steps, critical-path rounds).
 
     It stands in for :class:`veil.nn.progress.Progress` (the models call ``advance`` once per
     layer evaluated), so the per-layer breakdown costs the model code nothing.
@@ -146,12 +147,12 @@ class LayerLog:
     def __init__(self, party: mpc.Party, bar: Progress | None):
         self.party = party
         self.bar = bar
-        self.steps: list[tuple[float, int, int]] = []
+        self.steps: list[tuple[float, int, int, int]] = []
         self._mark = self._now()
 
-    def _now(self) -> tuple[float, int, int]:
+    def _now(self) -> tuple[float, int, int, int]:
         total = self.party.comm.stats.total()
-        return time.perf_counter(), total.bytes_sent, total.rounds
+        return time.perf_counter(), total.bytes_sent, total.rounds, total.depth
 
     def advance(self, n: int = 1) -> None:
         now = self._now()
@@ -165,13 +166,13 @@ class LayerLog:
 class PrivateResult:
     """The client's reconstructed output and each party's costs.
 
-    ``layers`` holds party 0's (seconds, bytes sent, rounds) for each layer evaluated, in
-    order (for generation: every layer of every step).
+    ``layers`` holds party 0's (seconds, bytes sent, send steps, critical-path rounds) for
+    each layer evaluated, in order (for generation: every layer of every step).
     """
 
     output: Any
     reports: list[PartyReport]
-    layers: list[tuple[float, int, int]] = field(default_factory=list)
+    layers: list[tuple[float, int, int, int]] = field(default_factory=list)
 
     @property
     def wall_s(self) -> float:
@@ -183,13 +184,22 @@ class PrivateResult:
 
     @property
     def max_rounds(self) -> int:
+        """Send steps of the busiest party (SPU's count)."""
         return max(r.traffic.rounds for r in self.reports)
+
+    @property
+    def depth(self) -> int:
+        """Critical-path rounds: sequential message latencies of the whole request."""
+        return max(r.traffic.depth for r in self.reports)
 
     def summary(self) -> str:
         sent = ", ".join(
             f"P{i} {r.traffic.bytes_sent / 1e6:.1f} MB" for i, r in enumerate(self.reports)
         )
-        return f"wall {self.wall_s:.1f} s; sent {sent}; rounds {self.max_rounds}"
+        return (
+            f"wall {self.wall_s:.1f} s; sent {sent}; {self.depth} critical-path rounds "
+            f"({self.max_rounds} send steps)"
+        )
 
 
 class PrivateModel:

@@ -253,7 +253,7 @@ class GrpcCommunicator(Communicator):
             self.abort(f"{type(exc).__name__}: {exc}")
 
     # -- transport -----------------------------------------------------------------
-    def _send(self, dst: int, tensor: torch.Tensor) -> None:
+    def _send(self, dst: int, tensor: torch.Tensor, clock: int) -> None:
         if self._closed:
             raise RuntimeError(f"party {self.rank}'s communicator is closed")
         stream = self._outgoing.get(dst)
@@ -265,9 +265,9 @@ class GrpcCommunicator(Communicator):
         scope = "/".join(self._stack())
         # Copy off the device here, in the caller's thread and CUDA stream; chunking
         # happens in gRPC's sender thread so the caller can go on computing.
-        stream.put(tensor.detach().to("cpu"), sender=self.rank, seq=seq, tag=scope)
+        stream.put(tensor.detach().to("cpu"), sender=self.rank, seq=seq, tag=scope, clock=clock)
 
-    def _recv(self, src: int, timeout: float) -> torch.Tensor:
+    def _recv(self, src: int, timeout: float) -> tuple[torch.Tensor, int]:
         deadline = time.monotonic() + timeout
         with self._lock:  # after a relink, wait for the peer's new stream
             while (inbox := self._inbox[src]) is None:
@@ -282,7 +282,8 @@ class GrpcCommunicator(Communicator):
         if isinstance(item, _PeerGone):
             inbox.queue.put(item)  # every later receive from this peer fails the same way
             raise PeerError(src, item.reason)
-        return item if self.device.type == "cpu" else item.to(self.device)
+        tensor, clock = item
+        return (tensor if self.device.type == "cpu" else tensor.to(self.device)), clock
 
     def poll(self, src: int, timeout: float) -> torch.Tensor | None:
         """The next tensor from ``src`` if one arrives within ``timeout``, else None.
@@ -292,15 +293,19 @@ class GrpcCommunicator(Communicator):
         Not counted in :attr:`stats`.
         """
         try:
-            return self._recv(src, timeout)
+            tensor, clock = self._recv(src, timeout)
         except PeerTimeoutError:
             return None
+        self.observe_clock(clock)
+        return tensor
 
     def _count_wire(self, nbytes: int) -> None:
         self.wire_bytes_sent += nbytes
 
     # -- called by the server ------------------------------------------------------
-    def _deliver(self, src: int, inbox: _Inbox, item: torch.Tensor | _PeerGone) -> None:
+    def _deliver(
+        self, src: int, inbox: _Inbox, item: tuple[torch.Tensor, int] | _PeerGone
+    ) -> None:
         if isinstance(item, _PeerGone):
             with self._lock:
                 inbox.gone_reason = inbox.gone_reason or item.reason
@@ -319,8 +324,8 @@ class _OutgoingStream:
         stub = veil_pb2_grpc.PartyLinkStub(channel)
         self._call = stub.Stream.future(self._requests(), wait_for_ready=True)
 
-    def put(self, tensor: torch.Tensor, *, sender: int, seq: int, tag: str) -> None:
-        self._queue.put((tensor, sender, seq, tag))
+    def put(self, tensor: torch.Tensor, *, sender: int, seq: int, tag: str, clock: int) -> None:
+        self._queue.put((tensor, sender, seq, tag, clock))
 
     def put_control(self, chunk: veil_pb2.TensorChunk) -> None:
         self._queue.put(chunk)
@@ -361,8 +366,8 @@ class _OutgoingStream:
             if isinstance(item, veil_pb2.TensorChunk):
                 yield item
                 continue
-            tensor, sender, seq, tag = item
-            for chunk in tensor_chunks(tensor, sender=sender, seq=seq, tag=tag):
+            tensor, sender, seq, tag, clock = item
+            for chunk in tensor_chunks(tensor, sender=sender, seq=seq, tag=tag, clock=clock):
                 self._count(chunk.ByteSize())
                 yield chunk
 
@@ -408,7 +413,7 @@ class _LinkServicer(veil_pb2_grpc.PartyLinkServicer):
                     break
                 if tensor is not None:
                     inbox.expected_seq += 1
-                    comm._deliver(src, inbox, tensor)
+                    comm._deliver(src, inbox, (tensor, chunk.clock))
                     delivered += 1
         except grpc.RpcError:
             # The request iterator raises when the peer's side of the stream breaks.

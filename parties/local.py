@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from veil.mpc.communicator import WORLD_SIZE, CommStats, PeerError
+from veil.mpc.communicator import WORLD_SIZE, PeerError
 from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.party import Party
 from veil.parties.certs import write_cluster_certs
@@ -108,7 +108,7 @@ def call_at_party(
 ) -> Outcome:
     """One party's side of ``run``; on failure, abort the links so peers fail fast."""
     try:
-        comm.stats = CommStats()
+        comm.reset_counters()
         comm.device = torch.device(device)  # received tensors land where the shares live
         party = Party(comm, fxp=fxp or FixedPoint(comm.config.frac_bits), device=device)
         return Outcome(comm.rank, result=fn(party, *args, **kwargs))

@@ -38,7 +38,7 @@ import grpc
 import torch
 
 from veil.mpc.arith import ArithShare
-from veil.mpc.communicator import CommStats, PeerError, Traffic
+from veil.mpc.communicator import PeerError, Traffic
 from veil.mpc.party import Party
 from veil.parties import tls
 from veil.parties.config import ClusterConfig
@@ -288,7 +288,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
 
     def _execute(self, party: Party, request_id: str) -> None:
         comm = party.comm
-        comm.stats = CommStats()
+        comm.reset_counters()
         wire_before = comm.wire_bytes_sent
         start = time.perf_counter()
         deadline = time.monotonic() + self.config.timeout

@@ -53,7 +53,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def tensor_chunks(
-    tensor: torch.Tensor, *, sender: int = 0, seq: int = 0, tag: str = ""
+    tensor: torch.Tensor, *, sender: int = 0, seq: int = 0, tag: str = "", clock: int = 0
 ) -> Iterator[veil_pb2.TensorChunk]:
     """Split ``tensor`` (any device) into chunks; the bytes are copied once, into protobuf."""
     name = dtype_name(tensor.dtype)
@@ -71,6 +71,7 @@ def tensor_chunks(
             chunk_index=index,
             chunk_count=count,
             data=raw[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES].tobytes(),
+            clock=clock,
         )
 
 

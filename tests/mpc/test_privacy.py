@@ -15,8 +15,8 @@ class RecordingQueue:
         self.inner, self.log = inner, log
 
     def put(self, item):
-        if isinstance(item, torch.Tensor):
-            self.log.append(item.clone())
+        if isinstance(item, tuple):  # (tensor, logical clock): the clock follows public structure
+            self.log.append(item[0].clone())
         self.inner.put(item)
 
     def get(self, timeout=None):
