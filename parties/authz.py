@@ -86,7 +86,7 @@ class Authz:
         if caller not in owners:
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"{caller!r} may not share, replace or delete model {model!r}: "
+                f"{caller!r} may not share or replace model {model!r}: "
                 f"its owners are {list(owners)}",
             )
         current = self.model_owner(model) if self.model_owner is not None else None

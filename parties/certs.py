@@ -154,7 +154,7 @@ def cluster_config_toml(
         "insecure = false",
         'ca = "ca.pem"',
         f"clients = {json.dumps(list(clients))}",
-        "# only owners may share, replace or delete models; [models.NAME] owners = [...]",
+        "# only owners may share or replace models; [models.NAME] owners = [...]",
         "# names the owners of one model",
         f"owners = {json.dumps(list(owners))}",
     ]

@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "--owner",
         action="append",
         default=[],
-        help="model owner name: may share, replace and delete models (default: owner)",
+        help="model owner name: may share and replace models (default: owner)",
     )
     certs.set_defaults(handler=_certs)
 

@@ -8,12 +8,12 @@ A config is TOML (``.toml``) or JSON (anything else), for example::
     insecure = false          # true only for local tests: plaintext, no authentication
     ca = "ca.pem"
     clients = ["client"]      # certificate common names allowed to run requests
-    owners = ["owner"]        # names allowed to share, replace and delete models (and run)
+    owners = ["owner"]        # names allowed to share and replace models (and run)
     upload_limit_per_client = 4294967296   # bytes of uploads one identity may have in flight
     upload_limit_per_party = 8589934592    # bytes of uploads all clients together may have
 
     [models.minilm]
-    owners = ["alice"]        # only these may share, replace or delete "minilm"
+    owners = ["alice"]        # only these may share or replace "minilm"
 
     [[parties]]
     address = "localhost:50051"
@@ -21,8 +21,8 @@ A config is TOML (``.toml``) or JSON (anything else), for example::
     key = "party0.key"
     # name = "party0"         # certificate common name; defaults to party<rank>
 
-Model owners: a model named in a ``[models.NAME]`` table may be shared, replaced or
-deleted only by the owners listed there; any other model only by the global ``owners``.
+Model owners: a model named in a ``[models.NAME]`` table may be shared or replaced
+only by the owners listed there; any other model only by the global ``owners``.
 Whoever shares a model owns it: replacing it takes that same identity
 (:mod:`veil.parties.authz`).  Upload limits count share bytes that have arrived and not
 yet been consumed by a Run (:mod:`veil.parties.upload_limits`); the defaults let an owner
@@ -266,7 +266,7 @@ def _identities(
 
 
 def _model_owners(models: Any, party_names: list[str], where: str) -> dict[str, tuple[str, ...]]:
-    """``[models.NAME] owners = [...]`` tables: who may share, replace or delete NAME."""
+    """``[models.NAME] owners = [...]`` tables: who may share or replace NAME."""
     if not isinstance(models, dict):
         raise ConfigError(f"{where}'models' must be a table of [models.NAME] tables")
     owners = {}

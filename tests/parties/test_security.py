@@ -16,13 +16,13 @@ import grpc
 import pytest
 import torch
 
-from veil.mpc.party import Party
 from veil.parties.certs import write_cluster_certs
 from veil.parties.client import InferenceClient, InferenceError, VeilClient
 from veil.parties.config import ConfigError, config_from_dict
 from veil.parties.grpc_comm import GrpcCommunicator
 from veil.parties.models import ModelStore, check_request, model_programs
 from veil.parties.service import InferenceService
+from veil.parties.testing import serve_in_threads
 from veil.parties.upload_limits import UploadLimits, UploadRefused
 from veil.proto import veil_pb2
 
@@ -66,18 +66,7 @@ def cluster(tmp_path_factory):
         )
         for store in stores
     ]
-    comms = [GrpcCommunicator(r, config, add_services=services[r].add_to) for r in range(3)]
-    bound = config.with_addresses([f"localhost:{c.port}" for c in comms])
-
-    def start(rank: int) -> None:
-        comms[rank].connect(bound)
-        services[rank].attach(Party(comms[rank]))
-
-    threads = [threading.Thread(target=start, args=(r,)) for r in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    bound, comms = serve_in_threads(config, services)
     yield bound, services, stores
     for comm in comms:
         comm.abort("test over")
@@ -238,3 +227,37 @@ def test_limits_count_every_client_against_the_party_limit() -> None:
     limits.release("a", 10)
     limits.charge("b", 6)
     assert (limits.in_flight("a"), limits.in_flight("b")) == (0, 6)
+
+
+def test_certs_cli_writes_owners_and_party_names(tmp_path) -> None:
+    from veil.parties.certs import has_dns_name
+    from veil.parties.cli import main
+    from veil.parties.config import load_config
+
+    assert main(["certs", "--out", str(tmp_path), "--owner=alice", "--client=bob"]) == 0
+    config = load_config(tmp_path / "cluster.toml")
+    assert (config.owners, config.clients) == (("alice",), ("bob",))
+    assert (tmp_path / "alice.pem").is_file() and (tmp_path / "bob.pem").is_file()
+    for spec in config.parties:
+        cert = spec.cert.read_bytes()
+        assert has_dns_name(cert, f"{spec.name}.veil")
+        others = [p.name for p in config.parties if p.name != spec.name]
+        assert not any(has_dns_name(cert, f"{name}.veil") for name in others)
+
+
+@pytest.mark.parametrize(
+    "models, message",
+    [
+        ({"m": {"owners": ["party1"]}}, r"\[models.m\] 'owners' must list names distinct"),
+        ({"m": {"owner": ["alice"]}}, r"\[models.m\] must have exactly one key"),
+        ({"m": ["alice"]}, r"\[models.m\] must have exactly one key"),
+    ],
+)
+def test_invalid_model_owners_named(models, message) -> None:
+    raw = {
+        "insecure": True,
+        "models": models,
+        "parties": [{"address": f"localhost:{50051 + r}"} for r in range(3)],
+    }
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
