@@ -172,6 +172,7 @@ class Cluster:
 
         config = load_config(self.config_path)
         self.client = VeilClient(config, directory / "client.pem", directory / "client.key")
+        self.owner = VeilClient(config, directory / "owner.pem", directory / "owner.key")
 
     def share(self, name: str, hf: Any, deadline_s: float = 120.0) -> float:
         from veil.parties.client import InferenceError
@@ -180,7 +181,7 @@ class Cluster:
         while True:
             start = time.perf_counter()
             try:
-                self.client.share_model(name, hf)
+                self.owner.share_model(name, hf)
                 return time.perf_counter() - start
             except InferenceError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -202,6 +203,7 @@ class Cluster:
         from veil.parties.launch import stop_launcher
 
         self.client.close()
+        self.owner.close()
         stop_launcher(self.proc)  # SIGINT, then SIGTERM and SIGKILL: nothing left listening
 
 

@@ -7,7 +7,11 @@ a certificate from another CA, or an unlisted name from this one, is refused.
 
 Party certificates are valid for both TLS server and client use (a party listens
 and connects); their subject alternative names cover localhost/127.0.0.1 plus any
-hosts given, so the same files work on one machine and across machines.  Keys are
+hosts given, so the same files work on one machine and across machines.  Every party
+certificate also carries a name that only it has, ``<party name>.veil``
+(:func:`party_tls_name`): whoever connects to party i asks TLS for that name, so a
+server holding another party's certificate fails the handshake (any party's certificate
+is valid for every party's host, so the host name alone cannot tell them apart).  Keys are
 ECDSA P-256: fast handshakes, small files.
 """
 
@@ -27,6 +31,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = datetime.timedelta(days=365)
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
+PARTY_NAME_SUFFIX = ".veil"
+
+
+def party_tls_name(party_name: str) -> str:
+    """The TLS server name only the certificate of party ``party_name`` carries."""
+    return party_name + PARTY_NAME_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,8 @@ def make_ca(name: str = "veil-cluster-ca") -> Identity:
 
 
 def issue(ca: Identity, name: str, hosts: tuple[str, ...] = (), server: bool = True) -> Identity:
-    """A certificate for ``name`` signed by ``ca``; ``server`` adds TLS server use and SANs."""
+    """A certificate for ``name`` signed by ``ca``; ``server`` (a party) adds TLS server use
+    and SANs: ``hosts``, loopback and :func:`party_tls_name` of ``name``."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert)
     ca_key = serialization.load_pem_private_key(ca.key, password=None)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -91,7 +102,7 @@ def issue(ca: Identity, name: str, hosts: tuple[str, ...] = (), server: bool = T
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     )
     if server:
-        all_hosts = dict.fromkeys((*DEFAULT_HOSTS, *hosts))  # ordered, deduplicated
+        all_hosts = dict.fromkeys((party_tls_name(name), *DEFAULT_HOSTS, *hosts))  # deduplicated
         builder = builder.add_extension(
             x509.SubjectAlternativeName([_san(host) for host in all_hosts]), critical=False
         )
@@ -103,8 +114,12 @@ def write_cluster_certs(
     hosts: tuple[str, ...] = (),
     party_names: tuple[str, ...] = ("party0", "party1", "party2"),
     client_names: tuple[str, ...] = ("client",),
+    owner_names: tuple[str, ...] = ("owner",),
 ) -> dict[str, Path]:
-    """Write ca.pem, <name>.pem/<name>.key for every party and client; return the paths.
+    """Write ca.pem, <name>.pem/<name>.key for every party, client and model owner.
+
+    Clients and owners get the same kind of certificate: what an owner may do is decided
+    by the cluster config (:mod:`veil.parties.authz`), not by the certificate.
 
     The CA key is written too (ca.key) so more client certificates can be issued later;
     keep it offline in a real deployment.
@@ -117,7 +132,7 @@ def write_cluster_certs(
         ident = issue(ca, name, hosts, server=True)
         paths[name] = _write(out / f"{name}.pem", ident.cert)
         paths[f"{name}_key"] = _write_key(out / f"{name}.key", ident.key)
-    for name in client_names:
+    for name in dict.fromkeys((*client_names, *owner_names)):
         ident = issue(ca, name, server=False)
         paths[name] = _write(out / f"{name}.pem", ident.cert)
         paths[f"{name}_key"] = _write_key(out / f"{name}.key", ident.key)
@@ -125,7 +140,10 @@ def write_cluster_certs(
 
 
 def cluster_config_toml(
-    party_names: tuple[str, ...], addresses: tuple[str, ...], clients: tuple[str, ...]
+    party_names: tuple[str, ...],
+    addresses: tuple[str, ...],
+    clients: tuple[str, ...],
+    owners: tuple[str, ...] = (),
 ) -> str:
     """A cluster config that uses the files written by :func:`write_cluster_certs`."""
     lines = [
@@ -136,6 +154,9 @@ def cluster_config_toml(
         "insecure = false",
         'ca = "ca.pem"',
         f"clients = {json.dumps(list(clients))}",
+        "# only owners may share or replace models; [models.NAME] owners = [...]",
+        "# names the owners of one model",
+        f"owners = {json.dumps(list(owners))}",
     ]
     for name, address in zip(party_names, addresses, strict=True):
         lines += [
@@ -152,6 +173,16 @@ def cluster_config_toml(
 def common_name(cert_pem: bytes) -> str:
     cert = x509.load_pem_x509_certificate(cert_pem)
     return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+def has_dns_name(cert_pem: bytes, name: str) -> bool:
+    """Whether the certificate's subject alternative names include DNS ``name``."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    return name in san.get_values_for_type(x509.DNSName)
 
 
 def _san(host: str) -> x509.GeneralName:

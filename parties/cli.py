@@ -1,6 +1,6 @@
 """The ``veil`` command line.
 
-    veil certs  --out DIR [--address H:P ...] [--host H ...] [--client NAME ...]
+    veil certs  --out DIR [--address H:P ...] [--host H ...] [--client NAME ...] [--owner NAME ...]
     veil party  --config C --rank I [--run MODULE:FUNCTION] [--insecure]
     veil serve  --config C --rank I [--program NAME=MODULE:FUNCTION ...] [--insecure]
     veil launch --config C [--run MODULE:FUNCTION | --serve [--program ...]] [--insecure]
@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument(
         "--client", action="append", default=[], help="client name (default: client)"
     )
+    certs.add_argument(
+        "--owner",
+        action="append",
+        default=[],
+        help="model owner name: may share and replace models (default: owner)",
+    )
     certs.set_defaults(handler=_certs)
 
     for name, helptext, handler in (
@@ -121,7 +127,10 @@ def _parser() -> argparse.ArgumentParser:
     client_args = argparse.ArgumentParser(add_help=False)
     client_args.add_argument("--config", required=True)
     client_args.add_argument(
-        "--cert", type=Path, help="client certificate (default: <config dir>/<first client>.pem)"
+        "--cert",
+        type=Path,
+        help="client certificate (default: <config dir>/<first client>.pem; "
+        "for share, the first owner's)",
     )
     client_args.add_argument(
         "--key", type=Path, help="client key (default: <config dir>/<first client>.key)"
@@ -180,15 +189,18 @@ def _certs(args: argparse.Namespace) -> int:
         return 2
     names = ("party0", "party1", "party2")
     clients = tuple(args.client) or ("client",)
+    owners = tuple(args.owner) or ("owner",)
     write_cluster_certs(
         args.out,
         hosts=tuple(dict.fromkeys(hosts + args.host)),
         party_names=names,
         client_names=clients,
+        owner_names=owners,
     )
     config = args.out / "cluster.toml"
-    config.write_text(cluster_config_toml(names, tuple(addresses), clients))
-    print(f"wrote the CA, certificates for {', '.join(names + clients)} and {config}")
+    config.write_text(cluster_config_toml(names, tuple(addresses), clients, owners))
+    everyone = tuple(dict.fromkeys(names + clients + owners))
+    print(f"wrote the CA, certificates for {', '.join(everyone)} and {config}")
     return 0
 
 
@@ -294,6 +306,7 @@ def _serve(args: argparse.Namespace) -> int:
             programs,
             device=args.device,
             check=lambda program, options: check_request(store, program, options),
+            model_owner=store.owner,
             queue_size=args.queue_size,
             on_request=log,
             on_event=_report,
@@ -315,10 +328,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client_files(args: argparse.Namespace, config) -> tuple[Path, Path]:
+def _client_files(args: argparse.Namespace, config, owner: bool = False) -> tuple[Path, Path]:
+    """--cert/--key, else the first client's files (the first owner's for ``owner``)."""
     base = Path(args.config).parent
-    cert = args.cert or base / f"{config.clients[0]}.pem"
-    key = args.key or base / f"{config.clients[0]}.key"
+    name = (config.owners if owner and config.owners else config.clients)[0]
+    cert = args.cert or base / f"{name}.pem"
+    key = args.key or base / f"{name}.key"
     return cert, key
 
 
@@ -333,7 +348,8 @@ def _share(args: argparse.Namespace) -> int:
         print(f"veil share: {exc}", file=sys.stderr)
         return 2
     try:
-        with VeilClient(config, *_client_files(args, config), run_timeout=args.timeout) as client:
+        files = _client_files(args, config, owner=True)
+        with VeilClient(config, *files, run_timeout=args.timeout) as client:
             count = client.share_model(args.model, hf_model)
     except (InferenceError, ConfigError) as exc:
         print(f"veil share: {exc}", file=sys.stderr)

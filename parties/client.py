@@ -36,6 +36,7 @@ from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.sharing import deal, reconstruct
 from veil.parties import tls
 from veil.parties.config import ClusterConfig
+from veil.parties.party_identity import misdirected
 from veil.parties.wire import Reassembler, tensor_chunks
 from veil.proto import veil_pb2, veil_pb2_grpc
 
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 
 FAILURE_GRACE_SECONDS = 3.0
 """After one party's call fails, how long to wait for the others' answers."""
+VERIFY_TIMEOUT_SECONDS = 10.0
+"""How long the first handshake with each party may take before the client looks closer."""
 RUN_TIMEOUT_FACTOR = 4.0
 """Default deadline of a Run call (queueing + running): this many times the config timeout."""
 
@@ -70,9 +73,9 @@ class InferenceClient:
         self.config = config
         self.fxp = FixedPoint(config.frac_bits)
         self.run_timeout = run_timeout or RUN_TIMEOUT_FACTOR * config.timeout
-        self._channels = [
-            tls.open_channel(config, spec.address, cert, key) for spec in config.parties
-        ]
+        self._cert, self._key = cert, key
+        self._verified = False
+        self._channels = [tls.party_channel(config, rank, cert, key) for rank in range(WORLD_SIZE)]
         self._stubs = [veil_pb2_grpc.InferenceStub(channel) for channel in self._channels]
 
     def infer(
@@ -91,6 +94,7 @@ class InferenceClient:
         streamed to the parties before the next is produced (a model's weights).
         """
         timeout = timeout or self.run_timeout  # uploads of large models take a while
+        self._verify_parties()
         request_id = uuid.uuid4().hex
         items = inputs.items() if isinstance(inputs, dict) else inputs
         self._upload(request_id, items, timeout)
@@ -115,6 +119,17 @@ class InferenceClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _verify_parties(self) -> None:
+        """Refuse, before sending anything, if an address leads to the wrong party."""
+        if self._verified:
+            return
+        wait = min(self.config.connect_timeout, VERIFY_TIMEOUT_SECONDS)
+        for rank, channel in enumerate(self._channels):
+            why = misdirected(self.config, rank, channel, self._cert, self._key, wait)
+            if why is not None:
+                raise InferenceError(rank, grpc.StatusCode.UNAUTHENTICATED, why)
+        self._verified = True
 
     def _upload(
         self, request_id: str, items: Iterable[tuple[str, torch.Tensor]], timeout: float

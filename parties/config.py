@@ -7,13 +7,26 @@ A config is TOML (``.toml``) or JSON (anything else), for example::
     connect_timeout = 30.0    # seconds a party waits for its peers to come up
     insecure = false          # true only for local tests: plaintext, no authentication
     ca = "ca.pem"
-    clients = ["client"]      # certificate common names allowed to use the inference API
+    clients = ["client"]      # certificate common names allowed to run requests
+    owners = ["owner"]        # names allowed to share and replace models (and run)
+    upload_limit_per_client = 4294967296   # bytes of uploads one identity may have in flight
+    upload_limit_per_party = 8589934592    # bytes of uploads all clients together may have
+
+    [models.minilm]
+    owners = ["alice"]        # only these may share or replace "minilm"
 
     [[parties]]
     address = "localhost:50051"
     cert = "party0.pem"
     key = "party0.key"
     # name = "party0"         # certificate common name; defaults to party<rank>
+
+Model owners: a model named in a ``[models.NAME]`` table may be shared or replaced
+only by the owners listed there; any other model only by the global ``owners``.
+Whoever shares a model owns it: replacing it takes that same identity
+(:mod:`veil.parties.authz`).  Upload limits count share bytes that have arrived and not
+yet been consumed by a Run (:mod:`veil.parties.upload_limits`); the defaults let an owner
+share the bundled models.
 
 Relative paths are relative to the config file.  Every mistake a user can make
 here is reported with the offending key, so a deployment fails at start-up,
@@ -34,6 +47,10 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: JSON configs only
     tomllib = None
+
+
+DEFAULT_UPLOAD_LIMIT_PER_CLIENT = 4 << 30  # SmolLM2-135M's pairs are ~2.2 GB per party
+DEFAULT_UPLOAD_LIMIT_PER_PARTY = 8 << 30
 
 
 class ConfigError(ValueError):
@@ -60,6 +77,10 @@ class ClusterConfig:
     parties: tuple[PartySpec, ...]
     ca: Path | None = None
     clients: tuple[str, ...] = ("client",)
+    owners: tuple[str, ...] = ()
+    model_owners: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    upload_limit_per_client: int = DEFAULT_UPLOAD_LIMIT_PER_CLIENT
+    upload_limit_per_party: int = DEFAULT_UPLOAD_LIMIT_PER_PARTY
     insecure: bool = False
     frac_bits: int = 18
     timeout: float = 60.0
@@ -95,6 +116,10 @@ class ClusterConfig:
             "connect_timeout": self.connect_timeout,
             "ca": str(self.ca) if self.ca else None,
             "clients": list(self.clients),
+            "owners": list(self.owners),
+            "models": {name: {"owners": list(o)} for name, o in self.model_owners.items()},
+            "upload_limit_per_client": self.upload_limit_per_client,
+            "upload_limit_per_party": self.upload_limit_per_party,
             "parties": [
                 {
                     "address": spec.address,
@@ -133,7 +158,19 @@ def config_from_dict(
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}a cluster config must be a table/object at the top level")
     base = Path(base_dir)
-    known = {"parties", "ca", "clients", "insecure", "frac_bits", "timeout", "connect_timeout"}
+    known = {
+        "parties",
+        "ca",
+        "clients",
+        "owners",
+        "models",
+        "upload_limit_per_client",
+        "upload_limit_per_party",
+        "insecure",
+        "frac_bits",
+        "timeout",
+        "connect_timeout",
+    }
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(
@@ -147,14 +184,22 @@ def config_from_dict(
     names = [spec.name for spec in parties]
     if len(set(names)) != WORLD_SIZE:
         raise ConfigError(f"{where}party names must be distinct, got {names}")
-    clients = tuple(raw.get("clients", ["client"]))
-    if not all(isinstance(c, str) and c for c in clients) or set(clients) & set(names):
-        raise ConfigError(f"{where}'clients' must be names distinct from the parties' names")
+    clients = _identities(raw, "clients", ["client"], names, where)
+    owners = _identities(raw, "owners", [], names, where)
+    model_owners = _model_owners(raw.get("models", {}), names, where)
     ca = None if insecure else _existing_file(raw.get("ca"), base, "ca", where)
     config = ClusterConfig(
         parties=parties,
         ca=ca,
         clients=clients,
+        owners=owners,
+        model_owners=model_owners,
+        upload_limit_per_client=_typed(
+            raw, "upload_limit_per_client", int, DEFAULT_UPLOAD_LIMIT_PER_CLIENT, where
+        ),
+        upload_limit_per_party=_typed(
+            raw, "upload_limit_per_party", int, DEFAULT_UPLOAD_LIMIT_PER_PARTY, where
+        ),
         insecure=insecure,
         frac_bits=_typed(raw, "frac_bits", int, 18, where),
         timeout=float(_typed(raw, "timeout", (int, float), 60.0, where)),
@@ -165,6 +210,8 @@ def config_from_dict(
         raise ConfigError(f"{where}frac_bits must be in 1..62, got {config.frac_bits}")
     if config.timeout <= 0 or config.connect_timeout <= 0:
         raise ConfigError(f"{where}timeouts must be positive")
+    if config.upload_limit_per_client <= 0 or config.upload_limit_per_party <= 0:
+        raise ConfigError(f"{where}upload limits must be positive numbers of bytes")
     return config
 
 
@@ -202,6 +249,32 @@ def _party(rank: int, entry: Any, base: Path, insecure: bool, where: str) -> Par
         cert = _existing_file(entry.get("cert"), base, f"parties[{rank}].cert", where)
         key = _existing_file(entry.get("key"), base, f"parties[{rank}].key", where)
     return PartySpec(rank=rank, host=host, port=port, name=name, cert=cert, key=key)
+
+
+def _identities(
+    raw: dict[str, Any], key: str, default: list[str], party_names: list[str], where: str
+) -> tuple[str, ...]:
+    """Certificate names of clients or owners: non-empty strings, none of them a party's."""
+    value = raw.get(key, default)
+    if (
+        not isinstance(value, (list, tuple))
+        or not all(isinstance(n, str) and n for n in value)
+        or set(value) & set(party_names)
+    ):
+        raise ConfigError(f"{where}'{key}' must list names distinct from the parties' names")
+    return tuple(value)
+
+
+def _model_owners(models: Any, party_names: list[str], where: str) -> dict[str, tuple[str, ...]]:
+    """``[models.NAME] owners = [...]`` tables: who may share or replace NAME."""
+    if not isinstance(models, dict):
+        raise ConfigError(f"{where}'models' must be a table of [models.NAME] tables")
+    owners = {}
+    for name, entry in models.items():
+        if not isinstance(entry, dict) or set(entry) != {"owners"}:
+            raise ConfigError(f"{where}[models.{name}] must have exactly one key, 'owners'")
+        owners[name] = _identities(entry, "owners", [], party_names, f"{where}[models.{name}] ")
+    return owners
 
 
 def _existing_file(value: Any, base: Path, key: str, where: str) -> Path:

@@ -138,7 +138,7 @@ class GrpcCommunicator(Communicator):
         deadline = time.monotonic() + config.connect_timeout
         for dst in self._peers:
             address = config.party(dst).address
-            channel = tls.open_channel(config, address, own.cert, own.key)
+            channel = tls.party_channel(config, dst, own.cert, own.key)
             self._channels.append(channel)
             try:
                 grpc.channel_ready_future(channel).result(
@@ -148,7 +148,7 @@ class GrpcCommunicator(Communicator):
                 raise PeerTimeoutError(
                     dst,
                     f"unreachable at {address} after {config.connect_timeout:g} s (not running, "
-                    "or its certificate is not from this cluster's CA?)",
+                    "its certificate not from this cluster's CA, or another party's?)",
                 ) from None
             stream = _OutgoingStream(channel, dst, self._count_wire)
             # Register the stream at the peer now, so that its place in the link

@@ -63,6 +63,7 @@ def local_config(
     }
     if not insecure:
         raw["ca"] = "ca.pem"
+        raw["owners"] = ["owner"]
         for rank, entry in enumerate(raw["parties"]):
             entry.update(cert=f"party{rank}.pem", key=f"party{rank}.key")
     return config_from_dict(raw, base_dir=directory)

@@ -34,6 +34,8 @@ SHARE_PROGRAM = "veil.share_model"
 EMBED_PROGRAM = "veil.embed"
 LOGITS_PROGRAM = "veil.logits"
 GENERATE_PROGRAM = "veil.generate"
+CALLER_OPTION = "veil.caller"
+"""Option the parties set to the caller's identity (:mod:`veil.parties.authz`): the owner."""
 WEIGHT_PREFIX = "w:"
 """Upload names of weight shares: ``w:<dotted parameter name>``."""
 
@@ -64,6 +66,7 @@ class ServedModel:
     config_json: str
     norm_headroom_bits: int
     module: Module  # parameters are HeldShare
+    owner: str | None = None  # the identity that shared it (None: unauthenticated tests)
 
     def at(self, party: Party) -> Module:
         """A per-request copy holding ArithShares; the stored pairs are not copied."""
@@ -129,8 +132,19 @@ class ModelStore:
         self._lock = threading.Lock()
 
     def put(self, name: str, model: ServedModel) -> None:
+        """Store ``model``; replacing one takes its owner (checked again here, atomically,
+        in case two owners raced past the admission check)."""
         with self._lock:
+            current = self._models.get(name)
+            if current is not None and current.owner != model.owner:
+                raise ModelError(f"model {name!r} belongs to {current.owner!r}")
             self._models[name] = model
+
+    def owner(self, name: str) -> str | None:
+        """The identity that shared model ``name``, or None if there is none."""
+        with self._lock:
+            model = self._models.get(name)
+        return model.owner if model is not None else None
 
     def get(self, name: str) -> ServedModel:
         with self._lock:
@@ -167,7 +181,8 @@ def model_programs(store: ModelStore) -> dict[str, Program]:
             if key.startswith(WEIGHT_PREFIX)
         }
         module = attach_shares(build_structure(family, config_json), shares)
-        store.put(name, ServedModel(family, config_json, headroom, module))
+        owner = options.get(CALLER_OPTION)
+        store.put(name, ServedModel(family, config_json, headroom, module, owner))
         return {}
 
     def embed(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):

@@ -40,8 +40,9 @@ import torch
 from veil.mpc.arith import ArithShare
 from veil.mpc.communicator import PeerError, Traffic
 from veil.mpc.party import Party
-from veil.parties import tls
+from veil.parties.authz import Authz, ModelOwner
 from veil.parties.config import ClusterConfig
+from veil.parties.upload_limits import UploadLimits, UploadRefused
 from veil.parties.wire import Reassembler, WireError, tensor_chunks
 from veil.proto import veil_pb2, veil_pb2_grpc
 
@@ -62,9 +63,11 @@ class RequestRefused(RuntimeError):
 
 @dataclass
 class _Request:
+    owner: str | None  # the identity that created it (veil.parties.authz)
     inputs: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
     outputs: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
     created: float = field(default_factory=time.monotonic)
+    charged: int = 0  # input bytes counted against the upload limits
 
 
 @dataclass
@@ -74,6 +77,7 @@ class _Job:
     request_id: str
     program: str
     options: dict[str, str]
+    owner: str | None
     done: threading.Event = field(default_factory=threading.Event)
     started: bool = False
     reply: veil_pb2.RunReply | None = None
@@ -110,6 +114,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         on_request: Callable[[RequestLog], None] | None = None,
         on_event: Callable[[str], None] | None = None,
         recover: bool = True,
+        model_owner: ModelOwner | None = None,
     ):
         self.config = config
         self.programs = dict(programs)
@@ -118,6 +123,8 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         self.on_request = on_request
         self.on_event = on_event
         self.recover = recover
+        self.authz = Authz(config, model_owner)
+        self.limits = UploadLimits(config.upload_limit_per_client, config.upload_limit_per_party)
         self.recoveries = 0  # how often the links were rebuilt after a failure
         self.party: Party | None = None
         self.failed: BaseException | None = None
@@ -149,11 +156,16 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
 
     # -- RPCs ----------------------------------------------------------------------
     def Upload(self, request_iterator, context):
-        self._authorize(context)
+        caller = self.authz.caller(context)
         reassembler = Reassembler()
         names: list[str] = []
+        arriving = 0  # bytes of the tensor being reassembled, charged to the caller
         try:
             for message in request_iterator:
+                with self._lock:
+                    self._request_for(context, caller, message.request_id)
+                self.limits.charge(caller, len(message.chunk.data))
+                arriving += len(message.chunk.data)
                 tensor = reassembler.add(message.chunk)
                 if tensor is None:
                     continue
@@ -161,18 +173,25 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 if tensor.dtype != torch.int64 or tensor.dim() < 1 or tensor.shape[0] != 2:
                     raise WireError(f"share {name!r} must be an int64 pair of shape (2, ...)")
                 with self._lock:
-                    self._purge_stale()
-                    request = self._requests.setdefault(message.request_id, _Request())
+                    request = self._request_for(context, caller, message.request_id)
                     request.inputs[name] = (tensor, message.frac_bits)
+                    request.charged += arriving
+                    arriving = 0
                 names.append(name)
         except WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed upload: {exc}")
+        except UploadRefused as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self._name()}: {exc}")
+        finally:
+            self.limits.release(caller, arriving)
         if reassembler.in_progress:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "upload ended mid-tensor")
         return veil_pb2.UploadReply(names=names)
 
     def Run(self, request, context):
-        self._authorize(context)
+        caller = self.authz.caller(context)
+        options = self.authz.stamp(context, caller, dict(request.options))
+        self.authz.admit_program(context, caller, request.program, options)
         rank = self.party.rank if self.party is not None else "?"
         if self.party is None or self.stopped.is_set():
             context.abort(grpc.StatusCode.UNAVAILABLE, f"party {rank} is not serving")
@@ -182,8 +201,9 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 f"party {rank} is reconnecting to its peers after a failure "
                 f"({type(self.failed).__name__}: {self.failed}); retry",
             )
-        job = _Job(request.request_id, request.program, dict(request.options))
+        job = _Job(request.request_id, request.program, options, caller)
         with self._lock:
+            self.authz.claim(context, caller, job.request_id, self._holders(job.request_id))
             if job.request_id in self._jobs:
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "request id already queued")
             if len(self._jobs) >= self.queue_size:
@@ -200,15 +220,16 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 with self._lock:
                     if not job.started:  # the client gave up: do not run it
                         self._jobs.pop(job.request_id, None)
-                        self._requests.pop(job.request_id, None)
+                        self._discard(job.request_id)
                 return veil_pb2.RunReply()
         if job.code is not None:
             context.abort(job.code, job.message)
         return job.reply
 
     def Fetch(self, request, context) -> Iterator[veil_pb2.TensorChunk]:
-        self._authorize(context)
+        caller = self.authz.caller(context)
         with self._lock:
+            self.authz.claim(context, caller, request.request_id, self._holders(request.request_id))
             entry = self._requests.get(request.request_id)
             found = entry.outputs.pop(request.name, None) if entry else None
             if entry is not None and not entry.outputs and not entry.inputs:
@@ -309,7 +330,8 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 name: ArithShare(party, pair.to(party.device), frac)
                 for name, (pair, frac) in request.inputs.items()
             }
-            request.inputs.clear()
+            with self._lock:
+                self._release_inputs(request)
             with comm.scope(program):
                 results = self.programs[program](party, inputs, options)
             request.outputs = {
@@ -322,7 +344,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
             self._done(job, request_id, program, start, wire_before, reply=reply)
         except RequestRefused as exc:
             with self._lock:
-                self._requests.pop(request_id, None)
+                self._discard(request_id)
             self._done(
                 job,
                 request_id,
@@ -335,7 +357,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         except BaseException as exc:
             message = f"party {party.rank} failed: {type(exc).__name__}: {exc}"
             with self._lock:
-                self._requests.pop(request_id, None)
+                self._discard(request_id)
             self._done(
                 job,
                 request_id,
@@ -401,7 +423,33 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         horizon = time.monotonic() - 4 * self.config.timeout
         for request_id in [r for r, q in self._requests.items() if q.created < horizon]:
             if request_id not in self._jobs:
-                del self._requests[request_id]
+                self._discard(request_id)
+
+    def _holders(self, request_id: str) -> list[str | None]:
+        """The identities that created this request's uploads and Run call (lock held)."""
+        entries = (self._requests.get(request_id), self._jobs.get(request_id))
+        return [entry.owner for entry in entries if entry is not None]
+
+    def _request_for(self, context, caller: str | None, request_id: str) -> _Request:
+        """The request to upload into, created for ``caller`` if new (lock held)."""
+        self._purge_stale()
+        self.authz.claim(context, caller, request_id, self._holders(request_id))
+        return self._requests.setdefault(request_id, _Request(caller))
+
+    def _release_inputs(self, request: _Request) -> None:
+        """Drop a request's inputs and their charge against the upload limits (lock held)."""
+        self.limits.release(request.owner, request.charged)
+        request.charged = 0
+        request.inputs.clear()
+
+    def _discard(self, request_id: str) -> None:
+        """Forget a request, releasing what it held (lock held)."""
+        request = self._requests.pop(request_id, None)
+        if request is not None:
+            self._release_inputs(request)
+
+    def _name(self) -> str:
+        return f"party {self.party.rank}" if self.party is not None else "this party"
 
     @staticmethod
     def _agree(
@@ -436,15 +484,6 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 "nothing ran"
             )
 
-    def _authorize(self, context: grpc.ServicerContext) -> None:
-        if self.config.insecure:
-            return
-        name = tls.caller_name(context)
-        if name not in self.config.clients:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"{name!r} is not a client of this cluster"
-            )
-
 
 def start_serving(
     config: ClusterConfig,
@@ -456,7 +495,7 @@ def start_serving(
     """Connect party ``rank`` to its peers and serve ``programs`` to clients (non-blocking).
 
     ``service_options`` go to :class:`InferenceService` (``check``, ``queue_size``,
-    ``on_request``).
+    ``on_request``, ``model_owner``).
     """
     from veil.mpc.fixedpoint import FixedPoint
     from veil.parties.grpc_comm import connect_party

@@ -3,7 +3,9 @@
 Mutual TLS is the default: servers demand a client certificate signed by the
 cluster CA, and clients check the server's certificate against the same CA.  The
 common name of the caller's certificate then tells a party *which* peer or client
-it is talking to (see :func:`caller_name`).
+it is talking to (see :func:`caller_name`).  In the other direction, a channel to party
+i asks TLS for party i's own name (:func:`veil.parties.certs.party_tls_name`) instead of
+the host, so it cannot reach another party by mistake (:func:`party_channel`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import grpc
 
+from veil.parties.certs import has_dns_name, party_tls_name
 from veil.parties.config import ClusterConfig, ConfigError
 
 
@@ -26,8 +29,15 @@ def read_pem(path: Path | None, what: str) -> bytes:
 
 def server_credentials(config: ClusterConfig, rank: int) -> grpc.ServerCredentials:
     spec = config.party(rank)
+    cert = read_pem(spec.cert, f"party {rank} cert")
+    if not has_dns_name(cert, party_tls_name(spec.name)):
+        raise ConfigError(
+            f"party {rank}'s certificate {spec.cert} lacks the name {party_tls_name(spec.name)!r} "
+            "that lets clients and peers check they reached party "
+            f"{rank} (made by an older `veil certs`?); issue new certificates with `veil certs`"
+        )
     return grpc.ssl_server_credentials(
-        [(read_pem(spec.key, f"party {rank} key"), read_pem(spec.cert, f"party {rank} cert"))],
+        [(read_pem(spec.key, f"party {rank} key"), cert)],
         root_certificates=read_pem(config.ca, "cluster CA"),
         require_client_auth=True,
     )
@@ -44,9 +54,17 @@ def channel_credentials(
 
 
 def open_channel(
-    config: ClusterConfig, address: str, cert: Path | None = None, key: Path | None = None
+    config: ClusterConfig,
+    address: str,
+    cert: Path | None = None,
+    key: Path | None = None,
+    *,
+    server_name: str | None = None,
 ) -> grpc.Channel:
-    """A channel to ``address``: mTLS with (cert, key), or plaintext if the cluster is insecure."""
+    """A channel to ``address``: mTLS with (cert, key), or plaintext if the cluster is insecure.
+
+    ``server_name``: the name the server's certificate must carry (default: the host).
+    """
     options = [
         # Peers start in any order: retry a refused connection quickly, not after gRPC's
         # default 1 s, 1.6 s, 2.6 s ... backoff.
@@ -60,7 +78,17 @@ def open_channel(
     ]
     if config.insecure:
         return grpc.insecure_channel(address, options=options)
+    if server_name is not None:
+        options.append(("grpc.ssl_target_name_override", server_name))
     return grpc.secure_channel(address, channel_credentials(config, cert, key), options=options)
+
+
+def party_channel(
+    config: ClusterConfig, rank: int, cert: Path | None = None, key: Path | None = None
+) -> grpc.Channel:
+    """A channel to party ``rank`` that only party ``rank``'s certificate can answer."""
+    spec = config.party(rank)
+    return open_channel(config, spec.address, cert, key, server_name=party_tls_name(spec.name))
 
 
 SERVER_OPTIONS = [

@@ -18,7 +18,7 @@ import torch
 from veil.proto import veil_pb2
 
 CHUNK_BYTES = 1 << 20
-MAX_TENSOR_BYTES = 16 << 30  # refuse absurd headers before allocating anything
+MAX_TENSOR_BYTES = 16 << 30  # refuse absurd headers at once
 MAX_DIMS = 32
 
 DTYPES: dict[str, torch.dtype] = {
@@ -76,12 +76,16 @@ def tensor_chunks(
 
 
 class Reassembler:
-    """Collects the chunks of one tensor at a time, validating each against the first."""
+    """Collects the chunks of one tensor at a time, validating each against the first.
+
+    The buffer grows with the data that has arrived, never to the size a header
+    claims: a sender that announces a huge tensor and sends little costs little.
+    """
 
     def __init__(self) -> None:
         self._header: veil_pb2.TensorChunk | None = None
-        self._buffer: bytearray | None = None
-        self._filled = 0
+        self._buffer = bytearray()
+        self._expected = 0
 
     @property
     def in_progress(self) -> bool:
@@ -94,20 +98,20 @@ class Reassembler:
         else:
             self._check_continuation(chunk)
         header = self._header
-        assert header is not None and self._buffer is not None
-        end = self._filled + len(chunk.data)
-        if end > len(self._buffer):
-            raise WireError(f"tensor data exceeds its header ({len(self._buffer)} bytes)")
-        self._buffer[self._filled : end] = chunk.data
-        self._filled = end
+        assert header is not None
+        if len(self._buffer) + len(chunk.data) > self._expected:
+            raise WireError(f"tensor data exceeds its header ({self._expected} bytes)")
+        self._buffer += chunk.data
         if chunk.chunk_index + 1 < header.chunk_count:
             return None
-        if self._filled != len(self._buffer):
-            raise WireError(f"tensor has {self._filled} bytes, its header says {len(self._buffer)}")
+        if len(self._buffer) != self._expected:
+            raise WireError(
+                f"tensor has {len(self._buffer)} bytes, its header says {self._expected}"
+            )
         dtype = DTYPES[header.dtype]
         shape = tuple(header.shape)
         buffer = self._buffer
-        self._header, self._buffer, self._filled = None, None, 0
+        self._header, self._buffer, self._expected = None, bytearray(), 0
         if not buffer:
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
@@ -128,17 +132,13 @@ class Reassembler:
                 f"{nbytes}-byte tensor announced in {chunk.chunk_count} chunks, "
                 f"expected {expected_chunks}"
             )
-        try:
-            self._buffer = bytearray(nbytes)
-        except MemoryError:
-            raise WireError(f"cannot allocate {nbytes} bytes for an incoming tensor") from None
         self._header = chunk
-        self._filled = 0
+        self._expected = nbytes
 
     def _check_continuation(self, chunk: veil_pb2.TensorChunk) -> None:
         header = self._header
         assert header is not None
-        expected_index = self._filled // CHUNK_BYTES
+        expected_index = len(self._buffer) // CHUNK_BYTES
         if chunk.seq != header.seq:
             raise WireError(f"chunk of message {chunk.seq} inside message {header.seq}")
         if (

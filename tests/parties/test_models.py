@@ -110,7 +110,7 @@ def served(tmp_path_factory) -> Served:
 
     directory = tmp_path_factory.mktemp("served")
     addresses = [f"--address=localhost:{port}" for port in free_ports(3)]
-    clients = ["--client=client", "--client=alice", "--client=owner"]
+    clients = ["--client=client", "--client=alice", "--owner=owner"]
     assert main(["certs", "--out", str(directory), *addresses, *clients]) == 0
     path = directory / "cluster.toml"
     path.write_text(path.read_text().replace("timeout = 60.0", f"timeout = {TIMEOUT}"))

@@ -14,13 +14,12 @@ import grpc
 import pytest
 import torch
 
-from veil.mpc.party import Party
 from veil.parties.client import InferenceClient, InferenceError
 from veil.parties.config import load_config
-from veil.parties.grpc_comm import GrpcCommunicator
 from veil.parties.launch import stop_launcher
 from veil.parties.local import local_config
 from veil.parties.service import InferenceService
+from veil.parties.testing import serve_in_threads
 
 from .test_cli import REPO, assert_ports_free, free_ports
 
@@ -47,18 +46,7 @@ def serving(tmp_path_factory):
     config = local_config(tmp_path_factory.mktemp("serve"), timeout=5.0)
     programs = {"square_plus": square_plus, "slow": slow_square, "fails": fails_at_rank_2}
     services = [InferenceService(config, programs) for _ in range(3)]
-    comms = [GrpcCommunicator(r, config, add_services=services[r].add_to) for r in range(3)]
-    bound = config.with_addresses([f"localhost:{c.port}" for c in comms])
-
-    def start(rank: int) -> None:
-        comms[rank].connect(bound)
-        services[rank].attach(Party(comms[rank]))
-
-    threads = [threading.Thread(target=start, args=(r,)) for r in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    bound, comms = serve_in_threads(config, services)
     yield bound, services
     for comm in comms:
         comm.abort("test over")
