@@ -258,6 +258,7 @@ def _serve(args: argparse.Namespace) -> int:
     from veil.parties.config import ConfigError, load_config
     from veil.parties.models import ModelStore, check_request, model_programs
     from veil.parties.service import RequestLog, start_serving
+    from veil.parties.validation import validate_request
 
     stopping = threading.Event()
 
@@ -293,6 +294,9 @@ def _serve(args: argparse.Namespace) -> int:
             programs,
             device=args.device,
             check=lambda program, options: check_request(store, program, options),
+            validate=lambda program, options, inputs: validate_request(
+                store, program, options, inputs
+            ),
             queue_size=args.queue_size,
             on_request=log,
             on_event=_report,
