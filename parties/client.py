@@ -49,12 +49,20 @@ RUN_TIMEOUT_FACTOR = 4.0
 
 
 class InferenceError(RuntimeError):
-    """A request failed or was refused; ``rank`` is the party at fault, ``code`` its status."""
+    """A request failed or was refused; ``rank`` is the party at fault, ``code`` its status,
+    ``parties`` what each party answered (``"CODE: details"``)."""
 
-    def __init__(self, rank: int, code: grpc.StatusCode | None, message: str):
+    def __init__(
+        self,
+        rank: int,
+        code: grpc.StatusCode | None,
+        message: str,
+        parties: dict[int, str] | None = None,
+    ):
         super().__init__(message)
         self.rank = rank
         self.code = code
+        self.parties = parties or {}
 
 
 class InferenceClient:
@@ -271,6 +279,11 @@ def _diagnose(errors: dict[int, BaseException]) -> InferenceError:
             if code == grpc.StatusCode.INTERNAL and own is not None and not peer_failure:
                 culprit = rank
                 break
+    if culprit is None:  # a party refusing on its own ground; the others only saw it refuse
+        for rank, (_, text) in sorted(described.items()):
+            if f"party {rank}: " in text and "not every party is ready" not in text:
+                culprit = rank
+                break
     if culprit is None:  # the peer the others name; in a chain, the innermost mention
         for rank, (_, text) in sorted(described.items()):
             mentions = re.findall(r"Peer(?:Timeout)?Error: party (\d)", text)
@@ -282,8 +295,12 @@ def _diagnose(errors: dict[int, BaseException]) -> InferenceError:
     code = described.get(culprit, described[min(described)])[0]
     if code is None:  # the culprit did not answer: report what the others said
         code = next((c for c, _ in described.values() if c is not None), None)
-    detail = "; ".join(f"party {rank}: {text}" for rank, (_, text) in sorted(described.items()))
-    return InferenceError(culprit, code, f"request failed at party {culprit} ({detail})")
+    answers = {rank: text for rank, (_, text) in sorted(described.items())}
+    reasons = {re.sub(r"party \d: ", "", text) for text in answers.values()}
+    if len(answers) == WORLD_SIZE and len(reasons) == 1:  # the same refusal everywhere
+        return InferenceError(culprit, code, f"refused by every party: {reasons.pop()}", answers)
+    detail = "; ".join(f"party {rank}: {text}" for rank, text in answers.items())
+    return InferenceError(culprit, code, f"request failed at party {culprit} ({detail})", answers)
 
 
 # -- models ------------------------------------------------------------------------------
@@ -410,4 +427,3 @@ class VeilClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
