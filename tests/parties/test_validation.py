@@ -7,7 +7,6 @@ import re
 
 import pytest
 import torch
-import transformers
 
 from veil.parties.models import ModelStore, ServedModel, build_structure
 from veil.parties.validation import (
@@ -17,25 +16,17 @@ from veil.parties.validation import (
     validate_request,
 )
 
+from .test_models import tiny_bert, tiny_gpt2
+
 VOCAB = 64
 POSITIONS = 32
 
 
 def _configs() -> dict[str, tuple[str, str]]:
-    bert = transformers.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=16,
-        max_position_embeddings=POSITIONS,
-    )
-    gpt = transformers.GPT2Config(
-        vocab_size=VOCAB, n_embd=8, n_layer=1, n_head=2, n_positions=POSITIONS
-    )
+    """The public configs of test_models' tiny models (vocab 64, 32 positions)."""
     return {
-        "bert": ("BertModel", bert.to_json_string(use_diff=False)),
-        "gpt": ("GPT2LMHeadModel", gpt.to_json_string(use_diff=False)),
+        "bert": ("BertModel", tiny_bert().config.to_json_string(use_diff=False)),
+        "gpt": ("GPT2LMHeadModel", tiny_gpt2().config.to_json_string(use_diff=False)),
     }
 
 
