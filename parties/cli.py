@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from veil.parties.cli_help import texts
+
 DEFAULT_PROGRAM = "veil.parties.health:check"
 DEFAULT_BASE_PORT = 50051
 
@@ -56,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="veil", description="Three-party secure inference.")
     sub = parser.add_subparsers(dest="command")
 
-    certs = sub.add_parser("certs", help="create a cluster CA, party and client certificates")
+    certs = sub.add_parser(
+        "certs", help="create a cluster CA, party and client certificates", **texts("certs")
+    )
     certs.add_argument("--out", required=True, type=Path, help="directory to write into")
     certs.add_argument(
         "--address",
@@ -82,16 +86,16 @@ def _parser() -> argparse.ArgumentParser:
         ("serve", "run one compute party serving inference programs", _serve),
         ("launch", "run all three parties on this machine", _launch),
     ):
-        cmd = sub.add_parser(name, help=helptext)
+        cmd = sub.add_parser(name, help=helptext, **texts(name))
         cmd.add_argument("--config", required=True, help="cluster config (.toml or .json)")
         if name in ("party", "serve"):
-            cmd.add_argument("--rank", required=True, type=int)
+            cmd.add_argument("--rank", required=True, type=int, help="this party's rank: 0, 1 or 2")
         if name in ("party", "launch"):
             cmd.add_argument(
                 "--run",
                 default=DEFAULT_PROGRAM,
                 metavar="MODULE:FUNCTION",
-                help=f"SPMD program fn(party) to run (default {DEFAULT_PROGRAM})",
+                help="SPMD program fn(party) to run",
             )
         if name == "launch":
             cmd.add_argument("--serve", action="store_true", help="run `veil serve` parties")
@@ -125,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.set_defaults(handler=handler)
 
     client_args = argparse.ArgumentParser(add_help=False)
-    client_args.add_argument("--config", required=True)
+    client_args.add_argument("--config", required=True, help="cluster config (.toml or .json)")
     client_args.add_argument(
         "--cert",
         type=Path,
@@ -139,7 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     client_args.add_argument("--insecure", action="store_true", help="plaintext (local tests)")
 
     share = sub.add_parser(
-        "share", parents=[client_args], help="model owner: secret-share a model to the parties"
+        "share",
+        parents=[client_args],
+        help="model owner: secret-share a model to the parties",
+        **texts("share"),
     )
     share.add_argument("--model", required=True, help="the name clients will use")
     share.add_argument(
@@ -148,23 +155,39 @@ def _parser() -> argparse.ArgumentParser:
     share.set_defaults(handler=_share)
 
     infer = sub.add_parser(
-        "infer", parents=[client_args], help="private inference on a shared model or program"
+        "infer",
+        parents=[client_args],
+        help="private inference on a shared model or program",
+        **texts("infer"),
     )
     target = infer.add_mutually_exclusive_group(required=True)
     target.add_argument("--model", help="a model shared with `veil share`")
     target.add_argument("--program", help="name of a served program (tensor inputs)")
-    infer.add_argument("--task", choices=["embed", "generate", "logits"], default="embed")
+    infer.add_argument(
+        "--task",
+        choices=["embed", "generate", "logits"],
+        default="embed",
+        help="sentence embedding (BERT), greedy generation or raw logits (decoders)",
+    )
     infer.add_argument("--text", action="append", default=[], help="input text (repeatable)")
     infer.add_argument("--ids", help="comma-separated token ids instead of --text")
     infer.add_argument(
         "--tokenizer", help="minilm, smollm2 or a tokenizer directory (default: as --model)"
     )
-    infer.add_argument("--max-new-tokens", type=int, default=8)
+    infer.add_argument(
+        "--max-new-tokens", type=int, default=8, help="with --task generate: tokens to generate"
+    )
     infer.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     infer.add_argument(
         "--input", action="append", default=[], metavar="NAME=FILE.pt", help="a torch.save'd tensor"
     )
-    infer.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    infer.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --program: a program option (repeatable)",
+    )
     infer.add_argument("--out", type=Path, help="torch.save the outputs (a dict) here")
     infer.set_defaults(handler=_infer)
 
@@ -271,6 +294,7 @@ def _serve(args: argparse.Namespace) -> int:
     from veil.parties.config import ConfigError, load_config
     from veil.parties.models import ModelStore, check_request, model_programs
     from veil.parties.service import RequestLog, start_serving
+    from veil.parties.validation import validate_request
 
     stopping = threading.Event()
 
@@ -307,6 +331,9 @@ def _serve(args: argparse.Namespace) -> int:
             device=args.device,
             check=lambda program, options: check_request(store, program, options),
             model_owner=store.owner,
+            validate=lambda program, options, inputs: validate_request(
+                store, program, options, inputs
+            ),
             queue_size=args.queue_size,
             on_request=log,
             on_event=_report,
@@ -338,12 +365,14 @@ def _client_files(args: argparse.Namespace, config, owner: bool = False) -> tupl
 
 
 def _share(args: argparse.Namespace) -> int:
+    from veil.parties.cli_errors import explain
+    from veil.parties.cli_inputs import load_hf
     from veil.parties.client import InferenceError, VeilClient
     from veil.parties.config import ConfigError, load_config
 
     try:
         config = load_config(args.config, insecure=True if args.insecure else None)
-        hf_model, _ = _load_hf(args.hf, tokenizer=False)
+        hf_model, _ = load_hf(args.hf, tokenizer=False)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"veil share: {exc}", file=sys.stderr)
         return 2
@@ -352,7 +381,7 @@ def _share(args: argparse.Namespace) -> int:
         with VeilClient(config, *files, run_timeout=args.timeout) as client:
             count = client.share_model(args.model, hf_model)
     except (InferenceError, ConfigError) as exc:
-        print(f"veil share: {exc}", file=sys.stderr)
+        print(f"veil share: {explain(exc, config, args.config)}", file=sys.stderr)
         return 1
     params = sum(p.numel() for p in hf_model.parameters())
     print(
@@ -364,6 +393,8 @@ def _share(args: argparse.Namespace) -> int:
 def _infer(args: argparse.Namespace) -> int:
     import torch
 
+    from veil.parties.cli_errors import explain
+    from veil.parties.cli_inputs import load_hf, load_tensor, parse_ids
     from veil.parties.client import InferenceClient, InferenceError, VeilClient
     from veil.parties.config import ConfigError, load_config
 
@@ -371,16 +402,15 @@ def _infer(args: argparse.Namespace) -> int:
         config = load_config(args.config, insecure=True if args.insecure else None)
         cert, key = _client_files(args, config)
         if args.program:
-            inputs = {
-                name: torch.load(path, weights_only=True) for name, path in _pairs(args.input)
-            }
+            inputs = {name: load_tensor(name, path) for name, path in _pairs(args.input)}
             options = dict(_pairs(args.option))
         else:
             tokenizer = None
+            ids = None if args.ids is None else parse_ids(args.ids)
             if args.ids is None:
                 if not args.text:
                     raise ValueError("give --text (or --ids)")
-                _, tokenizer = _load_hf(args.tokenizer or args.model, model=False)
+                _, tokenizer = load_hf(args.tokenizer or args.model, model=False)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"veil infer: {exc}", file=sys.stderr)
         return 2
@@ -390,9 +420,12 @@ def _infer(args: argparse.Namespace) -> int:
                 outputs = client.infer(args.program, inputs, options)
         else:
             with VeilClient(config, cert, key, run_timeout=args.timeout) as client:
-                outputs = _model_task(client, args, tokenizer)
-    except (InferenceError, ConfigError) as exc:
+                outputs = _model_task(client, args, tokenizer, ids)
+    except ValueError as exc:  # refused by the client's checks, before anything was shared
         print(f"veil infer: {exc}", file=sys.stderr)
+        return 2
+    except (InferenceError, ConfigError) as exc:
+        print(f"veil infer: {explain(exc, config, args.config)}", file=sys.stderr)
         return 1
     if args.out is not None:
         torch.save(outputs, args.out)
@@ -403,12 +436,11 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_task(client, args: argparse.Namespace, tokenizer) -> dict:
+def _model_task(client, args: argparse.Namespace, tokenizer, ids) -> dict:
     """Tokenize here, run the task privately, print what only this client learns."""
     import torch
 
-    if args.ids is not None:
-        ids = torch.tensor([[int(t) for t in args.ids.split(",")]])
+    if ids is not None:
         mask = torch.ones_like(ids)
         types = None
     else:
@@ -440,28 +472,6 @@ def _model_task(client, args: argparse.Namespace, tokenizer) -> dict:
         for row in tokens.tolist():
             print(f"generated text: {tokenizer.decode(row)!r}")
     return {"tokens": tokens}
-
-
-def _load_hf(name: str, *, model: bool = True, tokenizer: bool = True):
-    """(model, tokenizer) for a bundled name (minilm, smollm2) or a transformers directory."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if name in ("minilm", "smollm2"):
-        from veil.nn.demo import load_minilm, load_smollm2
-
-        return (load_minilm if name == "minilm" else load_smollm2)()
-    path = Path(name)
-    if not path.is_dir():
-        raise ValueError(f"{name!r} is neither minilm, smollm2 nor a model directory")
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    hf_model = None
-    if model:
-        architectures = AutoConfig.from_pretrained(path).architectures or []
-        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-        hf_model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path).eval()
-    return hf_model, AutoTokenizer.from_pretrained(path) if tokenizer else None
 
 
 def _pairs(entries: list[str]) -> list[tuple[str, str]]:

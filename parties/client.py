@@ -52,12 +52,20 @@ RUN_TIMEOUT_FACTOR = 4.0
 
 
 class InferenceError(RuntimeError):
-    """A request failed or was refused; ``rank`` is the party at fault, ``code`` its status."""
+    """A request failed or was refused; ``rank`` is the party at fault, ``code`` its status,
+    ``parties`` what each party answered (``"CODE: details"``)."""
 
-    def __init__(self, rank: int, code: grpc.StatusCode | None, message: str):
+    def __init__(
+        self,
+        rank: int,
+        code: grpc.StatusCode | None,
+        message: str,
+        parties: dict[int, str] | None = None,
+    ):
         super().__init__(message)
         self.rank = rank
         self.code = code
+        self.parties = parties or {}
 
 
 class InferenceClient:
@@ -286,6 +294,11 @@ def _diagnose(errors: dict[int, BaseException]) -> InferenceError:
             if code == grpc.StatusCode.INTERNAL and own is not None and not peer_failure:
                 culprit = rank
                 break
+    if culprit is None:  # a party refusing on its own ground; the others only saw it refuse
+        for rank, (_, text) in sorted(described.items()):
+            if f"party {rank}: " in text and "not every party is ready" not in text:
+                culprit = rank
+                break
     if culprit is None:  # the peer the others name; in a chain, the innermost mention
         for rank, (_, text) in sorted(described.items()):
             mentions = re.findall(r"Peer(?:Timeout)?Error: party (\d)", text)
@@ -297,8 +310,12 @@ def _diagnose(errors: dict[int, BaseException]) -> InferenceError:
     code = described.get(culprit, described[min(described)])[0]
     if code is None:  # the culprit did not answer: report what the others said
         code = next((c for c, _ in described.values() if c is not None), None)
-    detail = "; ".join(f"party {rank}: {text}" for rank, (_, text) in sorted(described.items()))
-    return InferenceError(culprit, code, f"request failed at party {culprit} ({detail})")
+    answers = {rank: text for rank, (_, text) in sorted(described.items())}
+    reasons = {re.sub(r"party \d: ", "", text) for text in answers.values()}
+    if len(answers) == WORLD_SIZE and len(reasons) == 1:  # the same refusal everywhere
+        return InferenceError(culprit, code, f"refused by every party: {reasons.pop()}", answers)
+    detail = "; ".join(f"party {rank}: {text}" for rank, text in answers.items())
+    return InferenceError(culprit, code, f"request failed at party {culprit} ({detail})", answers)
 
 
 # -- models ------------------------------------------------------------------------------
@@ -320,6 +337,7 @@ class VeilClient:
         run_timeout: float | None = None,
     ):
         self.api = InferenceClient(config, cert, key, run_timeout=run_timeout)
+        self._specs: dict[str, Any] = {}  # model name -> validation.ModelSpec, asked once
 
     def share_model(self, name: str, hf_model: Any, norm_headroom_bits: int | None = None) -> int:
         """Secret-share a ``transformers`` model's weights to the parties under ``name``.
@@ -362,22 +380,23 @@ class VeilClient:
             options["attention_mask"] = json.dumps(attention_mask.tolist())
         if token_type_ids is not None:
             options["token_type_ids"] = json.dumps(token_type_ids.tolist())
-        return self.api.infer(EMBED_PROGRAM, {"input_ids": _ids(input_ids)}, options)["embedding"]
+        ids = self._checked(EMBED_PROGRAM, model, input_ids, options)
+        return self.api.infer(EMBED_PROGRAM, {"input_ids": ids}, options)["embedding"]
 
     def logits(self, model: str, input_ids: torch.Tensor) -> torch.Tensor:
         """The model's raw output for secret ids (decoders: (batch, seq, vocab))."""
         from veil.parties.models import LOGITS_PROGRAM
 
-        return self.api.infer(LOGITS_PROGRAM, {"input_ids": _ids(input_ids)}, {"model": model})[
-            "logits"
-        ]
+        ids = self._checked(LOGITS_PROGRAM, model, input_ids, {"model": model})
+        return self.api.infer(LOGITS_PROGRAM, {"input_ids": ids}, {"model": model})["logits"]
 
     def generate(self, model: str, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Greedy continuation (batch, max_new_tokens); only this client sees the ids."""
         from veil.parties.models import GENERATE_PROGRAM
 
         options = {"model": model, "max_new_tokens": str(max_new_tokens)}
-        out = self.api.infer(GENERATE_PROGRAM, {"input_ids": _ids(input_ids)}, options)
+        ids = self._checked(GENERATE_PROGRAM, model, input_ids, options)
+        out = self.api.infer(GENERATE_PROGRAM, {"input_ids": ids}, options)
         return out["tokens"].to(torch.int64)
 
     def embed_texts(self, model: str, tokenizer: Any, texts: list[str]) -> torch.Tensor:
@@ -404,6 +423,17 @@ class VeilClient:
             tokens = tokens[: tokens.index(eos)]
         return tokenizer.decode(tokens)
 
+    def _checked(
+        self, program: str, model: str, input_ids: torch.Tensor, options: dict[str, str]
+    ) -> torch.Tensor:
+        """``input_ids`` as int64 once the request passed :func:`validation.client_ids`
+        (raises :class:`validation.RequestInvalid` naming the problem, before any upload)."""
+        from veil.parties.validation import client_ids, fetch_spec
+
+        if model not in self._specs:
+            self._specs[model] = fetch_spec(self.api, model)
+        return client_ids(program, options, input_ids, self._specs[model])
+
     def close(self) -> None:
         self.api.close()
 
@@ -412,10 +442,3 @@ class VeilClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _ids(input_ids: torch.Tensor) -> torch.Tensor:
-    ids = torch.as_tensor(input_ids)
-    if ids.is_floating_point() or ids.dim() != 2:
-        raise ValueError("input_ids must be an integer tensor of shape (batch, seq)")
-    return ids.to(torch.int64)

@@ -36,6 +36,12 @@ LOGITS_PROGRAM = "veil.logits"
 GENERATE_PROGRAM = "veil.generate"
 CALLER_OPTION = "veil.caller"
 """Option the parties set to the caller's identity (:mod:`veil.parties.authz`): the owner."""
+INFO_PROGRAM = "veil.model_info"
+"""Returns a model's public family and config (UTF-8 bytes as a public integer tensor), so
+that a client can check its request (token ids in [0, vocab)) before sharing anything."""
+INFO_PROBE = "probe"
+"""The info request's only input, a placeholder: a party starts a request once its inputs
+have arrived, and this request has no secret input."""
 WEIGHT_PREFIX = "w:"
 """Upload names of weight shares: ``w:<dotted parameter name>``."""
 
@@ -207,8 +213,15 @@ def model_programs(store: ModelStore) -> dict[str, Program]:
         indices = greedy(model, ops, ids, steps)
         return {"tokens": mpc.stack(indices, dim=-1)}
 
+    def info(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):
+        served = store.get(_option(options, "model"))
+        text = json.dumps({"family": served.family, "config": served.config_json})
+        data = torch.tensor(list(text.encode()), dtype=torch.int64)
+        return {"info": ArithShare.from_ring_public(party, data, 0)}
+
     return {
         SHARE_PROGRAM: share_model,
+        INFO_PROGRAM: info,
         EMBED_PROGRAM: embed,
         LOGITS_PROGRAM: logits,
         GENERATE_PROGRAM: generate,
@@ -217,7 +230,7 @@ def model_programs(store: ModelStore) -> dict[str, Program]:
 
 def check_request(store: ModelStore, program: str, options: dict[str, str]) -> str | None:
     """Why this party cannot run a model request (None if it can): checked before running."""
-    if program == SHARE_PROGRAM or program not in (EMBED_PROGRAM, LOGITS_PROGRAM, GENERATE_PROGRAM):
+    if program not in (EMBED_PROGRAM, LOGITS_PROGRAM, GENERATE_PROGRAM, INFO_PROGRAM):
         return None
     name = options.get("model", "")
     if not store.has(name):

@@ -49,6 +49,9 @@ from veil.proto import veil_pb2, veil_pb2_grpc
 Program = Callable[[Party, dict[str, ArithShare], dict[str, str]], dict[str, ArithShare]]
 Check = Callable[[str, dict[str, str]], "str | None"]
 """``check(program, options)``: why this party cannot run a request now, or None."""
+Validate = Callable[[str, dict[str, str], dict[str, tuple[tuple[int, ...], int]]], "str | None"]
+"""``validate(program, options, {input: (shape, frac_bits)})``: why a request is malformed,
+or None; asked when its Run call arrives, so a malformed request never reaches a program."""
 
 _DIGEST_BYTES = 16
 _POLL_SECONDS = 0.2
@@ -110,6 +113,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         programs: dict[str, Program],
         *,
         check: Check | None = None,
+        validate: Validate | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         on_request: Callable[[RequestLog], None] | None = None,
         on_event: Callable[[str], None] | None = None,
@@ -119,6 +123,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         self.config = config
         self.programs = dict(programs)
         self.check = check
+        self.validate = validate
         self.queue_size = queue_size
         self.on_request = on_request
         self.on_event = on_event
@@ -202,6 +207,9 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 f"({type(self.failed).__name__}: {self.failed}); retry",
             )
         job = _Job(request.request_id, request.program, options, caller)
+        with self._lock:  # whose request it is, before anything about it is looked at
+            self.authz.claim(context, caller, job.request_id, self._holders(job.request_id))
+        self._validate(job, context)
         with self._lock:
             self.authz.claim(context, caller, job.request_id, self._holders(job.request_id))
             if job.request_id in self._jobs:
@@ -225,6 +233,23 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         if job.code is not None:
             context.abort(job.code, job.message)
         return job.reply
+
+    def _validate(self, job: _Job, context: grpc.ServicerContext) -> None:
+        """Refuse a malformed request at its Run call (INVALID_ARGUMENT), dropping its uploads."""
+        if self.validate is None:
+            return
+        with self._lock:
+            entry = self._requests.get(job.request_id)
+            inputs = {
+                name: (tuple(pair.shape[1:]), frac)
+                for name, (pair, frac) in (entry.inputs.items() if entry else [])
+            }
+        why = self.validate(job.program, job.options, inputs)
+        if why is not None:
+            with self._lock:
+                if job.request_id not in self._jobs:
+                    self._discard(job.request_id)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {self.party.rank}: {why}")
 
     def Fetch(self, request, context) -> Iterator[veil_pb2.TensorChunk]:
         caller = self.authz.caller(context)

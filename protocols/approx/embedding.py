@@ -13,7 +13,11 @@ outer-product multiplication (8 bytes) instead of an equality test (31.9 bytes f
 needs no truncation and the rows come out exactly (bit for bit) as shared.
 Source: the one-hot embedding of PUMA (arXiv 2307.12533 §4.4); the split is ours.
 
-Valid range: ids in [0, vocab) (others give a zero row).
+Valid range: ids in [0, vocab).  An id outside it is not detected (the parties cannot see
+it): only its low B = ceil(log2 vocab) bits are compared, so it is read as id mod 2^B, which
+selects that row if it is below vocab (another token: 2023 + 2^15 reads as 2023 for a
+30522-entry vocab) and gives a zero row otherwise (-1 and vocab itself, there).  Clients
+check the range before sharing (:func:`veil.parties.validation.check_token_ids`).
 Error: none: the result equals the table rows exactly (fixed-point encoding of the table).
 Cost per token, per party: A2B (8 rounds, 104 bytes), AND-reduce (log2 of the lane width,
 3-4 rounds, 8 (2^H + 2^L) bytes each), B2A (2 rounds, 16 (2^H + 2^L) bytes), outer product

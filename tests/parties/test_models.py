@@ -178,6 +178,59 @@ def test_unshared_model_refused_by_name(served) -> None:
     assert "'no-such-model' has not been shared" in str(info.value)
 
 
+MALFORMED = [
+    ("veil.generate", {"model": "gpt", "max_new_tokens": "0"}, IDS, "1..256, got 0"),
+    ("veil.generate", {"model": "bert", "max_new_tokens": "2"}, IDS, "'bert' is a BertModel"),
+    ("veil.embed", {"model": "bert", "attention_mask": "[[1]]"}, IDS, "has shape (1, 1)"),
+    ("veil.embed", {"model": "bert", "attention_mask": "yes"}, IDS, "not a JSON integer array"),
+    ("veil.logits", {"model": "gpt"}, torch.ones(1, 33, dtype=torch.int64), "model's 32"),
+    ("veil.logits", {"model": "gpt"}, IDS.double(), "18 fractional bits"),
+]
+
+
+def test_malformed_requests_refused_at_run_without_relink(served) -> None:
+    """Each bad request is INVALID_ARGUMENT at every party, naming the problem; no party
+    relinks, so the next request is served at once."""
+    before = len(served.log.read_text())
+    with served.client() as client:
+        for program, options, ids, expected in MALFORMED:
+            with pytest.raises(InferenceError) as info:
+                client.api.infer(program, {"input_ids": ids}, options)
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, (program, options)
+            assert str(info.value).startswith("refused by every party: INVALID_ARGUMENT")
+            assert expected in str(info.value)
+            for rank, text in info.value.parties.items():
+                assert text.startswith(f"INVALID_ARGUMENT: party {rank}: ") and expected in text
+        assert client.logits("gpt", IDS[:1, :2]).shape == (1, 2, 64)
+    log = served.log.read_text()[before:]
+    assert "relinking" not in log, log
+
+
+def test_client_checks_before_sharing_anything(served) -> None:
+    """What only the client can see (id values) and what the parties would refuse are
+    refused by VeilClient before any upload: no model request reaches the parties."""
+    from veil.parties.validation import RequestInvalid
+
+    before = len(served.log.read_text())
+    with served.client() as client:
+        for bad, expected in (
+            (torch.tensor([[1, 64]]), "token id 64 at (0, 1) is outside [0, 64)"),
+            (torch.tensor([[-1]]), "token id -1 at (0, 0)"),
+            (torch.tensor([[2023 + 2**15]]), f"token id {2023 + 2**15}"),
+            (torch.tensor([[1.0, 2.0]]), "must be an integer tensor"),
+            (torch.zeros(1, 0, dtype=torch.int64), "is empty"),
+        ):
+            with pytest.raises(RequestInvalid) as info:
+                client.logits("gpt", bad)
+            assert expected in str(info.value)
+        with pytest.raises(RequestInvalid, match="got 0"):
+            client.generate("gpt", IDS, 0)
+        with pytest.raises(RequestInvalid, match="generate needs"):
+            client.generate("bert", IDS, 2)
+    log = served.log.read_text()[before:]
+    assert "veil.logits" not in log and "veil.generate" not in log, log
+
+
 def test_concurrent_clients_get_their_own_answers(served, references) -> None:
     """Two clients race (different inputs and tasks); both are queued and answered correctly."""
     results: dict[str, list] = {"client": [], "alice": []}

@@ -25,6 +25,17 @@ def test_embedding_odd_vocab_width():
     assert torch.equal(y, embedding_twin(ids, table))
 
 
+def test_embedding_out_of_range_ids_as_documented():
+    """Vocab 10 (B = 4 bits): an id is read mod 16, a row if below 10, else a zero row."""
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(10, 3, generator=g, dtype=torch.float64)
+    ids = torch.tensor([3 + 16, 3 + 2**40, 10, -1, 12])
+    y, _ = run_protocol(embedding, ids, table)
+    rows = embedding_twin(torch.tensor([3, 3]), table)
+    assert torch.equal(y[:2], rows)
+    assert torch.equal(y[2:], torch.zeros(3, 3, dtype=torch.float64))
+
+
 def test_argmax_onehot_and_index():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(3, 3000, generator=g, dtype=torch.float64)
