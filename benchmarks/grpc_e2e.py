@@ -8,7 +8,8 @@ gRPC: `veil launch --serve` on loopback with mutual TLS (fresh certificates), th
 owner shares the weights once with :class:`veil.parties.client.VeilClient`, then the client
 runs the request ``--repeats`` times (after one warm-up).  Wall time is what the client
 waits (upload, queueing, the MPC program, fetch, reconstruction); bytes, messages and
-rounds are each party's communicator counters for the program, as the parties log
+rounds (critical-path rounds and send steps) are each party's communicator counters for
+the program, as the parties log
 them; *wire* is the serialized TensorChunk bytes each party sent for the request
 (payload + protobuf framing, plus the request's two small control messages; HTTP/2 and
 TLS framing come on top).
@@ -40,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 _LOG_LINE = re.compile(
     r"party (\d): request \w+ (\S+) ok in ([\d.]+) s: sent (\d+) B in (\d+) messages, "
-    r"(\d+) rounds; wire (\d+) B"
+    r"(\d+) rounds, depth (\d+); wire (\d+) B"
 )
 
 
@@ -51,7 +52,8 @@ class Row:
     party_s: float  # the slowest party's time for the request
     bytes_sent: list[int]
     messages: list[int]
-    rounds: int
+    rounds: int  # send steps of the busiest party
+    depth: int  # critical-path rounds
     wire: list[int] | None = None
 
 
@@ -134,6 +136,7 @@ def in_memory(case: Case, repeats: int) -> Row:
         [r.traffic.bytes_sent for r in result.reports],
         [r.traffic.messages_sent for r in result.reports],
         result.max_rounds,
+        result.depth,
     )
 
 
@@ -231,7 +234,8 @@ def over_grpc(cluster: Cluster, case: Case, name: str, repeats: int) -> tuple[Ro
         [entry[1] for entry in last],
         [entry[2] for entry in last],
         max(entry[3] for entry in last),
-        [entry[4] for entry in last],
+        max(entry[4] for entry in last),
+        [entry[5] for entry in last],
     )
     return row, share_s
 
@@ -250,16 +254,16 @@ def print_table(case: Case, rows: list[Row], share_s: float) -> None:
     print(f"\n### {case.name}\n")
     print(f"weights shared once over gRPC in {share_s:.2f} s\n")
     print(
-        "| transport | client wall s | party s | bytes sent per party (P0/P1/P2) | messages per party | rounds "
-        "| wire bytes per party | framing |"
+        "| transport | client wall s | party s | bytes sent per party (P0/P1/P2) | messages per party "
+        "| critical-path rounds | send steps | wire bytes per party | framing |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         wire = "/".join(f"{w:,}" for w in row.wire) if row.wire else "-"
         framing = f"+{(sum(row.wire) / sum(row.bytes_sent) - 1) * 100:.2f}%" if row.wire else "-"
         print(
             f"| {row.transport} | {row.wall_s:.2f} | {row.party_s:.2f} | {'/'.join(f'{b:,}' for b in row.bytes_sent)} "
-            f"| {'/'.join(str(m) for m in row.messages)} | {row.rounds} | {wire} | {framing} |"
+            f"| {'/'.join(str(m) for m in row.messages)} | {row.depth} | {row.rounds} | {wire} | {framing} |"
         )
     same_bytes = rows[0].bytes_sent == rows[1].bytes_sent
     same_messages = rows[0].messages == rows[1].messages

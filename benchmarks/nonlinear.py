@@ -128,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     for m in results:
         print(m.row())
-    print("\n| op | Veil MB / rounds | SPU PUMA party 0 MB / send steps |\n|---|---|---|")
+    print("\n| op | Veil MB / critical-path rounds / send steps | SPU PUMA party 0 MB / send steps |\n"
+          "|---|---|---|")
     for m in results:
         if m.name in SPU_PARTY0:
             spu_mb, spu_steps = SPU_PARTY0[m.name]
-            print(f"| {m.name} | {m.bytes_sent / 1e6:.1f} / {m.rounds} | {spu_mb} / {spu_steps} |")
+            print(f"| {m.name} | {m.bytes_sent / 1e6:.1f} / {m.depth} / {m.rounds} | {spu_mb} / {spu_steps} |")
     return 0
 
 

@@ -319,7 +319,8 @@ def _serve(args: argparse.Namespace) -> int:
         _report(
             f"party {args.rank}: request {entry.request_id[:8]} {entry.program} "
             f"{'ok' if entry.ok else 'refused/failed'} in {entry.wall_s:.3f} s: sent "
-            f"{t.bytes_sent} B in {t.messages_sent} messages, {t.rounds} rounds; "
+            f"{t.bytes_sent} B in {t.messages_sent} messages, {t.rounds} rounds, "
+            f"depth {t.depth}; "
             f"wire {entry.wire_bytes_sent} B"
         )
 
