@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from veil.parties.models import (
+    CALLER_OPTION,
     EMBED_PROGRAM,
     FAMILIES,
     GENERATE_PROGRAM,
@@ -216,7 +217,8 @@ def check_token_ids(input_ids: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
 
 
 def _known_options(program: str, options: Mapping[str, str]) -> None:
-    unknown = sorted(set(options) - OPTIONS[program])
+    # The caller's identity is stamped by the parties themselves (parties/authz.py).
+    unknown = sorted(set(options) - OPTIONS[program] - {CALLER_OPTION})
     if unknown:
         raise RequestInvalid(
             f"unknown option(s) {unknown} for {program}; it takes {sorted(OPTIONS[program])}"

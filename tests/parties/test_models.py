@@ -366,7 +366,8 @@ def test_stalled_party_named_within_timeout(served) -> None:
         start = time.monotonic()
         try:
             with served.client() as client:
-                outcome["result"] = client.generate("gpt", IDS, max_new_tokens=30)
+                # 6 + 26 - 1 = 31 positions of 32: the longest valid request, still running at 1.5 s
+                outcome["result"] = client.generate("gpt", IDS, max_new_tokens=26)
         except InferenceError as exc:
             outcome["error"] = exc
         outcome["seconds"] = time.monotonic() - start
@@ -457,7 +458,8 @@ def test_killed_party_fails_request_naming_it_then_service_recovers(served) -> N
         start = time.monotonic()
         try:
             with served.client() as client:
-                outcome["result"] = client.generate("gpt", IDS, max_new_tokens=30)
+                # 6 + 26 - 1 = 31 positions of 32: the longest valid request, still running at 1.5 s
+                outcome["result"] = client.generate("gpt", IDS, max_new_tokens=26)
         except InferenceError as exc:
             outcome["error"] = exc
         outcome["seconds"] = time.monotonic() - start
