@@ -141,17 +141,32 @@ def in_memory(case: Case, repeats: int) -> Row:
 
 
 class Cluster:
-    """`veil launch --serve` on free loopback ports with fresh certificates."""
+    """`veil launch --serve` on free loopback ports with fresh certificates.
+
+    Subclasses place the parties elsewhere by overriding :meth:`addresses`,
+    :meth:`start_parties`, :meth:`running` and :meth:`stop_parties`.
+    """
 
     def __init__(self, directory: Path):
         from veil.parties.cli import main
 
-        ports = _free_ports(3)
-        addresses = [f"--address=localhost:{port}" for port in ports]
+        addresses = [f"--address={address}" for address in self.addresses()]
         if main(["certs", "--out", str(directory), *addresses]) != 0:
             raise RuntimeError("veil certs failed")
         self.config_path = directory / "cluster.toml"
         self.log = directory / "launch.log"
+        self.start_parties()
+        from veil.parties.client import VeilClient
+        from veil.parties.config import load_config
+
+        config = load_config(self.config_path)
+        self.client = VeilClient(config, directory / "client.pem", directory / "client.key")
+        self.owner = VeilClient(config, directory / "owner.pem", directory / "owner.key")
+
+    def addresses(self) -> list[str]:
+        return [f"localhost:{port}" for port in _free_ports(3)]
+
+    def start_parties(self) -> None:
         with self.log.open("w") as sink:
             self.proc = subprocess.Popen(
                 [
@@ -170,12 +185,14 @@ class Cluster:
                 stdout=sink,
                 stderr=subprocess.STDOUT,
             )
-        from veil.parties.client import VeilClient
-        from veil.parties.config import load_config
 
-        config = load_config(self.config_path)
-        self.client = VeilClient(config, directory / "client.pem", directory / "client.key")
-        self.owner = VeilClient(config, directory / "owner.pem", directory / "owner.key")
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop_parties(self) -> None:
+        from veil.parties.launch import stop_launcher
+
+        stop_launcher(self.proc)  # SIGINT, then SIGTERM and SIGKILL: nothing left listening
 
     def share(self, name: str, hf: Any, deadline_s: float = 120.0) -> float:
         from veil.parties.client import InferenceError
@@ -187,7 +204,7 @@ class Cluster:
                 self.owner.share_model(name, hf)
                 return time.perf_counter() - start
             except InferenceError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
+                if time.monotonic() > deadline or not self.running():
                     raise
                 time.sleep(0.5)
 
@@ -203,11 +220,9 @@ class Cluster:
         return [entries[rank][-count:] for rank in range(3)]
 
     def close(self) -> None:
-        from veil.parties.launch import stop_launcher
-
         self.client.close()
         self.owner.close()
-        stop_launcher(self.proc)  # SIGINT, then SIGTERM and SIGKILL: nothing left listening
+        self.stop_parties()
 
 
 def over_grpc(cluster: Cluster, case: Case, name: str, repeats: int) -> tuple[Row, float]:
