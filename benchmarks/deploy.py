@@ -185,7 +185,7 @@ CASES = {
 def print_row(case: Case, rate: str, memory: Row, deployed: Row, share_s: float) -> None:
     same = memory.bytes_sent == deployed.bytes_sent and memory.depth == deployed.depth
     estimates = "; ".join(
-        f"{net} ({rtt * 1e3:g} ms RTT) {deployed.party_s + deployed.depth * rtt:.1f} s"
+        f"{net} ({rtt * 1e3:g} ms RTT) {deployed.wall_s + deployed.depth * rtt:.1f} s"
         for net, (_, rtt) in NETWORKS.items()
     )
     print(
