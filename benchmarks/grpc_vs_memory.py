@@ -4,7 +4,8 @@
     python -m benchmarks.grpc_vs_memory --quick          # 3 MB and 32 MB, fewer repeats
     python -m benchmarks.grpc_vs_memory --insecure       # also gRPC without TLS
 
-Every party repeatedly does the resharing step (send to party i-1, receive from party
+First the median round trip of one int64 between two parties (the latency floor of a
+protocol round).  Then every party repeatedly does the resharing step (send to party i-1, receive from party
 i+1) with one int64 tensor, so all six directed links are busy at once, as in a
 multiplication.  Reported per party: MB/s sent (10^6 bytes / s), bytes and messages
 sent (from the communicator's counters), over
@@ -45,6 +46,27 @@ def exchange(party: mpc.Party, numel: int, repeats: int) -> tuple[float, int, in
     return seconds, after.bytes_sent - before.bytes_sent, after.messages_sent - before.messages_sent
 
 
+def ping_pong(party: mpc.Party, repeats: int) -> float:
+    """Median round trip of one int64 between parties 0 and 1 (party 2 idles): the latency
+    floor of every protocol round on this transport."""
+    comm = party.comm
+    token = torch.zeros(1, dtype=torch.int64)
+    times = []
+    for _ in range(repeats + 10):  # the first 10 warm up
+        if party.rank == 0:
+            start = time.perf_counter()
+            comm.send(1, token)
+            comm.recv(1)
+            times.append(time.perf_counter() - start)
+        elif party.rank == 1:
+            comm.send(0, comm.recv(0))
+    return sorted(times[10:])[len(times[10:]) // 2] if times else 0.0
+
+
+def report_rtt(mode: str, results: list[float]) -> None:
+    print(f"{mode:<22} round trip of one int64, median: {results[0] * 1e3:.3f} ms")
+
+
 def report(mode: str, numel: int, results: list[tuple[float, int, int]]) -> None:
     seconds = max(r[0] for r in results)  # the step is as slow as its slowest party
     sent, messages = results[0][1], results[0][2]
@@ -67,14 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{'transport':<22} {'tensor MB':>9} {'MB/s/party':>10} {'bytes sent':>14} "
         f"{'messages':>9} {'seconds':>9}"
     )
+    report_rtt("memory", mpc.simulate(ping_pong, 200))
     for numel in sizes:
         report("memory", numel, mpc.simulate(exchange, numel, repeats))
     variants = [("mTLS", False)] + ([("plaintext", True)] if args.insecure else [])
     for label, insecure in variants:
         with GrpcThreads(insecure=insecure, timeout=600) as cluster:
+            report_rtt(f"grpc-threads {label}", cluster.run(ping_pong, 200))
             for numel in sizes:
                 report(f"grpc-threads {label}", numel, cluster.run(exchange, numel, repeats))
         with GrpcCluster(insecure=insecure, timeout=600) as cluster:
+            report_rtt(f"grpc-procs {label}", cluster.run(ping_pong, 200))
             for numel in sizes:
                 report(f"grpc-procs {label}", numel, cluster.run(exchange, numel, repeats))
     return 0
