@@ -19,6 +19,7 @@ from veil.mpc.arith import ArithShare, cat
 from veil.mpc.fixedpoint import DEFAULT_FRAC_BITS
 from veil.protocols.comparison import less_than
 from veil.protocols.multiplication import mul
+from veil.protocols.reductions import tournament_fits, tournament_max
 from veil.protocols.select import mux
 from veil.protocols.truncation import truncate
 
@@ -139,15 +140,24 @@ def truncate_together(parts: Sequence[tuple[ArithShare, int]]) -> list[ArithShar
     return out
 
 
-def row_max(x: ArithShare) -> ArithShare:
-    """max over the last dim, shape (..., 1): a tree of comparisons and multiplexers.
+TOURNAMENT_BUDGET_BYTES = 4 << 20
+"""Comparison bytes per party that one :func:`row_max` may spend on an all-pairs tournament
+(one comparison depth) instead of the tree (log2 n comparison depths): short rows with few
+rows, as when decoding one token against the cached keys, take the tournament."""
 
-    Unlike ``ArithShare.max`` it does not also rebuild the argmax one-hot (which softmax
-    does not need: 8 bytes per element and log2(n) - 1 rounds saved).
-    Cost: ceil(log2 n) levels of one comparison (10 rounds) and one multiplexer (1 round);
-    n - 1 comparisons (47.5 bytes) and multiplexers (8 bytes) per row of n: about
-    55.5 bytes per element per party (55.07 measured for n = 128).
+
+def row_max(x: ArithShare) -> ArithShare:
+    """max over the last dim, shape (..., 1).
+
+    Short rows within :data:`TOURNAMENT_BUDGET_BYTES` take the all-pairs tournament of
+    :func:`veil.protocols.reductions.tournament_max` (one comparison depth, exact).  Others a
+    tree of comparisons and multiplexers: ceil(log2 n) levels of one comparison (10 rounds)
+    and one multiplexer (1 round); n - 1 comparisons (47.5 bytes) and multiplexers (8 bytes)
+    per row of n: about 55.5 bytes per element per party (55.07 measured for n = 128).
+    Unlike ``ArithShare.max`` neither rebuilds the argmax one-hot (softmax does not need it).
     """
+    if tournament_fits(x, TOURNAMENT_BUDGET_BYTES):
+        return tournament_max(x)
     current = x
     while current.shape[-1] > 1:
         n = current.shape[-1]

@@ -1,0 +1,58 @@
+"""All-pairs tournament max: exact, ties to the first maximum, one comparison depth."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from veil import mpc
+from veil.protocols.approx._common import row_max
+from veil.protocols.comparison import less_than
+from veil.protocols.reductions import tournament_max
+
+
+def _depth(party: mpc.Party, fn) -> tuple[int, object]:
+    party.comm.reset_counters()
+    out = fn()
+    return party.comm.stats.total().depth, out
+
+
+def test_tournament_max_is_exact_with_ties(run, rng) -> None:
+    x = torch.randn(5, 33, generator=rng, dtype=torch.float64).mul(8).round().div(4)  # many ties
+    x[0] = 1.25  # a row of equal entries
+
+    def fn(party):
+        return tournament_max(mpc.share(party, x, owner=0)).reveal()
+
+    torch.testing.assert_close(run(fn)[0], x.amax(-1, keepdim=True), atol=0, rtol=0)
+
+
+def test_tournament_depth_is_one_comparison_plus_the_product_tree() -> None:
+    n = 33
+    x = torch.randn(9, n, dtype=torch.float64)
+
+    def fn(party):
+        s = mpc.share(party, x, owner=0)
+        comparison, _ = _depth(party, lambda: less_than(s[..., :1], s[..., 1:2]))
+        tournament, _ = _depth(party, lambda: tournament_max(s))
+        return comparison, tournament
+
+    comparison, tournament = mpc.simulate(fn)[0]
+    assert tournament == comparison + math.ceil(math.log2(n - 1)) + 1
+
+
+def test_row_max_takes_the_tournament_only_within_the_budget() -> None:
+    short = torch.randn(9, 33, dtype=torch.float64)  # one decoding step's attention rows
+    long = torch.randn(12 * 128, 128, dtype=torch.float64)  # a BERT-base prompt's rows
+
+    def fn(party):
+        a, b = mpc.share(party, short, owner=0), mpc.share(party, long, owner=0)
+        depth_short, max_short = _depth(party, lambda: row_max(a))
+        depth_long, max_long = _depth(party, lambda: row_max(b))
+        return depth_short, depth_long, max_short.reveal(), max_long.reveal()
+
+    depth_short, depth_long, max_short, max_long = mpc.simulate(fn)[0]
+    assert depth_short <= 20 < depth_long  # tournament (16) against the tree (7 levels)
+    torch.testing.assert_close(max_short, short.amax(-1, keepdim=True), atol=2e-6, rtol=0)
+    torch.testing.assert_close(max_long, long.amax(-1, keepdim=True), atol=2e-6, rtol=0)
