@@ -17,7 +17,8 @@ GEMM of 8-bit limbs needs K <= 2^24 / 2^16 = 256 per chunk, and bf16 limbs (8-bi
 mantissa) would be 4 bits wide, many more GEMMs for the same int8 tensor-core rate.
 
 CUDA's ``_int_mm`` wants M > 16 and K, N multiples of 8, so operands are zero-padded
-(a zero ring element has zero limbs); the CPU runs the same padded code, which is how
+(a zero ring element has zero limbs), and B is passed column-major, the layout
+cuBLAS's int8 GEMM is fast in; the CPU runs the same padded code, which is how
 its exactness is tested without a GPU.
 """
 
@@ -60,11 +61,12 @@ def _int8_matmul_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     inner = _round_up(a.shape[1], ALIGN)
     a = _pad_to(_pad_to(a, 1, inner), 0, max(rows, MIN_ROWS))
     b = _pad_to(_pad_to(b, 0, inner), 1, _round_up(cols, ALIGN))
-    a_limbs, b_limbs = signed_limbs(a), signed_limbs(b)
+    # int8 tensor-core GEMMs want B column-major: its limbs are made from b transposed.
+    a_limbs, bt_limbs = signed_limbs(a), signed_limbs(b.mT.contiguous())
     out = None
     for shift in range(LIMBS):
         wide_a = torch.cat(a_limbs[: shift + 1], dim=1)
-        tall_b = torch.cat(b_limbs[shift::-1], dim=0)
+        tall_b = torch.cat(bt_limbs[shift::-1], dim=1).mT
         term = torch._int_mm(wide_a, tall_b).to(torch.int64) << (LIMB_BITS * shift)
         out = term if out is None else out + term
     return out[:rows, :cols]
