@@ -122,7 +122,7 @@ def bench_bert(args) -> None:
     mask = torch.ones_like(ids)
     plain_s, expected = timed(lambda: hf(input_ids=ids, attention_mask=mask).last_hidden_state)
     start = time.perf_counter()
-    pm = PrivateModel.from_hf(hf)
+    pm = PrivateModel.from_hf(hf, device=args.device)
     share_s = time.perf_counter() - start
     result = pm.logits(ids, attention_mask=mask)
     err = (result.output - expected.double()).abs()
@@ -144,7 +144,7 @@ def bench_gpt2(args) -> None:
     ids = torch.randint(0, config.vocab_size, (1, args.seq))
     plain_s, expected = timed(lambda: hf(input_ids=ids).logits[:, -1])
     start = time.perf_counter()
-    pm = PrivateModel.from_hf(hf)
+    pm = PrivateModel.from_hf(hf, device=args.device)
     share_s = time.perf_counter() - start
     result = pm.generate(ids, max_new_tokens=1)
     same = int(result.output[0, 0]) == int(expected.argmax(-1)[0])
@@ -170,7 +170,7 @@ def bench_smollm2(args) -> None:
     plain_s, expected = timed(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
                                                   do_sample=False)[0, ids.shape[1]:], repeats=2)
     start = time.perf_counter()
-    pm = PrivateModel.from_hf(hf)
+    pm = PrivateModel.from_hf(hf, device=args.device)
     share_s = time.perf_counter() - start
     result = pm.generate(ids, max_new_tokens=new)
     ours = result.output[0].tolist()
@@ -189,7 +189,7 @@ def bench_decode(args) -> None:
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=args.layers, n_embd=args.hidden, n_head=args.hidden // 64)
-    pm = PrivateModel.from_hf(GPT2LMHeadModel(config).eval())
+    pm = PrivateModel.from_hf(GPT2LMHeadModel(config).eval(), device=args.device)
     lengths = [int(n) for n in args.prompt_lengths.split(",")]
     new = max(args.new_tokens, 2)
     print(f"\n## GPT-2-like decoding: {args.layers} layers, hidden {args.hidden}, {new} new tokens")
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=None)
     parser.add_argument("--new-tokens", type=int, default=None, help="smollm2: 8; decode: 3")
     parser.add_argument("--prompt-lengths", default="8,16,32,64", help="decode: comma-separated")
+    parser.add_argument("--device", default="cpu", help="torch device of the shares: cpu, cuda")
     parser.add_argument("--plot", action="store_true", help="also write PNG plots (bench extra)")
     args = parser.parse_args(argv)
     if args.seq is None:

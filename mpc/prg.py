@@ -4,6 +4,16 @@ Two parties holding the same 16-byte key and drawing the same amounts in the sam
 order obtain identical streams; that is how pairwise correlated randomness
 (zero-sharings, shared masks) costs no communication.  Keys come from
 ``secrets.token_bytes`` (the OS CSPRNG), never from ``torch.manual_seed`` or ``random``.
+
+Cost on this project's CPU (one core, AES-NI through OpenSSL): 1.3-1.5 GB/s for draws of
+0.5 MB and more, 0.2 GB/s for 8 KB draws.  BERT-base at seq 128 draws 12.2 GB over the
+three parties (0.99 GB per layer, 0.22 GB for the embedding and the rest; counted on a
+2-layer run), 4 GB per party: about 3 s of AES per party per request, against 27 s for the
+whole request on 2 CPU cores.  On a GPU, whose local arithmetic is far faster, AES on the
+host would then dominate; the host-to-device copy of those 4 GB (~0.2 s at PCIe 5 rates)
+would not.  So on CUDA the keystream is written into pinned memory and copied without
+blocking, which lets the next draw's AES overlap the GPU's queued work; moving AES itself
+onto the GPU is the remaining step.
 """
 
 from __future__ import annotations
@@ -40,8 +50,10 @@ class AesPrg:
         nbytes = 8 * count
         if len(self._zeros) < nbytes:
             self._zeros = bytearray(nbytes)
-        # update_into wants room for one extra block beyond the input.
-        out = torch.empty(count + 2, dtype=torch.int64)
+        device = torch.device(device)
+        # update_into wants room for one extra block beyond the input.  A pageable source
+        # would make the copy to a GPU wait for every kernel queued before it.
+        out = torch.empty(count + 2, dtype=torch.int64, pin_memory=device.type == "cuda")
         if nbytes:
             self._encryptor.update_into(memoryview(self._zeros)[:nbytes], memoryview(out.numpy()).cast("B"))
-        return out[:count].reshape(shape).to(device)
+        return out[:count].reshape(shape).to(device, non_blocking=True)

@@ -3,8 +3,16 @@
 CPU: torch's native int64 GEMM (wraps mod 2^64, exact); for one or two rows, its int64
 matrix-vector kernel, which is several times faster there.
 
-CUDA has no int64 GEMM, so there the operands are split into ``LIMBS`` unsigned
-limbs of ``LIMB_BITS`` bits, a = sum_i a_i 2^(16 i), and
+CUDA has no int64 GEMM.  There :data:`CUDA_CHOOSER` picks, by measurement on the device
+once per shape class (:mod:`veil.mpc.kernel_choice`), between two exact limb forms: this
+module's float64 limbs (below) and the int8 tensor-core limbs of
+:mod:`veil.mpc.int8_matmul`.  H200 numbers: pending (no device has been lent to this
+project yet); ``python -m benchmarks.gpu`` prints the choices made and their timings.
+On this project's 2-core CPU, (128, 768) @ (768, 768): native int64 12 ms, float64
+limbs 112 ms, int8 limbs 103 ms.
+
+Float64 limbs: the operands are split into ``LIMBS`` unsigned limbs of ``LIMB_BITS``
+bits, a = sum_i a_i 2^(16 i), and
 
     a @ b = sum_{i + j < LIMBS} (a_i @ b_j) 2^(16 (i + j))   (mod 2^64)
 
@@ -18,6 +26,9 @@ bit-exact against the native one.
 from __future__ import annotations
 
 import torch
+
+from veil.mpc.int8_matmul import int8_matmul
+from veil.mpc.kernel_choice import KernelChooser
 
 LIMB_BITS = 16
 LIMBS = 64 // LIMB_BITS
@@ -58,6 +69,9 @@ def limb_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+CUDA_CHOOSER = KernelChooser({"float64 limbs": limb_matmul, "int8 limbs": int8_matmul})
+"""The exact GEMMs for devices without an int64 one, fastest first found by timing."""
+
 SKINNY_ROWS = 2
 """Up to this many rows, a CPU product by a matrix runs as matrix-vector products: torch's
 int64 ``mv`` is several times faster than its ``mm`` for one row (decoding one token)."""
@@ -66,7 +80,7 @@ int64 ``mv`` is several times faster than its ``mm`` for one row (decoding one t
 def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b mod 2^64 for int64 tensors, choosing the kernel by device and shape."""
     if a.device.type != "cpu":
-        return limb_matmul(a, b)
+        return CUDA_CHOOSER(a, b)
     if b.dim() == 2 and a.dim() >= 1:
         rows = a.numel() // max(a.shape[-1], 1)
         if rows <= SKINNY_ROWS:

@@ -112,7 +112,7 @@ def _print_similarities(label: str, embeddings: torch.Tensor, sentences: list[st
 
 
 @torch.no_grad()
-def demo_minilm(backend_name: str, sentences: list[str]) -> None:
+def demo_minilm(backend_name: str, sentences: list[str], device: str = "cpu") -> None:
     hf, tokenizer = load_minilm()
     enc = tokenizer(sentences, padding=True, return_tensors="pt")
     weights = enc["attention_mask"][:, :, None].float()
@@ -124,7 +124,7 @@ def demo_minilm(backend_name: str, sentences: list[str]) -> None:
     if backend_name == MPC:
         from veil.nn.private import PrivateModel
 
-        result = PrivateModel.from_hf(hf).sentence_embedding(
+        result = PrivateModel.from_hf(hf, device=device).sentence_embedding(
             enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], show_progress=True
         )
         print(f"private run: {result.summary()}")
@@ -137,7 +137,7 @@ def demo_minilm(backend_name: str, sentences: list[str]) -> None:
 
 
 @torch.no_grad()
-def demo_smollm2(backend_name: str, prompt: str, max_new_tokens: int) -> None:
+def demo_smollm2(backend_name: str, prompt: str, max_new_tokens: int, device: str = "cpu") -> None:
     hf, tokenizer = load_smollm2()
     ids = chat_ids(tokenizer, prompt)
     eos = tokenizer.eos_token_id
@@ -152,7 +152,7 @@ def demo_smollm2(backend_name: str, prompt: str, max_new_tokens: int) -> None:
     if backend_name == MPC:
         from veil.nn.private import PrivateModel
 
-        result = PrivateModel.from_hf(hf).generate(ids, max_new_tokens, show_progress=True)
+        result = PrivateModel.from_hf(hf, device=device).generate(ids, max_new_tokens, show_progress=True)
         print(f"private run: {result.summary()}")
         ours = result.output[0].tolist()
     else:
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         help="exact: float; approx: float twins of the MPC approximations; "
         "mpc: secret shares at three parties simulated in this process",
     )
+    parser.add_argument("--device", default="cpu", help="torch device of the shares (mpc backend): cpu, cuda")
     args = parser.parse_args(argv)
     if args.text is not None and len(args.text) < 2:
         parser.error("give at least two --text sentences to compare")
@@ -189,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     if args.model in ("minilm", "all"):
-        demo_minilm(args.backend, args.text or DEFAULT_SENTENCES)
+        demo_minilm(args.backend, args.text or DEFAULT_SENTENCES, args.device)
     if args.model in ("smollm2", "all"):
-        demo_smollm2(args.backend, args.prompt, args.max_new_tokens)
+        demo_smollm2(args.backend, args.prompt, args.max_new_tokens, args.device)
     return 0
 
 

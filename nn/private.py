@@ -32,6 +32,7 @@ from veil import mpc
 from veil.mpc import ArithShare
 from veil.mpc.communicator import Traffic
 from veil.mpc.fixedpoint import FixedPoint
+from veil.mpc.kernel_choice import synchronize
 from veil.nn.modules import Module
 from veil.nn.progress import Progress
 from veil.protocols.approx import argmax as argmax_protocol
@@ -118,9 +119,10 @@ class Dealt:
     frac_bits: int
 
     @classmethod
-    def of(cls, value: torch.Tensor, fxp: FixedPoint) -> Dealt:
+    def of(cls, value: torch.Tensor, fxp: FixedPoint, device: torch.device | str = "cpu") -> Dealt:
+        """Dealt on the host, then kept on ``device`` (where the parties compute)."""
         components, frac = mpc.sharing.deal_components(value.detach(), fxp)
-        return cls(torch.cat([components, components[:1]]), frac)
+        return cls(torch.cat([components, components[:1]]).to(device), frac)
 
     def at(self, party: mpc.Party) -> ArithShare:
         pair = self.ring[party.rank : party.rank + 2]
@@ -218,7 +220,7 @@ class PrivateModel:
         if norm_headroom_bits is None:
             norm_headroom_bits = NORM_HEADROOM_BITS.get(type(model).__name__, 0)
         self.norm_headroom_bits = norm_headroom_bits
-        self._shared = model.map_params(lambda t: Dealt.of(t, self.fxp))
+        self._shared = model.map_params(lambda t: Dealt.of(t, self.fxp, device))
         self._lock = threading.Lock()
 
     def _model_at(self, party: mpc.Party) -> Module:
@@ -256,6 +258,7 @@ class PrivateModel:
             start = time.perf_counter()
             with party.comm.scope("inference"):
                 out = program(model, ops, **shares, **public, progress=log)
+            synchronize(party.device)  # kernels may still be queued on a GPU
             wall = time.perf_counter() - start
             outs = out if isinstance(out, list) else [out]
             report = PartyReport(
@@ -263,7 +266,8 @@ class PrivateModel:
                 party.comm.stats.total("inference"),
                 party.comm.stats.by_child_scope("inference"),
             )
-            return [(o.data, o.frac_bits) for o in outs], report, log.steps if log else []
+            # The client receives bytes: its output shares leave the device here.
+            return [(o.data.cpu(), o.frac_bits) for o in outs], report, log.steps if log else []
 
         with self._lock:
             results = mpc.simulate(party_program, fxp=self.fxp, device=self.device)
