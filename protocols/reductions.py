@@ -78,36 +78,95 @@ def tournament_max(x: ArithShare) -> ArithShare:
     so exactly one w_j is 1 (ties go to the lower index, like ``torch.argmax``) and the result
     is exact.  The products of integer 0/1 shares need no truncation: a tree of
     ceil(log2(n - 1)) multiplication rounds, then one product with x (integer times fixed
-    point, no truncation either).  The wide tournament of the literature on maxima of short
-    rows (e.g. SPU's and CrypTen's pairwise ``max`` for small n) trades bytes for depth.
+    point, no truncation either).  The wide tournament trades bytes for depth, as maxima of
+    short rows are taken in the MPC literature (all comparisons in one round, then an AND).
 
     Cost per row of n: n(n-1)/2 comparisons (47.5 B each) and n(n-1) products (8 B each);
     critical-path rounds: one comparison (10) + ceil(log2(n - 1)) + 1, against
     ceil(log2 n) * 11 for the tree (n = 33: 16 against 66).  Valid for any inputs the
     comparison accepts (|x_i - x_j| < 2^62 in the ring).
     """
+    with x.party.comm.scope("tournament_max"):
+        return _tournament(x)[0]
+
+
+def _tournament(x: ArithShare) -> tuple[ArithShare, ArithShare]:
+    """(max (..., 1), integer one-hot of the first maximum (..., n)) of :func:`tournament_max`."""
     n = x.shape[-1]
-    if n == 1:
-        return x
+    first, second = torch.triu_indices(n, n, offset=1)
+    beats = less_than(x[..., first], x[..., second])  # c_ij: the later entry j is larger
+    pairs = first.numel()
+    position = torch.zeros(n, n, dtype=torch.long)
+    position[first, second] = torch.arange(pairs)
+    # Factors of w_j: c_ij for every earlier i, then (1 - c_jk) for every later k.
+    factors = torch.stack(
+        [torch.cat([position[:j, j], pairs + position[j, j + 1 :]]) for j in range(n)]
+    )
+    candidates = cat([beats, 1 - beats], dim=-1)[..., factors]  # (..., n, n - 1)
+    while candidates.shape[-1] > 1:
+        m = candidates.shape[-1]
+        half = m // 2
+        product = candidates[..., :half] * candidates[..., half : 2 * half]
+        candidates = cat([product, candidates[..., 2 * half :]], dim=-1) if m % 2 else product
+    winner = candidates[..., 0]
+    return (winner * x).sum(-1, keepdim=True), winner
+
+
+GROUP = 8
+"""Candidates per group in :func:`grouped_max_with_argmax`: each level is one all-pairs
+tournament of 8 (28 comparisons), so a level costs 14 critical-path rounds instead of 11 but
+divides the candidates by 8 instead of 2."""
+
+
+def _tournament_levels(
+    x: ArithShare, group: int
+) -> tuple[ArithShare, list[tuple[ArithShare, int]]]:
+    """(max (...), per level the groups' one-hots (..., G, g) and the level's width n)."""
+    levels: list[tuple[ArithShare, int]] = []
+    current = x
+    while current.shape[-1] > 1:
+        n = current.shape[-1]
+        width = min(group, n)
+        pad = -n % width
+        if pad:
+            current = cat([current, current[..., :1].expand(*current.shape[:-1], pad)], dim=-1)
+        grouped = current.reshape(*current.shape[:-1], (n + pad) // width, width)
+        maxima, winner = _tournament(grouped)
+        levels.append((winner, n))
+        current = maxima[..., 0]
+    return current[..., 0], levels
+
+
+def grouped_max_with_argmax(
+    x: ArithShare, group: int = GROUP
+) -> tuple[ArithShare, ArithShare]:
+    """(max over the last dim (...), one-hot of the first maximum (..., n)) by a tree of
+    all-pairs tournaments of ``group`` candidates.
+
+    Formula: pad the row to a multiple of ``group`` with copies of its first entry (a copy
+    sits after the original, so it never is the *first* maximum and its flag comes out 0),
+    take each group's :func:`tournament_max` winner and its one-hot w, and repeat on the
+    winners; the one-hot is rebuilt top-down, a child's flag being its parent's flag times
+    its w (one integer product per level; the root's flag is the public 1).
+
+    Cost for n candidates per row: L = ceil(log_g n) levels of one comparison (10 rounds)
+    + ceil(log2(g - 1)) + 1 rounds, then L - 1 rounds for the one-hot; for n = 49152 and
+    g = 8: 6 levels, 89 critical-path rounds against 191 for the binary tree.  Bytes: about
+    (g - 1)/2 comparisons (47.5 B) and g - 1 products (8 B) per candidate per level, a
+    geometric series over the levels: about 4 comparisons per element, 4x the binary tree's.
+    Ties go to the lowest index; exact for any inputs the comparison accepts.
+    """
     party = x.party
-    with party.comm.scope("tournament_max"):
-        first, second = torch.triu_indices(n, n, offset=1)
-        beats = less_than(x[..., first], x[..., second])  # c_ij: the later entry j is larger
-        pairs = first.numel()
-        position = torch.zeros(n, n, dtype=torch.long)
-        position[first, second] = torch.arange(pairs)
-        # Factors of w_j: c_ij for every earlier i, then (1 - c_jk) for every later k.
-        factors = torch.stack([
-            torch.cat([position[:j, j], pairs + position[j, j + 1:]]) for j in range(n)
-        ])
-        candidates = cat([beats, 1 - beats], dim=-1)[..., factors]  # (..., n, n - 1)
-        while candidates.shape[-1] > 1:
-            m = candidates.shape[-1]
-            half = m // 2
-            product = candidates[..., :half] * candidates[..., half : 2 * half]
-            candidates = cat([product, candidates[..., 2 * half :]], dim=-1) if m % 2 else product
-        winner = candidates[..., 0]  # (..., n) one-hot of the first maximum
-        return (winner * x).sum(-1, keepdim=True)
+    with party.comm.scope("max"):
+        maximum, levels = _tournament_levels(x, group)
+    with party.comm.scope("argmax"):
+        flags = None  # None: the public all-ones flag of the root
+        for winner, n in reversed(levels):
+            children = winner if flags is None else flags[..., None] * winner
+            flags = children.reshape(*children.shape[:-2], -1)[..., :n]
+        if flags is None:
+            flags = ArithShare.from_public(party, 1).expand(*x.shape)
+    return maximum, flags
 
 
 def tournament_fits(x: ArithShare, budget_bytes: float) -> bool:

@@ -142,19 +142,22 @@ def truncate_together(parts: Sequence[tuple[ArithShare, int]]) -> list[ArithShar
 
 TOURNAMENT_BUDGET_BYTES = 4 << 20
 """Comparison bytes per party that one :func:`row_max` may spend on an all-pairs tournament
-(one comparison depth) instead of the tree (log2 n comparison depths): short rows with few
-rows, as when decoding one token against the cached keys, take the tournament."""
+(one comparison depth) over whole rows: short rows with few rows, as when decoding one
+token against the cached keys, take it."""
 
 
 def row_max(x: ArithShare) -> ArithShare:
-    """max over the last dim, shape (..., 1).
+    """max over the last dim, shape (..., 1), exact.
 
     Short rows within :data:`TOURNAMENT_BUDGET_BYTES` take the all-pairs tournament of
-    :func:`veil.protocols.reductions.tournament_max` (one comparison depth, exact).  Others a
-    tree of comparisons and multiplexers: ceil(log2 n) levels of one comparison (10 rounds)
-    and one multiplexer (1 round); n - 1 comparisons (47.5 bytes) and multiplexers (8 bytes)
-    per row of n: about 55.5 bytes per element per party (55.07 measured for n = 128).
-    Unlike ``ArithShare.max`` neither rebuilds the argmax one-hot (softmax does not need it).
+    :func:`veil.protocols.reductions.tournament_max` (one comparison depth: 16 rounds for
+    n = 33).  Longer rows take a tree of comparisons and multiplexers: ceil(log2 n) levels
+    of one comparison (10 rounds) and one multiplexer (1 round); n - 1 comparisons
+    (47.5 bytes) and multiplexers (8 bytes) per row of n: about 55.5 bytes per element per
+    party (55.07 measured for n = 128).  A tree of 4-way tournaments would take 50 rounds
+    instead of 77 for n = 128 but 125 bytes per element: no faster on PUMA's LAN or WAN,
+    so the tree stays.  Unlike ``ArithShare.max`` neither rebuilds the argmax one-hot
+    (softmax does not need it).
     """
     if tournament_fits(x, TOURNAMENT_BUDGET_BYTES):
         return tournament_max(x)

@@ -56,3 +56,24 @@ def test_row_max_takes_the_tournament_only_within_the_budget() -> None:
     assert depth_short <= 20 < depth_long  # tournament (16) against the tree (7 levels)
     torch.testing.assert_close(max_short, short.amax(-1, keepdim=True), atol=2e-6, rtol=0)
     torch.testing.assert_close(max_long, long.amax(-1, keepdim=True), atol=2e-6, rtol=0)
+
+
+def test_grouped_argmax_is_the_first_maximum_with_fewer_rounds(run, rng) -> None:
+    """Rows with ties and a length that is not a power of the group size (padding)."""
+    from veil.protocols.reductions import grouped_max_with_argmax, max_with_argmax
+
+    x = torch.randn(3, 203, generator=rng, dtype=torch.float64).mul(4).round().div(4)
+    x[1, 7] = x[1, 150] = x[1].max() + 1  # two equal maxima: the first wins
+    x[2] = -0.5  # all equal
+
+    def fn(party):
+        s = mpc.share(party, x, owner=0)
+        grouped_depth, (maximum, onehot) = _depth(party, lambda: grouped_max_with_argmax(s))
+        tree_depth, _ = _depth(party, lambda: max_with_argmax(s))
+        return grouped_depth, tree_depth, maximum.reveal(), onehot.reveal()
+
+    grouped_depth, tree_depth, maximum, onehot = run(fn)[0]
+    torch.testing.assert_close(maximum, x.amax(-1), atol=0, rtol=0)
+    expected = torch.nn.functional.one_hot(x.argmax(-1), x.shape[-1])
+    torch.testing.assert_close(onehot, expected, atol=0, rtol=0)
+    assert grouped_depth < tree_depth
