@@ -35,9 +35,10 @@ as ``Traffic.depth``; bytes per element of the row, for V a multiple of 64):
     top-k adds:         at most (k - 1)(12 L - 1) + 11 rounds; 63.5 (k - 1) + 47.5 bytes
     top-p adds:         21 (f + 1) + 11 rounds (410 at f = 18); 55.5 (f + 2) bytes
 plus, per row, 16 f + 8 bytes for the draw and u S (their 3 rounds are in the 48).
-At V = 49152 (L = 16), f = 18, T != 1: 228 rounds and 15.7 MB per token and row; greedy's
-argmax is 191 rounds and 3.1 MB.  Top-k with k = 50 adds 9.4k rounds and 155 MB: a cost
-that grows with k, as k argmax trees must.
+Measured at V = 49152 (L = 16), f = 18, one row: T = 0.7: 227 rounds, 15.66 MB (bound 228;
+greedy's argmax: 191 rounds, 3.13 MB); with top_p = 0.9: 637 rounds, 70.25 MB; top_k = 5 at
+T = 1: 997 rounds, 29.73 MB.  Top-k's cost grows with k, as k max trees must (k = 50: about
+9.4k rounds and 155 MB more).
 """
 
 from __future__ import annotations

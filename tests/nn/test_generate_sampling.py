@@ -14,6 +14,7 @@ import pytest
 import torch
 import transformers
 
+from tests.protocols.approx_helpers import chi_square_p_value
 from veil.nn.backend import ApproxBackend, ExactBackend
 from veil.nn.generate import Sampling, generate
 from veil.nn.gpt2 import GPT2LMHeadModel
@@ -41,13 +42,6 @@ def model():
     hf = _gpt2()
     prompt = torch.randint(0, VOCAB, (1, 5))
     return hf, PrivateModel.from_hf(hf), prompt
-
-
-def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    keep = probs > 0
-    expected = probs[keep] * counts.sum()
-    statistic = ((counts[keep] - expected) ** 2 / expected).sum()
-    return float(torch.special.gammaincc(torch.tensor((int(keep.sum()) - 1) / 2), statistic / 2))
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ import torch
 import transformers
 
 from tests.mpc.test_privacy import RecordingNetwork, bit_frequencies
+from tests.protocols.approx_helpers import chi_square_p_value
 from veil import mpc
 from veil.protocols.approx.sampling import (
     check_sampling,
@@ -31,15 +32,6 @@ P_MIN = 1e-6
 EXP_CLIPPED = math.exp(-14)
 """A probability below this may be 0 in the twin: exp clips its input below -14."""
 LOGITS = torch.tensor([1.2, -0.4, 2.0, 0.3, 1.9, -1.5, 0.8, 0.0])
-
-
-def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    """Upper tail of Pearson's statistic over the cells of positive probability."""
-    keep = probs > 0
-    expected = probs[keep] * counts.sum()
-    statistic = ((counts[keep] - expected) ** 2 / expected).sum()
-    dof = int(keep.sum()) - 1
-    return float(torch.special.gammaincc(torch.tensor(dof / 2), statistic / 2))
 
 
 def sampled_onehots(logits: torch.Tensor, **options) -> torch.Tensor:
