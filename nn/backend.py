@@ -70,9 +70,22 @@ class Backend(Protocol):
     def argmax(self, x: TensorLike) -> tuple[TensorLike, TensorLike]:
         """Argmax over the last dim: (one-hot (..., n), index (...))."""
 
+    def sample(
+        self, x: TensorLike, temperature: float, top_k: int | None, top_p: float | None
+    ) -> tuple[TensorLike, TensorLike]:
+        """A token drawn from softmax(x / T) over the last dim, restricted to the top_k
+        largest and to the top_p nucleus (None: no restriction): (one-hot, index)."""
+
 
 class ExactBackend:
-    """Float torch with the exact functions; the reference every other backend is held to."""
+    """Float torch with the exact functions; the reference every other backend is held to.
+
+    ``generator`` seeds the plaintext draws of :meth:`sample` (reference runs only: the
+    MPC backend draws jointly from the parties' AES-CTR PRGs).
+    """
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
 
     def private_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return ids
@@ -119,13 +132,30 @@ class ExactBackend:
         onehot = F.one_hot(index, x.shape[-1]).to(x.dtype)
         return onehot, index
 
+    def sample(
+        self, x: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from veil.protocols.approx.sampling import inverse_cdf_twin, sampling_probabilities_exact
+
+        probs = sampling_probabilities_exact(x, temperature, top_k, top_p)
+        return self._draw(lambda u: inverse_cdf_twin(probs, u), x)
+
+    def _draw(
+        self, onehot_for: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(one-hot, index) of the token that ``onehot_for`` picks for fresh uniforms."""
+        u = torch.rand(x.shape[:-1], generator=self.generator, dtype=torch.float64)
+        onehot = onehot_for(u)
+        return onehot.to(x.dtype), onehot.argmax(-1)
+
 
 class ApproxBackend(ExactBackend):
     """Float torch computing each nonlinearity with the float twin of its MPC protocol.
 
     Each twin is given to the constructor with the signature of the method it replaces
     (``gelu`` and ``silu``, ``tanh``: one tensor; ``softmax(x, mask)`` over the last dim;
-    ``layernorm(x, weight, bias, eps)``; ``rmsnorm(x, weight, eps)``); one left out is
+    ``layernorm(x, weight, bias, eps)``; ``rmsnorm(x, weight, eps)``;
+    ``sample(x, u, temperature, top_k, top_p)`` -> one-hot, for uniforms u); one left out is
     computed exactly, so ``ApproxBackend()`` equals :class:`ExactBackend`.  :meth:`puma`
     takes the twins of :mod:`veil.protocols.approx`.  GeLU has one approximation for both
     reference forms, as in PUMA.  Results come back in the input's dtype (the twins compute
@@ -141,26 +171,34 @@ class ApproxBackend(ExactBackend):
         softmax: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
         layernorm: Callable[..., torch.Tensor] | None = None,
         rmsnorm: Callable[..., torch.Tensor] | None = None,
+        sample: Callable[..., torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
     ):
+        super().__init__(generator)
         self._gelu = gelu
         self._silu = silu
         self._tanh = tanh
         self._softmax = softmax
         self._layernorm = layernorm
         self._rmsnorm = rmsnorm
+        self._sample = sample
 
     @classmethod
     def puma(
-        cls, norm_headroom_bits: int = 0, **overrides: Callable[..., torch.Tensor]
+        cls,
+        norm_headroom_bits: int = 0,
+        generator: torch.Generator | None = None,
+        **overrides: Callable[..., torch.Tensor],
     ) -> ApproxBackend:
         """The float twins of the MPC protocols (PUMA's approximations, fixed-point rounded).
 
         ``norm_headroom_bits`` widens the LayerNorm/RMSNorm input range by that many bits
         (for models with massive activations, see :mod:`veil.protocols.approx.layernorm`);
-        ``overrides`` replace single twins.
+        ``generator`` seeds the draws of :meth:`sample`; ``overrides`` replace single twins.
         """
         from veil.protocols.approx.gelu import gelu_twin
         from veil.protocols.approx.layernorm import layernorm_twin, rmsnorm_twin
+        from veil.protocols.approx.sampling import sample_twin
         from veil.protocols.approx.silu import silu_twin
         from veil.protocols.approx.softmax import softmax_twin
         from veil.protocols.approx.tanh import tanh_twin
@@ -172,8 +210,9 @@ class ApproxBackend(ExactBackend):
             "softmax": softmax_twin,
             "layernorm": partial(layernorm_twin, headroom_bits=norm_headroom_bits),
             "rmsnorm": partial(rmsnorm_twin, headroom_bits=norm_headroom_bits),
+            "sample": sample_twin,
         }
-        return cls(**(twins | overrides))
+        return cls(generator=generator, **(twins | overrides))
 
     def gelu(self, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
         if self._gelu is None:
@@ -206,3 +245,11 @@ class ApproxBackend(ExactBackend):
         if self._rmsnorm is None:
             return super().rmsnorm(x, weight, eps)
         return self._rmsnorm(x, weight, eps).to(x.dtype)
+
+    def sample(
+        self, x: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        twin = self._sample
+        if twin is None:
+            return super().sample(x, temperature, top_k, top_p)
+        return self._draw(lambda u: twin(x, u, temperature, top_k, top_p), x)

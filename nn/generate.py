@@ -1,14 +1,16 @@
-"""Greedy generation with a KV cache, keeping every token secret.
+"""Greedy or sampled generation with a KV cache, keeping every token secret.
 
 The prompt is run once to fill the cache; each later step feeds only the newest token, so
 its cost grows only with attention over the cache.  The next token goes back into the model
-as the secret one-hot from ``ops.argmax`` (through ``ops.embedding_onehot``); its id is never
-opened.  Without opening tokens the parties cannot stop at an end-of-sequence token, so
+as the secret one-hot from ``ops.argmax`` (greedy, the default) or ``ops.sample`` (with a
+:class:`Sampling`: temperature, top-k, top-p; in MPC the random draw is made jointly by the
+parties), through ``ops.embedding_onehot``; its id is never opened.  Without opening tokens the parties cannot stop at an end-of-sequence token, so
 exactly ``max_new_tokens`` tokens are produced.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from veil.nn.backend import Backend, TensorLike
@@ -35,27 +37,61 @@ class CausalLM(Protocol):
     def new_cache(self) -> KVCache: ...
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Public sampling options, named as in transformers' ``generate``.
+
+    ``top_k=None`` and ``top_p=None`` restrict nothing (transformers defaults to top_k=50).
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+def sampling_options(
+    vocab: int,
+    do_sample: bool,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> Sampling | None:
+    """The checked options for :func:`generate` (None: greedy); bad values raise ValueError
+    even when ``do_sample`` is False, before any party does work."""
+    from veil.protocols.approx.sampling import check_sampling
+
+    check_sampling(vocab, temperature, top_k, top_p)
+    return Sampling(temperature, top_k, top_p) if do_sample else None
+
+
 def generate(
     model: CausalLM,
     ops: Backend,
     input_ids: TensorLike,
     max_new_tokens: int,
     progress: Progress | None = None,
+    sampling: Sampling | None = None,
 ) -> list[TensorLike]:
-    """Greedily extend prompts (batch, seq) of equal length by ``max_new_tokens`` tokens.
+    """Extend prompts (batch, seq) of equal length by ``max_new_tokens`` tokens.
 
-    Returns the per-step token indices, each (batch,), as the backend holds them (secret in
-    MPC: the caller reveals them to the client).  ``progress`` advances once per layer per
-    step (``len(model.blocks) * max_new_tokens`` in all).
+    Greedy unless ``sampling`` is given.  Returns the per-step token indices, each (batch,),
+    as the backend holds them (secret in MPC: the caller reveals them to the client).
+    ``progress`` advances once per layer per step (``len(model.blocks) * max_new_tokens``).
     """
+
+    def next_token(logits: TensorLike) -> tuple[TensorLike, TensorLike]:
+        if sampling is None:
+            return ops.argmax(logits)
+        return ops.sample(logits, sampling.temperature, sampling.top_k, sampling.top_p)
+
     cache = model.new_cache()
     logits = model(ops, input_ids, cache=cache, last_only=True, progress=progress)
-    onehot, index = ops.argmax(logits)
+    onehot, index = next_token(logits)
     indices = [index]
     for _ in range(max_new_tokens - 1):
         logits = model(
             ops, onehot=onehot.unsqueeze(1), cache=cache, last_only=True, progress=progress
         )
-        onehot, index = ops.argmax(logits)
+        onehot, index = next_token(logits)
         indices.append(index)
     return indices

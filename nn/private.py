@@ -33,12 +33,14 @@ from veil.mpc import ArithShare
 from veil.mpc.communicator import Traffic
 from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.kernel_choice import synchronize
+from veil.nn.generate import sampling_options
 from veil.nn.modules import Module
 from veil.nn.progress import Progress
 from veil.protocols.approx import argmax as argmax_protocol
 from veil.protocols.approx import embedding as embedding_protocol
 from veil.protocols.approx import gelu as gelu_protocol
 from veil.protocols.approx import layernorm as layernorm_protocol
+from veil.protocols.approx import sampling as sampling_protocol
 from veil.protocols.approx import silu as silu_protocol
 from veil.protocols.approx import softmax as softmax_protocol
 from veil.protocols.approx import tanh as tanh_protocol
@@ -98,6 +100,12 @@ class MPCBackend:
 
     def argmax(self, x: ArithShare) -> tuple[ArithShare, ArithShare]:
         return argmax_protocol.argmax(x)
+
+    def sample(
+        self, x: ArithShare, temperature: float, top_k: int | None, top_p: float | None
+    ) -> tuple[ArithShare, ArithShare]:
+        onehot = sampling_protocol.sample(x, temperature, top_k, top_p)
+        return onehot, argmax_protocol.onehot_index(onehot)
 
 
 NORM_HEADROOM_BITS = {"LlamaForCausalLM": 2}
@@ -306,14 +314,26 @@ class PrivateModel:
         return result
 
     def generate(
-        self, input_ids: torch.Tensor, max_new_tokens: int, show_progress: bool = False
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        show_progress: bool = False,
     ) -> PrivateResult:
-        """Greedy continuation; ``output`` is the (batch, max_new_tokens) ids only the client sees."""
+        """Continuation, greedy by default; ``output`` is the (batch, max_new_tokens) ids only
+        the client sees.  ``do_sample=True`` draws each token from softmax(logits /
+        temperature) within the ``top_k`` largest logits and the ``top_p`` nucleus (see
+        :mod:`veil.protocols.approx.sampling`), the random draw made jointly by the parties.
+        """
+        sampling = sampling_options(vocab_size(self._shared), do_sample, temperature, top_k, top_p)
         steps = len(self._shared.blocks) * max_new_tokens
         result = self.run(
             _generate_program,
             {"input_ids": input_ids},
-            {"max_new_tokens": max_new_tokens},
+            {"max_new_tokens": max_new_tokens, "sampling": sampling},
             (steps, "private layers x tokens") if show_progress else None,
         )
         result.output = torch.stack(result.output, dim=-1)
@@ -377,7 +397,7 @@ def _forward_program(model, ops, input_ids, progress, **public):
     return model(ops, input_ids, **public)
 
 
-def _generate_program(model, ops, input_ids, max_new_tokens, progress):
+def _generate_program(model, ops, input_ids, max_new_tokens, sampling, progress):
     from veil.nn.generate import generate
 
-    return generate(model, ops, input_ids, max_new_tokens, progress)
+    return generate(model, ops, input_ids, max_new_tokens, progress, sampling)

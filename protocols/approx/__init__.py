@@ -18,7 +18,9 @@ Measured at f = 18 (benchmarks/nonlinear.py; bytes sent and rounds of the busies
     layernorm 128x768                6.6e-4                   31    3.38 MB (SPU 3.2 MB, 55)
     embedding 128 of 30522x768       exact                    15    34.02 MB
     argmax over 49152                exact                   191    3.13 MB
+    sample over 49152 (T = 0.7)      exact one-hot, p ~2e-4  227    15.66 MB (top_p: 637, 70.3 MB)
 
 Modules: exp, reciprocal, rsqrt (with bracket, the secret's bit length), gelu, silu (with
-_piecewise), softmax, layernorm (LayerNorm and RMSNorm), embedding, argmax, tanh.
+_piecewise), softmax, layernorm (LayerNorm and RMSNorm), embedding, argmax, sampling
+(temperature, top-k, top-p), tanh.
 """

@@ -31,5 +31,10 @@ def argmax(x: ArithShare) -> tuple[ArithShare, ArithShare]:
     """(secret one-hot (..., n), secret integer index (...)) of the maximum along the last dim."""
     with x.party.comm.scope("argmax"):
         _, onehot = grouped_max_with_argmax(x)
-    positions = torch.arange(x.shape[-1], dtype=torch.int64, device=x.device)
-    return onehot, (onehot * positions).sum(-1)
+    return onehot, onehot_index(onehot)
+
+
+def onehot_index(onehot: ArithShare) -> ArithShare:
+    """sum_v onehot_v * v: the secret integer index of a secret one-hot (free)."""
+    positions = torch.arange(onehot.shape[-1], dtype=torch.int64, device=onehot.device)
+    return (onehot * positions).sum(-1)

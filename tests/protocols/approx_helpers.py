@@ -36,3 +36,13 @@ def run_protocol(
         return opened, traffic
 
     return mpc.simulate(fn, fxp=fxp)[0]
+
+
+def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Upper tail of Pearson's statistic for ``counts`` drawn from ``probs``, over the cells of
+    positive probability (the caller checks that the others were never drawn)."""
+    keep = probs > 0
+    expected = probs[keep] * counts.sum()
+    statistic = ((counts[keep] - expected) ** 2 / expected).sum()
+    dof = int(keep.sum()) - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2), statistic / 2))
