@@ -110,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
                 default=16,
                 help="requests waiting at a party before new ones are refused",
             )
+        if name == "serve":
+            cmd.add_argument(
+                "--store",
+                type=Path,
+                help="this party's share store (default: <config dir>/store-party<rank>)",
+            )
         cmd.add_argument("--device", default="cpu", help="torch device for the shares")
         cmd.add_argument(
             "--insecure",
@@ -256,8 +262,10 @@ def _launch(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from veil.mpc.communicator import PeerError
     from veil.parties.config import ConfigError, load_config
-    from veil.parties.models import ModelStore, check_request, model_programs
+    from veil.parties.durable import DurableModelStore
+    from veil.parties.models import check_request, model_programs
     from veil.parties.service import RequestLog, start_serving
+    from veil.parties.store import ShareStore, StoreError
 
     stopping = threading.Event()
 
@@ -266,16 +274,20 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    store = ModelStore()
     try:
         config = load_config(args.config, insecure=True if args.insecure else None)
         spec = config.party(args.rank)
+        root = args.store or Path(args.config).parent / f"store-party{args.rank}"
+        store = DurableModelStore(ShareStore(root))
+        restored = store.restore()
         programs = model_programs(store) | dict(_named_program(e) for e in args.program)
         if args.queue_size < 1:
             raise ValueError("--queue-size must be at least 1")
-    except (ConfigError, ValueError, TypeError) as exc:
+    except (ConfigError, ValueError, TypeError, OSError, StoreError) as exc:
         print(f"veil serve: {exc}", file=sys.stderr)
         return 2
+    if restored:
+        _report(f"party {args.rank}: reloaded {', '.join(restored)} from {root}")
 
     def log(entry: RequestLog) -> None:
         t = entry.traffic
