@@ -37,6 +37,7 @@ import torch
 
 from veil.mpc.communicator import WORLD_SIZE, Communicator, PeerError, PeerTimeoutError
 from veil.parties import tls
+from veil.parties.admission import DEFAULT_CLIENT_CALLS, Admission, server_threads
 from veil.parties.config import ClusterConfig, ConfigError
 from veil.parties.wire import Reassembler, WireError, tensor_chunks
 from veil.proto import veil_pb2, veil_pb2_grpc
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
 ABORT_DTYPE = "abort"  # a control chunk: the sender gives up, ``tag`` says why
 HELLO_DTYPE = "hello"  # a control chunk opening every stream: the receiver registers it
-_SERVER_THREADS = 8  # two peer streams plus client calls (inference runs block one each)
 
 AddServices = Callable[[grpc.Server], None]
 
@@ -76,7 +76,8 @@ class GrpcCommunicator(Communicator):
 
     Construction starts the server (on ``config``'s port for this rank; port 0
     picks a free one, see :attr:`port`); :meth:`connect` then opens the streams to
-    the peers.  :func:`connect_party` does both.
+    the peers.  :func:`connect_party` does both.  Calls to ``add_services`` pass
+    :class:`~veil.parties.admission.Admission`: at most ``client_calls`` at a time.
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class GrpcCommunicator(Communicator):
         device: torch.device | str = "cpu",
         timeout: float | None = None,
         add_services: AddServices | None = None,
+        client_calls: int = DEFAULT_CLIENT_CALLS,
     ):
         super().__init__(rank, config.timeout if timeout is None else timeout)
         self.config = config
@@ -106,8 +108,12 @@ class GrpcCommunicator(Communicator):
         self._closed = False
         self._server_stopped = False
 
+        admission = Admission(rank, client_calls)
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=_SERVER_THREADS, thread_name_prefix=f"party{rank}-rpc"),
+            ThreadPoolExecutor(
+                max_workers=server_threads(admission), thread_name_prefix=f"party{rank}-rpc"
+            ),
+            interceptors=[admission],
             options=tls.SERVER_OPTIONS,
         )
         veil_pb2_grpc.add_PartyLinkServicer_to_server(_LinkServicer(self), self._server)
