@@ -12,8 +12,10 @@ time.  Party 0 is the *leader*: it takes requests in the order their Run calls
 reached it and announces each request id to parties 1 and 2 over the party links;
 they run the announced request when its Run call has reached them too.  Before
 running, the three exchange a digest of (request, program, options, input shapes)
-and whether they are ready (inputs uploaded, program known, model present); on any
-disagreement all three refuse that request and stay in step for the next one.
+and whether they are ready (:mod:`veil.parties.agreement`): a follower waits at most
+``connect_timeout`` for its own Run call, so a Run that reached only some parties is
+refused, naming the party it missed; on any disagreement all three refuse that
+request and stay in step for the next one.
 
 A program that raises, or a peer that fails or stalls past the timeout, leaves the
 links in an unknown state.  The party then fails that request (INTERNAL, naming the
@@ -27,7 +29,6 @@ shares it again.  Waiting clients never hang: their calls end with the error.
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 import time
@@ -41,6 +42,7 @@ from veil.mpc.arith import ArithShare
 from veil.mpc.communicator import CommStats, PeerError, Traffic
 from veil.mpc.party import Party
 from veil.parties import tls
+from veil.parties.agreement import NO_RUN, NOT_READY, READY, RequestRefused, agree
 from veil.parties.config import ClusterConfig
 from veil.parties.wire import Reassembler, WireError, tensor_chunks
 from veil.proto import veil_pb2, veil_pb2_grpc
@@ -49,15 +51,10 @@ Program = Callable[[Party, dict[str, ArithShare], dict[str, str]], dict[str, Ari
 Check = Callable[[str, dict[str, str]], "str | None"]
 """``check(program, options)``: why this party cannot run a request now, or None."""
 
-_DIGEST_BYTES = 16
 _POLL_SECONDS = 0.2
 _RELINK_PAUSE_SECONDS = 1.0
 DEFAULT_QUEUE_SIZE = 16
 LEADER = 0
-
-
-class RequestRefused(RuntimeError):
-    """The parties did not agree to run a request (nothing ran, links still in step)."""
 
 
 @dataclass
@@ -291,7 +288,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         comm.stats = CommStats()
         wire_before = comm.wire_bytes_sent
         start = time.perf_counter()
-        deadline = time.monotonic() + self.config.timeout
+        deadline = time.monotonic() + self.config.connect_timeout
         with self._lock:  # a follower may get the announcement before the client's Run
             while request_id not in self._jobs and time.monotonic() < deadline:
                 self._lock.wait(deadline - time.monotonic())
@@ -303,7 +300,13 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         options = job.options if job else {}
         reason = self._not_ready(job, request)
         try:
-            self._agree(party, request_id, program, options, request, reason)
+            shapes = sorted(
+                f"{name}:{tuple(pair.shape)}:{frac}"
+                for name, (pair, frac) in (request.inputs.items() if request else [])
+            )
+            status = READY if reason is None else NO_RUN if job is None else NOT_READY
+            wait = self.config.connect_timeout
+            agree(comm, request_id, program, options, shapes, status, reason, wait)
             assert job is not None and request is not None
             inputs = {
                 name: ArithShare(party, pair.to(party.device), frac)
@@ -402,39 +405,6 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         for request_id in [r for r, q in self._requests.items() if q.created < horizon]:
             if request_id not in self._jobs:
                 del self._requests[request_id]
-
-    @staticmethod
-    def _agree(
-        party: Party,
-        request_id: str,
-        program: str,
-        options: dict[str, str],
-        request: _Request | None,
-        not_ready: str | None,
-    ) -> None:
-        shapes = sorted(
-            f"{name}:{tuple(pair.shape)}:{frac}"
-            for name, (pair, frac) in (request.inputs.items() if request else [])
-        )
-        text = "\0".join(
-            [request_id, program, *(f"{k}={v}" for k, v in sorted(options.items())), *shapes]
-        )
-        digest = hashlib.sha256(text.encode()).digest()[:_DIGEST_BYTES] + bytes([not_ready is None])
-        mine = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
-        comm = party.comm
-        with comm.scope("request"):
-            comm.send(comm.next_rank, mine)
-            comm.send(comm.prev_rank, mine)
-            theirs = [comm.recv(comm.prev_rank), comm.recv(comm.next_rank)]
-        if not all(int(t[-1]) for t in [mine, *theirs]):
-            raise RequestRefused(
-                not_ready or f"not every party is ready to run request {request_id!r} ({program!r})"
-            )
-        if not all(torch.equal(mine[:-1], t[:-1].cpu()) for t in theirs):
-            raise RequestRefused(
-                "the parties received different requests (program, options or input shapes); "
-                "nothing ran"
-            )
 
     def _authorize(self, context: grpc.ServicerContext) -> None:
         if self.config.insecure:

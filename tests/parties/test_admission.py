@@ -23,7 +23,8 @@ CLIENTS = 16
 REQUESTS_EACH = 4
 
 
-def _cluster(directory, **comm_options):
+def serving_cluster(directory, **comm_options):
+    """Three serving parties (threads of this process): bound config, services, comms."""
     config = local_config(directory, timeout=10.0, connect_timeout=10.0)
     programs = {"square_plus": square_plus, "slow": slow_square}
     services = [InferenceService(config, programs, queue_size=CLIENTS) for _ in range(3)]
@@ -47,7 +48,7 @@ def _cluster(directory, **comm_options):
 
 @pytest.fixture
 def cluster(tmp_path):
-    bound, services, comms = _cluster(tmp_path)
+    bound, services, comms = serving_cluster(tmp_path)
     yield bound, services
     for service in services:
         service.stop()
@@ -87,7 +88,7 @@ def test_sixteen_concurrent_clients_all_served_without_relinking(cluster) -> Non
 def test_client_calls_beyond_the_limit_are_refused_at_once(tmp_path) -> None:
     """Limit 1: a second client's call while a slow request runs gets RESOURCE_EXHAUSTED
     right away, and the party links (which are not client calls) keep working."""
-    bound, services, comms = _cluster(tmp_path, client_calls=1)
+    bound, services, comms = serving_cluster(tmp_path, client_calls=1)
     try:
         done: dict[str, object] = {}
 
