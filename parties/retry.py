@@ -5,6 +5,7 @@ call limit is full, :mod:`veil.parties.admission`) and UNAVAILABLE while the par
 are reconnecting after a failure.  Nothing ran for such a request, so the client
 sends it again -- with fresh shares and a fresh request id -- after an exponential,
 jittered pause (so waiting clients do not return in lockstep), until its deadline.
+:class:`Backoff` paces the parties' relinking the same way.
 """
 
 from __future__ import annotations
@@ -39,17 +40,34 @@ def retryable(answers: dict[int, tuple[grpc.StatusCode | None, str]]) -> bool:
     return any(said) and others_ok
 
 
+class Backoff:
+    """Exponential pauses with jitter, from ``first`` doubling up to ``cap`` seconds."""
+
+    def __init__(self, first: float = FIRST_PAUSE_SECONDS, cap: float = MAX_PAUSE_SECONDS):
+        self.first = first
+        self.cap = cap
+        self._pause = first
+
+    def next(self) -> float:
+        """The next pause (randomised within its upper half, so waiters do not align)."""
+        pause = self._pause * random.uniform(0.5, 1.0)
+        self._pause = min(2 * self._pause, self.cap)
+        return pause
+
+    def reset(self) -> None:
+        self._pause = self.first
+
+
 def with_retries(
     attempt: Callable[[], T], deadline: float, should_retry: Callable[[Exception], bool]
 ) -> T:
     """``attempt()``, repeated after a backoff while ``should_retry`` and time is left."""
-    pause = FIRST_PAUSE_SECONDS
+    backoff = Backoff()
     while True:
         try:
             return attempt()
         except Exception as exc:
-            wait = pause * random.uniform(0.5, 1.0)
+            wait = backoff.next()
             if not should_retry(exc) or time.monotonic() + wait > deadline:
                 raise
         time.sleep(wait)
-        pause = min(2 * pause, MAX_PAUSE_SECONDS)

@@ -21,10 +21,11 @@ A program that raises, or a peer that fails or stalls past the timeout, leaves t
 links in an unknown state.  The party then fails that request (INTERNAL, naming the
 cause) and every queued one (UNAVAILABLE), abandons its links -- its peers notice and
 do the same -- and relinks (:meth:`GrpcCommunicator.relink`) with fresh PRG keys,
-retrying until its peers answer.  Uploads and shared models stay in memory, so the
-next request is served as usual.  A party that was killed and restarted has lost its
-shares: requests for a model are refused, naming the party, until the model owner
-shares it again.  Waiting clients never hang: their calls end with the error.
+retrying with a growing backoff until its peers answer.  Uploads and shared models
+stay in memory, so the next request is served as usual.  A party that was killed and
+restarted reloads its shares from its store (:mod:`veil.parties.durable`) and relinks
+up to its peers' link generation.  Waiting clients never hang: their calls end with
+the error.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ import torch
 
 from veil.mpc.arith import ArithShare
 from veil.mpc.communicator import CommStats, PeerError, Traffic
+from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.party import Party
 from veil.parties import tls
 from veil.parties.agreement import NO_RUN, NOT_READY, READY, RequestRefused, agree
 from veil.parties.config import ClusterConfig
+from veil.parties.grpc_comm import GrpcCommunicator, bounded, connect_party
+from veil.parties.retry import Backoff
 from veil.parties.wire import Reassembler, WireError, tensor_chunks
 from veil.proto import veil_pb2, veil_pb2_grpc
 
@@ -52,7 +56,8 @@ Check = Callable[[str, dict[str, str]], "str | None"]
 """``check(program, options)``: why this party cannot run a request now, or None."""
 
 _POLL_SECONDS = 0.2
-_RELINK_PAUSE_SECONDS = 1.0
+_RELINK_FIRST_PAUSE_SECONDS = 0.05
+_RELINK_MAX_PAUSE_SECONDS = 5.0
 DEFAULT_QUEUE_SIZE = 16
 LEADER = 0
 
@@ -125,6 +130,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         self._order: queue.SimpleQueue[_Job] = queue.SimpleQueue()  # leader: arrival order
         self._lock = threading.Condition()  # guards _requests and _jobs
         self._executor: threading.Thread | None = None
+        self._backoff = Backoff(_RELINK_FIRST_PAUSE_SECONDS, _RELINK_MAX_PAUSE_SECONDS)
 
     def attach(self, party: Party) -> None:
         """Start serving with ``party`` (its communicator must be connected)."""
@@ -230,10 +236,14 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 self._relink(party, exc)
 
     def _relink(self, party: Party, exc: BaseException) -> None:
-        """Fail what waits, rebuild the links and the PRG keys, retrying until peers answer."""
+        """Fail what waits, rebuild the links and the PRG keys, retrying until peers answer.
+
+        Every attempt, the first included, waits a backoff that grows until a request
+        succeeds again, so a peer that keeps failing cannot make the parties spin.
+        """
         self.failed = exc
         self.recoveries += 1
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = bounded(f"{type(exc).__name__}: {exc}")
         self._event(f"party {party.rank}: request failed ({reason}); relinking")
         self._fail_waiting(
             grpc.StatusCode.UNAVAILABLE,
@@ -241,7 +251,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
             "the parties are reconnecting, retry",
         )
         comm = party.comm
-        while not self.stopped.is_set():
+        while not self.stopped.wait(self._backoff.next()):
             if getattr(comm, "closed", False):  # shut down by its owner: nothing to relink
                 self.stop("the party's links were closed")
                 return
@@ -249,9 +259,8 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 comm.relink(reason)
                 self.party = Party(comm, fxp=party.fxp, device=party.device)
             except Exception as err:  # noqa: BLE001 - a peer not back yet, a stale link: retry
-                reason = f"{type(err).__name__}: {err}"
+                reason = bounded(f"{type(err).__name__}: {err}")
                 self._event(f"party {party.rank}: relinking failed ({reason}); retrying")
-                self.stopped.wait(_RELINK_PAUSE_SECONDS)
                 continue
             self.failed = None
             self._event(f"party {party.rank}: links rebuilt; serving again")
@@ -323,6 +332,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 frac_bits={name: frac for name, (_, frac) in request.outputs.items()},
             )
             self._done(job, request_id, program, start, wire_before, reply=reply)
+            self._backoff.reset()  # the links work again
         except RequestRefused as exc:
             with self._lock:
                 self._requests.pop(request_id, None)
@@ -428,15 +438,31 @@ def start_serving(
     ``service_options`` go to :class:`InferenceService` (``check``, ``queue_size``,
     ``on_request``).
     """
-    from veil.mpc.fixedpoint import FixedPoint
-    from veil.parties.grpc_comm import connect_party
-
     service = InferenceService(config, programs, **service_options)
     comm = connect_party(config, rank, device=device, add_services=service.add_to)
     try:
-        party = Party(comm, fxp=FixedPoint(config.frac_bits), device=device)
+        party = _join(comm, FixedPoint(config.frac_bits), device)
     except BaseException as exc:
-        comm.abort(f"{type(exc).__name__}: {exc}")
+        comm.abort(bounded(f"{type(exc).__name__}: {exc}"))
         raise
     service.attach(party)
     return service, party
+
+
+def _join(comm: GrpcCommunicator, fxp: FixedPoint, device: torch.device | str) -> Party:
+    """Agree PRG keys with the peers, relinking while they are at a newer link generation.
+
+    A restarted party starts at generation 0 while its peers have moved on: its first
+    streams are refused as stale, and it relinks up to theirs, for ``connect_timeout``.
+    """
+    deadline = time.monotonic() + comm.config.connect_timeout
+    backoff = Backoff(_RELINK_FIRST_PAUSE_SECONDS, _RELINK_MAX_PAUSE_SECONDS)
+    while True:
+        try:
+            return Party(comm, fxp=fxp, device=device)
+        except PeerError as exc:
+            pause = backoff.next()
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            comm.relink(bounded(f"{type(exc).__name__}: {exc}"))

@@ -23,11 +23,13 @@ CLIENTS = 16
 REQUESTS_EACH = 4
 
 
-def serving_cluster(directory, **comm_options):
+def serving_cluster(directory, programs=None, on_event=None, **comm_options):
     """Three serving parties (threads of this process): bound config, services, comms."""
     config = local_config(directory, timeout=10.0, connect_timeout=10.0)
-    programs = {"square_plus": square_plus, "slow": slow_square}
-    services = [InferenceService(config, programs, queue_size=CLIENTS) for _ in range(3)]
+    programs = programs or {"square_plus": square_plus, "slow": slow_square}
+    services = [
+        InferenceService(config, programs, queue_size=CLIENTS, on_event=on_event) for _ in range(3)
+    ]
     comms = [
         GrpcCommunicator(r, config, add_services=services[r].add_to, **comm_options)
         for r in range(3)
