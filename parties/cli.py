@@ -2,7 +2,7 @@
 
     veil certs  --out DIR [--address H:P ...] [--host H ...] [--client NAME ...]
     veil party  --config C --rank I [--run MODULE:FUNCTION] [--insecure]
-    veil serve  --config C --rank I [--program NAME=MODULE:FUNCTION ...] [--insecure]
+    veil serve  --config C --rank I [--program NAME=MODULE:FUNCTION ...] [--store DIR] [--insecure]
     veil launch --config C [--run MODULE:FUNCTION | --serve [--program ...]] [--insecure]
     veil share  --config C --model NAME --hf minilm|smollm2|DIR      (the model owner)
     veil infer  --config C --model NAME --task embed|generate|logits --text T ...
