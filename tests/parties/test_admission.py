@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+import uuid
 
 import grpc
 import pytest
@@ -16,6 +18,7 @@ from veil.parties.grpc_comm import GrpcCommunicator
 from veil.parties.local import local_config
 from veil.parties.retry import retryable
 from veil.parties.service import InferenceService
+from veil.proto import veil_pb2
 
 from .test_service import client, slow_square, square_plus
 
@@ -23,6 +26,7 @@ CLIENTS = 16
 REQUESTS_EACH = 4
 
 
+@contextlib.contextmanager
 def serving_cluster(directory, programs=None, on_event=None, **comm_options):
     """Three serving parties (threads of this process): bound config, services, comms."""
     config = local_config(directory, timeout=10.0, connect_timeout=10.0)
@@ -45,53 +49,77 @@ def serving_cluster(directory, programs=None, on_event=None, **comm_options):
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    return bound, services, comms
+    try:
+        yield bound, services, comms
+    finally:
+        for service in services:
+            service.stop()
+        for comm in comms:
+            comm.abort("test over")
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    bound, services, comms = serving_cluster(tmp_path)
-    yield bound, services
-    for service in services:
-        service.stop()
-    for comm in comms:
-        comm.abort("test over")
+def test_sixteen_concurrent_clients_all_served_without_relinking(tmp_path) -> None:
+    with serving_cluster(tmp_path) as (config, services, _):
+        results: dict[tuple[int, int], torch.Tensor] = {}
+        errors: list[BaseException] = []
 
+        clients = [client(config) for _ in range(CLIENTS)]
+        for c in clients:  # TLS handshakes first: the load under test is the calls
+            for channel in c._channels:
+                grpc.channel_ready_future(channel).result(timeout=60)
 
-def test_sixteen_concurrent_clients_all_served_without_relinking(cluster) -> None:
-    config, services = cluster
-    results: dict[tuple[int, int], torch.Tensor] = {}
-    errors: list[BaseException] = []
-
-    def work(index: int) -> None:
-        try:
-            with client(config) as c:
+        def work(index: int) -> None:
+            try:
                 for step in range(REQUESTS_EACH):
                     x = torch.tensor([float(index), float(step), -1.5])
-                    results[index, step] = c.infer(
-                        "slow", {"x": x}, {"bias": "0.5", "sleep": "0.1"}
-                    )["y"]
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+                    options = {"bias": "0.5", "sleep": "0.1"}
+                    results[index, step] = clients[index].infer("slow", {"x": x}, options)["y"]
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=180)
-    assert not errors, errors[:3]
-    assert len(results) == CLIENTS * REQUESTS_EACH
-    for (index, step), y in results.items():
-        x = torch.tensor([float(index), float(step), -1.5], dtype=torch.float64)
-        assert torch.allclose(y, x * x + 0.5, atol=1e-3), (index, step, y)
-    assert [s.recoveries for s in services] == [0, 0, 0]
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+        for c in clients:
+            c.close()
+        assert not errors, errors[:3]
+        assert len(results) == CLIENTS * REQUESTS_EACH
+        for (index, step), y in results.items():
+            x = torch.tensor([float(index), float(step), -1.5], dtype=torch.float64)
+            assert torch.allclose(y, x * x + 0.5, atol=1e-3), (index, step, y)
+        assert [s.recoveries for s in services] == [0, 0, 0]
+
+
+def test_calls_held_at_one_party_do_not_starve_it(tmp_path) -> None:
+    """A client holds 8 Run calls at party 1 alone (they wait for a leader that never
+    announces them): more than its old thread pool had for clients.  Another client's
+    request is still served at once, and the links never stall."""
+    with serving_cluster(tmp_path) as (config, services, _), client(config) as holder:
+        held = [
+            holder._stubs[1].Run.future(
+                veil_pb2.RunRequest(request_id=uuid.uuid4().hex, program="square_plus"),
+                timeout=120,
+            )
+            for _ in range(8)
+        ]
+        time.sleep(1.0)  # the held calls occupy their threads at party 1
+        start = time.monotonic()
+        with client(config) as c:
+            y = c.infer("square_plus", {"x": torch.tensor([2.0, -3.0])}, timeout=30)["y"]
+        elapsed = time.monotonic() - start
+        for call in held:
+            call.cancel()
+        assert torch.allclose(y, torch.tensor([4.0, 9.0], dtype=torch.float64), atol=1e-3)
+        assert elapsed < 8, elapsed
+        assert [s.recoveries for s in services] == [0, 0, 0]
 
 
 def test_client_calls_beyond_the_limit_are_refused_at_once(tmp_path) -> None:
     """Limit 1: a second client's call while a slow request runs gets RESOURCE_EXHAUSTED
     right away, and the party links (which are not client calls) keep working."""
-    bound, services, comms = serving_cluster(tmp_path, client_calls=1)
-    try:
+    with serving_cluster(tmp_path, client_calls=1) as (bound, services, _):
         done: dict[str, object] = {}
 
         def slow() -> None:
@@ -111,11 +139,6 @@ def test_client_calls_beyond_the_limit_are_refused_at_once(tmp_path) -> None:
         thread.join(timeout=30)
         assert torch.allclose(done["y"], torch.ones(2, dtype=torch.float64), atol=1e-3)
         assert [s.recoveries for s in services] == [0, 0, 0]
-    finally:
-        for service in services:
-            service.stop()
-        for comm in comms:
-            comm.abort("test over")
 
 
 def test_admission_limit_must_be_positive() -> None:

@@ -7,10 +7,10 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
+from subprocess import STDOUT
 
 import grpc
 import pytest
@@ -25,7 +25,7 @@ from veil.parties.wire import tensor_chunks
 from veil.proto import veil_pb2, veil_pb2_grpc
 
 from .test_admission import serving_cluster
-from .test_cli import REPO, assert_ports_free, free_ports
+from .test_cli import assert_ports_free, free_ports, veil
 from .test_grpc_comm import channel_as, stream
 from .test_service import client, fails_at_rank_2, square_plus
 
@@ -66,21 +66,8 @@ def _serve_after_double_kills(tmp_path: Path, cycles: int) -> None:
     log = tmp_path / "launch.log"
     program = "--program=sq=tests.parties.test_service:square_plus"
     with log.open("w") as sink:
-        launcher = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "veil.parties.cli",
-                "launch",
-                "--config",
-                str(path),
-                "--serve",
-                program,
-            ],
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            cwd=REPO,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
+        launcher = veil(
+            "launch", "--config", str(path), "--serve", program, stdout=sink, stderr=STDOUT
         )
     x = torch.tensor([1.5, -2.0])
     expected = (x * x).double()
@@ -136,8 +123,8 @@ def test_rejected_stream_then_failure_settles(tmp_path) -> None:
     parties once, and they settle and serve again instead of relinking each other."""
     events: list[str] = []
     programs = {"square_plus": square_plus, "fails": fails_at_rank_2}
-    config, services, comms = serving_cluster(tmp_path, programs=programs, on_event=events.append)
-    try:
+    with serving_cluster(tmp_path, programs=programs, on_event=events.append) as cluster:
+        config, services, comms = cluster
         rogue = list(tensor_chunks(torch.arange(3), sender=1, seq=0))
         with channel_as(config, comms[0].port, "party2") as channel, pytest.raises(grpc.RpcError):
             stream(channel, rogue)
@@ -159,11 +146,6 @@ def test_rejected_stream_then_failure_settles(tmp_path) -> None:
         assert [s.recoveries for s in services] == settled, events[-6:]
         assert max(settled) <= 3, events
         assert max(len(line) for line in events) < MAX_LINE
-    finally:
-        for service in services:
-            service.stop()
-        for comm in comms:
-            comm.abort("test over")
 
 
 def _hello(sender: int, generation: int) -> veil_pb2.TensorChunk:
