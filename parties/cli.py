@@ -2,7 +2,7 @@
 
     veil certs  --out DIR [--address H:P ...] [--host H ...] [--client NAME ...] [--owner NAME ...]
     veil party  --config C --rank I [--run MODULE:FUNCTION] [--insecure]
-    veil serve  --config C --rank I [--program NAME=MODULE:FUNCTION ...] [--insecure]
+    veil serve  --config C --rank I [--program NAME=MODULE:FUNCTION ...] [--store DIR] [--insecure]
     veil launch --config C [--run MODULE:FUNCTION | --serve [--program ...]] [--insecure]
     veil share  --config C --model NAME --hf minilm|smollm2|DIR      (the model owner)
     veil infer  --config C --model NAME --task embed|generate|logits --text T ...
@@ -119,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
                 type=int,
                 default=16,
                 help="requests waiting at a party before new ones are refused",
+            )
+        if name == "serve":
+            cmd.add_argument(
+                "--store",
+                type=Path,
+                help="this party's share store (default: <config dir>/store-party<rank>)",
             )
         cmd.add_argument("--device", default="cpu", help="torch device for the shares")
         cmd.add_argument(
@@ -292,8 +298,10 @@ def _launch(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from veil.mpc.communicator import PeerError
     from veil.parties.config import ConfigError, load_config
-    from veil.parties.models import ModelStore, check_request, model_programs
+    from veil.parties.durable import DurableModelStore
+    from veil.parties.models import check_request, model_programs
     from veil.parties.service import RequestLog, start_serving
+    from veil.parties.store import ShareStore, StoreError
     from veil.parties.validation import validate_request
 
     stopping = threading.Event()
@@ -303,16 +311,20 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    store = ModelStore()
     try:
         config = load_config(args.config, insecure=True if args.insecure else None)
         spec = config.party(args.rank)
+        root = args.store or Path(args.config).parent / f"store-party{args.rank}"
+        store = DurableModelStore(ShareStore(root))
+        restored = store.restore()
         programs = model_programs(store) | dict(_named_program(e) for e in args.program)
         if args.queue_size < 1:
             raise ValueError("--queue-size must be at least 1")
-    except (ConfigError, ValueError, TypeError) as exc:
+    except (ConfigError, ValueError, TypeError, OSError, StoreError) as exc:
         print(f"veil serve: {exc}", file=sys.stderr)
         return 2
+    if restored:
+        _report(f"party {args.rank}: reloaded {', '.join(restored)} from {root}")
 
     def log(entry: RequestLog) -> None:
         t = entry.traffic

@@ -34,7 +34,7 @@ import torch
 from veil.mpc.communicator import WORLD_SIZE
 from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.sharing import deal, reconstruct
-from veil.parties import tls
+from veil.parties import retry, tls
 from veil.parties.config import ClusterConfig
 from veil.parties.party_identity import misdirected
 from veil.parties.wire import Reassembler, tensor_chunks
@@ -52,8 +52,11 @@ RUN_TIMEOUT_FACTOR = 4.0
 
 
 class InferenceError(RuntimeError):
-    """A request failed or was refused; ``rank`` is the party at fault, ``code`` its status,
-    ``parties`` what each party answered (``"CODE: details"``)."""
+    """A request failed or was refused; ``rank`` is the party at fault, ``code`` its status.
+
+    ``parties`` holds what each party that failed answered (``"CODE: details"``) and
+    ``answers`` the same as (status, text), by rank.
+    """
 
     def __init__(
         self,
@@ -61,11 +64,13 @@ class InferenceError(RuntimeError):
         code: grpc.StatusCode | None,
         message: str,
         parties: dict[int, str] | None = None,
+        answers: dict[int, tuple[grpc.StatusCode | None, str]] | None = None,
     ):
         super().__init__(message)
         self.rank = rank
         self.code = code
         self.parties = parties or {}
+        self.answers = answers or {}
 
 
 class InferenceClient:
@@ -100,9 +105,30 @@ class InferenceClient:
 
         ``inputs`` may be a lazy iterable of (name, tensor): each tensor is dealt and
         streamed to the parties before the next is produced (a model's weights).
+
+        A request the parties refuse for now (busy, reconnecting) is sent again with
+        backoff until ``run_timeout`` has passed (:mod:`veil.parties.retry`); lazy
+        inputs cannot be replayed, so their request is not.
         """
         timeout = timeout or self.run_timeout  # uploads of large models take a while
         self._verify_parties()
+        if not isinstance(inputs, dict):
+            return self._infer_once(program, inputs, options, timeout)
+        return retry.with_retries(
+            lambda: self._infer_once(program, inputs, options, timeout),
+            deadline=time.monotonic() + self.run_timeout,
+            should_retry=lambda exc: (
+                isinstance(exc, InferenceError) and retry.retryable(exc.answers)
+            ),
+        )
+
+    def _infer_once(
+        self,
+        program: str,
+        inputs: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+        options: dict[str, str] | None,
+        timeout: float,
+    ) -> dict[str, torch.Tensor]:
         request_id = uuid.uuid4().hex
         items = inputs.items() if isinstance(inputs, dict) else inputs
         self._upload(request_id, items, timeout)
@@ -310,12 +336,14 @@ def _diagnose(errors: dict[int, BaseException]) -> InferenceError:
     code = described.get(culprit, described[min(described)])[0]
     if code is None:  # the culprit did not answer: report what the others said
         code = next((c for c, _ in described.values() if c is not None), None)
-    answers = {rank: text for rank, (_, text) in sorted(described.items())}
-    reasons = {re.sub(r"party \d: ", "", text) for text in answers.values()}
-    if len(answers) == WORLD_SIZE and len(reasons) == 1:  # the same refusal everywhere
-        return InferenceError(culprit, code, f"refused by every party: {reasons.pop()}", answers)
-    detail = "; ".join(f"party {rank}: {text}" for rank, text in answers.items())
-    return InferenceError(culprit, code, f"request failed at party {culprit} ({detail})", answers)
+    texts = {rank: text for rank, (_, text) in sorted(described.items())}
+    reasons = {re.sub(r"party \d: ", "", text) for text in texts.values()}
+    if len(texts) == WORLD_SIZE and len(reasons) == 1:  # the same refusal everywhere
+        message = f"refused by every party: {reasons.pop()}"
+    else:
+        detail = "; ".join(f"party {rank}: {text}" for rank, text in texts.items())
+        message = f"request failed at party {culprit} ({detail})"
+    return InferenceError(culprit, code, message, texts, answers=described)
 
 
 # -- models ------------------------------------------------------------------------------

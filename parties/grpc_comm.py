@@ -16,10 +16,15 @@ Failures surface as :class:`PeerError` naming the peer, never as a hang:
 - :meth:`GrpcCommunicator.abort` tells the peers why this party gives up.
 
 Links can be rebuilt in place (:meth:`GrpcCommunicator.relink`), so a serving party
-survives a failed request with its state (the shared models) intact: each incoming
-stream gets its own inbox; the first stream from a peer becomes the active one, and a
-newer stream waits aside until this party relinks too, so messages of an abandoned
-link generation can never be mistaken for those of the next.
+survives a failed request with its state (the shared models) intact.  Every stream
+belongs to a numbered *link generation*, sent in its opening hello; a relink moves a
+party to a generation above its own and above any a peer has opened.  A party reads
+only streams of its own generation: an older one is refused (a peer that restarted
+learns that it must relink), a newer one waits aside and tells this party to relink up
+to it.  Generations only grow and a party relinks only after a failure or to catch up,
+so one incident ends in one new generation instead of parties relinking each other in
+turn.  Reasons sent to peers are cut to :data:`MAX_REASON_CHARS`, so that a chain of
+failures cannot grow the messages.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch
 
 from veil.mpc.communicator import WORLD_SIZE, Communicator, PeerError, PeerTimeoutError
 from veil.parties import tls
+from veil.parties.admission import DEFAULT_CLIENT_CALLS, Admission, server_threads
 from veil.parties.config import ClusterConfig, ConfigError
 from veil.parties.wire import Reassembler, WireError, tensor_chunks
 from veil.proto import veil_pb2, veil_pb2_grpc
@@ -45,8 +51,8 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 ABORT_DTYPE = "abort"  # a control chunk: the sender gives up, ``tag`` says why
-HELLO_DTYPE = "hello"  # a control chunk opening every stream: the receiver registers it
-_SERVER_THREADS = 8  # two peer streams plus client calls (inference runs block one each)
+HELLO_DTYPE = "hello"  # a control chunk opening every stream; ``seq`` is its link generation
+MAX_REASON_CHARS = 300
 
 AddServices = Callable[[grpc.Server], None]
 
@@ -58,10 +64,18 @@ class _PeerGone:
     reason: str
 
 
+def bounded(reason: str) -> str:
+    """``reason`` cut to :data:`MAX_REASON_CHARS` (it may quote a peer's reason, and so on)."""
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    return reason[: MAX_REASON_CHARS - 3] + "..."
+
+
 class _Inbox:
     """The messages of one incoming stream, in order, and the sequence number expected next."""
 
-    def __init__(self) -> None:
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.expected_seq = 0
         self.gone_reason: str | None = None
@@ -76,7 +90,8 @@ class GrpcCommunicator(Communicator):
 
     Construction starts the server (on ``config``'s port for this rank; port 0
     picks a free one, see :attr:`port`); :meth:`connect` then opens the streams to
-    the peers.  :func:`connect_party` does both.
+    the peers.  :func:`connect_party` does both.  Calls to ``add_services`` pass
+    :class:`~veil.parties.admission.Admission`: at most ``client_calls`` at a time.
     """
 
     def __init__(
@@ -87,6 +102,7 @@ class GrpcCommunicator(Communicator):
         device: torch.device | str = "cpu",
         timeout: float | None = None,
         add_services: AddServices | None = None,
+        client_calls: int = DEFAULT_CLIENT_CALLS,
     ):
         super().__init__(rank, config.timeout if timeout is None else timeout)
         self.config = config
@@ -95,6 +111,7 @@ class GrpcCommunicator(Communicator):
         self._peers = [r for r in range(WORLD_SIZE) if r != rank]
         self._inbox: dict[int, _Inbox | None] = dict.fromkeys(self._peers)  # active streams
         self._pending: dict[int, _Inbox] = {}  # newer streams, activated at the next relink
+        self.generation = 0  # the link generation this party sends and receives on
         self._send_seq = dict.fromkeys(self._peers, 0)
         self._outgoing: dict[int, _OutgoingStream] = {}
         self.gone: dict[int, str] = {}  # peers whose link ended, and why (for idle servers)
@@ -106,8 +123,12 @@ class GrpcCommunicator(Communicator):
         self._closed = False
         self._server_stopped = False
 
+        admission = Admission(rank, client_calls)
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=_SERVER_THREADS, thread_name_prefix=f"party{rank}-rpc"),
+            ThreadPoolExecutor(
+                max_workers=server_threads(admission), thread_name_prefix=f"party{rank}-rpc"
+            ),
+            interceptors=[admission],
             options=tls.SERVER_OPTIONS,
         )
         veil_pb2_grpc.add_PartyLinkServicer_to_server(_LinkServicer(self), self._server)
@@ -153,7 +174,8 @@ class GrpcCommunicator(Communicator):
             stream = _OutgoingStream(channel, dst, self._count_wire)
             # Register the stream at the peer now, so that its place in the link
             # generations is fixed before any data or abort travels on it.
-            stream.put_control(veil_pb2.TensorChunk(sender=self.rank, dtype=HELLO_DTYPE))
+            hello = veil_pb2.TensorChunk(sender=self.rank, dtype=HELLO_DTYPE, seq=self.generation)
+            stream.put_control(hello)
             self._outgoing[dst] = stream
 
     @property
@@ -162,11 +184,12 @@ class GrpcCommunicator(Communicator):
         return self._closed
 
     def relink(self, reason: str) -> None:
-        """Abandon the current links (telling the peers why) and open new ones.
+        """Abandon the current links (telling the peers why) and open the next generation.
 
-        The peers notice the abandoned links and relink too; messages still arriving on
-        the old streams are dropped.  Raises :class:`PeerError` (naming the peer) if a
-        peer is unreachable within ``connect_timeout``; calling again retries.
+        The new generation is above this party's and above any a peer has opened; the
+        peers notice and relink to it too; messages still arriving on the old streams
+        are dropped.  Raises :class:`PeerError` (naming the peer) if a peer is
+        unreachable within ``connect_timeout``; calling again retries.
         """
         with self._lock:
             if self._closed:
@@ -174,11 +197,19 @@ class GrpcCommunicator(Communicator):
             old_streams, self._outgoing = list(self._outgoing.values()), {}
             old_channels, self._channels = self._channels, []
             self.gone = {}
+            pending, self._pending = self._pending, {}
+            self.generation = max(
+                [self.generation + 1, *(inbox.generation for inbox in pending.values())]
+            )
             for src in self._peers:
-                self._activate(src, self._pending.pop(src, None))
+                inbox = pending.get(src)
+                usable = inbox is not None and inbox.generation == self.generation
+                # A newer stream that already ended is no link: wait for the peer's next.
+                alive = usable and inbox.gone_reason is None
+                self._activate(src, inbox if alive else None)
             self._send_seq = dict.fromkeys(self._peers, 0)
         for stream in old_streams:
-            stream.finish(abort_reason=f"relinking: {reason}", sender=self.rank)
+            stream.finish(abort_reason=bounded(f"relinking: {reason}"), sender=self.rank)
         for stream in old_streams:
             stream.wait(timeout=1.0)
             stream.cancel()
@@ -193,14 +224,24 @@ class GrpcCommunicator(Communicator):
             self.gone.setdefault(src, inbox.gone_reason)
         self._activated.notify_all()
 
-    def _register(self, src: int) -> _Inbox:
-        """A new stream from ``src``: active if none is, else set aside for the next relink."""
-        inbox = _Inbox()
+    def _register(self, src: int, generation: int) -> _Inbox | None:
+        """A new stream from ``src``: active if it is of this party's generation and none
+        is; set aside (and this party told to relink) if newer; None if older (stale)."""
+        inbox = _Inbox(generation)
         with self._lock:
-            if self._inbox[src] is None:
+            if generation < self.generation:
+                return None
+            if generation == self.generation and self._inbox[src] is None:
                 self._activate(src, inbox)
-            else:
+                return inbox
+            kept = self._pending.get(src)
+            if kept is None or kept.generation <= generation:
                 self._pending[src] = inbox
+            if generation > self.generation:
+                self.gone.setdefault(
+                    src, f"opened link generation {generation} (this party is at {self.generation})"
+                )
+                self._activated.notify_all()  # a receive waiting for this peer fails now
         return inbox
 
     def close(self) -> None:
@@ -271,6 +312,8 @@ class GrpcCommunicator(Communicator):
         deadline = time.monotonic() + timeout
         with self._lock:  # after a relink, wait for the peer's new stream
             while (inbox := self._inbox[src]) is None:
+                if src in self.gone:  # the peer moved to a newer generation: relink first
+                    raise PeerError(src, self.gone[src])
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise PeerTimeoutError(src, f"no message within {timeout:g} s")
@@ -333,7 +376,7 @@ class _OutgoingStream:
     def finish(self, abort_reason: str | None = None, sender: int = 0) -> None:
         if abort_reason is not None:
             self._queue.put(
-                veil_pb2.TensorChunk(sender=sender, dtype=ABORT_DTYPE, tag=abort_reason)
+                veil_pb2.TensorChunk(sender=sender, dtype=ABORT_DTYPE, tag=bounded(abort_reason))
             )
         self._queue.put(None)
 
@@ -397,11 +440,19 @@ class _LinkServicer(veil_pb2_grpc.PartyLinkServicer):
                     error = f"sent a chunk claiming to be from party {chunk.sender}"
                     break
                 if inbox is None:
-                    inbox = comm._register(src)
+                    # A stream opened without a hello belongs to the current generation.
+                    generation = chunk.seq if chunk.dtype == HELLO_DTYPE else comm.generation
+                    inbox = comm._register(src, generation)
+                    if inbox is None:
+                        context.abort(
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            f"party {comm.rank} is at link generation {comm.generation}; "
+                            f"a stream of generation {generation} is stale, relink",
+                        )
                 if chunk.dtype == HELLO_DTYPE:
                     continue
                 if chunk.dtype == ABORT_DTYPE:
-                    comm._deliver(src, inbox, _PeerGone(f"aborted: {chunk.tag}"))
+                    comm._deliver(src, inbox, _PeerGone(f"aborted: {bounded(chunk.tag)}"))
                     return veil_pb2.StreamSummary(messages=delivered)
                 if not reassembler.in_progress and chunk.seq != inbox.expected_seq:
                     error = f"message {chunk.seq} out of sequence, expected {inbox.expected_seq}"
@@ -423,7 +474,9 @@ class _LinkServicer(veil_pb2_grpc.PartyLinkServicer):
         if src is None:
             return veil_pb2.StreamSummary(messages=0)
         if inbox is None:
-            inbox = comm._register(src)
+            inbox = comm._register(src, comm.generation)
+        if inbox is None:
+            return veil_pb2.StreamSummary(messages=0)
         if error is not None:
             comm._deliver(src, inbox, _PeerGone(error))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"party {comm.rank} rejects: {error}")

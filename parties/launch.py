@@ -67,8 +67,7 @@ def launch(config: str, extra: list[str], command: str = "party", restarts: int 
 
     ``restarts`` > 0 (serving parties): a party that exits with an error is started
     again, up to that many times in all, while the others keep running (they relink to
-    it).  The restarted party has lost its model shares: the model owner shares the
-    models again (requests for them are refused, naming the party, until then).
+    it).  The restarted party reloads its model shares from its store.
     """
     previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
     procs: list[subprocess.Popen] = []

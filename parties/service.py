@@ -12,22 +12,24 @@ time.  Party 0 is the *leader*: it takes requests in the order their Run calls
 reached it and announces each request id to parties 1 and 2 over the party links;
 they run the announced request when its Run call has reached them too.  Before
 running, the three exchange a digest of (request, program, options, input shapes)
-and whether they are ready (inputs uploaded, program known, model present); on any
-disagreement all three refuse that request and stay in step for the next one.
+and whether they are ready (:mod:`veil.parties.agreement`): a follower waits at most
+``connect_timeout`` for its own Run call, so a Run that reached only some parties is
+refused, naming the party it missed; on any disagreement all three refuse that
+request and stay in step for the next one.
 
 A program that raises, or a peer that fails or stalls past the timeout, leaves the
 links in an unknown state.  The party then fails that request (INTERNAL, naming the
 cause) and every queued one (UNAVAILABLE), abandons its links -- its peers notice and
 do the same -- and relinks (:meth:`GrpcCommunicator.relink`) with fresh PRG keys,
-retrying until its peers answer.  Uploads and shared models stay in memory, so the
-next request is served as usual.  A party that was killed and restarted has lost its
-shares: requests for a model are refused, naming the party, until the model owner
-shares it again.  Waiting clients never hang: their calls end with the error.
+retrying with a growing backoff until its peers answer.  Uploads and shared models
+stay in memory, so the next request is served as usual.  A party that was killed and
+restarted reloads its shares from its store (:mod:`veil.parties.durable`) and relinks
+up to its peers' link generation.  Waiting clients never hang: their calls end with
+the error.
 """
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 import time
@@ -39,9 +41,13 @@ import torch
 
 from veil.mpc.arith import ArithShare
 from veil.mpc.communicator import PeerError, Traffic
+from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.party import Party
+from veil.parties.agreement import NO_RUN, NOT_READY, READY, RequestRefused, agree
 from veil.parties.authz import Authz, ModelOwner
 from veil.parties.config import ClusterConfig
+from veil.parties.grpc_comm import GrpcCommunicator, bounded, connect_party
+from veil.parties.retry import Backoff
 from veil.parties.upload_limits import UploadLimits, UploadRefused
 from veil.parties.wire import Reassembler, WireError, tensor_chunks
 from veil.proto import veil_pb2, veil_pb2_grpc
@@ -53,15 +59,11 @@ Validate = Callable[[str, dict[str, str], dict[str, tuple[tuple[int, ...], int]]
 """``validate(program, options, {input: (shape, frac_bits)})``: why a request is malformed,
 or None; asked when its Run call arrives, so a malformed request never reaches a program."""
 
-_DIGEST_BYTES = 16
 _POLL_SECONDS = 0.2
-_RELINK_PAUSE_SECONDS = 1.0
+_RELINK_FIRST_PAUSE_SECONDS = 0.05
+_RELINK_MAX_PAUSE_SECONDS = 5.0
 DEFAULT_QUEUE_SIZE = 16
 LEADER = 0
-
-
-class RequestRefused(RuntimeError):
-    """The parties did not agree to run a request (nothing ran, links still in step)."""
 
 
 @dataclass
@@ -140,6 +142,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         self._order: queue.SimpleQueue[_Job] = queue.SimpleQueue()  # leader: arrival order
         self._lock = threading.Condition()  # guards _requests and _jobs
         self._executor: threading.Thread | None = None
+        self._backoff = Backoff(_RELINK_FIRST_PAUSE_SECONDS, _RELINK_MAX_PAUSE_SECONDS)
 
     def attach(self, party: Party) -> None:
         """Start serving with ``party`` (its communicator must be connected)."""
@@ -279,10 +282,14 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 self._relink(party, exc)
 
     def _relink(self, party: Party, exc: BaseException) -> None:
-        """Fail what waits, rebuild the links and the PRG keys, retrying until peers answer."""
+        """Fail what waits, rebuild the links and the PRG keys, retrying until peers answer.
+
+        Every attempt, the first included, waits a backoff that grows until a request
+        succeeds again, so a peer that keeps failing cannot make the parties spin.
+        """
         self.failed = exc
         self.recoveries += 1
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = bounded(f"{type(exc).__name__}: {exc}")
         self._event(f"party {party.rank}: request failed ({reason}); relinking")
         self._fail_waiting(
             grpc.StatusCode.UNAVAILABLE,
@@ -290,7 +297,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
             "the parties are reconnecting, retry",
         )
         comm = party.comm
-        while not self.stopped.is_set():
+        while not self.stopped.wait(self._backoff.next()):
             if getattr(comm, "closed", False):  # shut down by its owner: nothing to relink
                 self.stop("the party's links were closed")
                 return
@@ -298,9 +305,8 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 comm.relink(reason)
                 self.party = Party(comm, fxp=party.fxp, device=party.device)
             except Exception as err:  # noqa: BLE001 - a peer not back yet, a stale link: retry
-                reason = f"{type(err).__name__}: {err}"
+                reason = bounded(f"{type(err).__name__}: {err}")
                 self._event(f"party {party.rank}: relinking failed ({reason}); retrying")
-                self.stopped.wait(_RELINK_PAUSE_SECONDS)
                 continue
             self.failed = None
             self._event(f"party {party.rank}: links rebuilt; serving again")
@@ -337,7 +343,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         comm.reset_counters()
         wire_before = comm.wire_bytes_sent
         start = time.perf_counter()
-        deadline = time.monotonic() + self.config.timeout
+        deadline = time.monotonic() + self.config.connect_timeout
         with self._lock:  # a follower may get the announcement before the client's Run
             while request_id not in self._jobs and time.monotonic() < deadline:
                 self._lock.wait(deadline - time.monotonic())
@@ -349,7 +355,13 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         options = job.options if job else {}
         reason = self._not_ready(job, request)
         try:
-            self._agree(party, request_id, program, options, request, reason)
+            shapes = sorted(
+                f"{name}:{tuple(pair.shape)}:{frac}"
+                for name, (pair, frac) in (request.inputs.items() if request else [])
+            )
+            status = READY if reason is None else NO_RUN if job is None else NOT_READY
+            wait = self.config.connect_timeout
+            agree(comm, request_id, program, options, shapes, status, reason, wait)
             assert job is not None and request is not None
             inputs = {
                 name: ArithShare(party, pair.to(party.device), frac)
@@ -367,6 +379,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 frac_bits={name: frac for name, (_, frac) in request.outputs.items()},
             )
             self._done(job, request_id, program, start, wire_before, reply=reply)
+            self._backoff.reset()  # the links work again
         except RequestRefused as exc:
             with self._lock:
                 self._discard(request_id)
@@ -476,39 +489,6 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
     def _name(self) -> str:
         return f"party {self.party.rank}" if self.party is not None else "this party"
 
-    @staticmethod
-    def _agree(
-        party: Party,
-        request_id: str,
-        program: str,
-        options: dict[str, str],
-        request: _Request | None,
-        not_ready: str | None,
-    ) -> None:
-        shapes = sorted(
-            f"{name}:{tuple(pair.shape)}:{frac}"
-            for name, (pair, frac) in (request.inputs.items() if request else [])
-        )
-        text = "\0".join(
-            [request_id, program, *(f"{k}={v}" for k, v in sorted(options.items())), *shapes]
-        )
-        digest = hashlib.sha256(text.encode()).digest()[:_DIGEST_BYTES] + bytes([not_ready is None])
-        mine = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
-        comm = party.comm
-        with comm.scope("request"):
-            comm.send(comm.next_rank, mine)
-            comm.send(comm.prev_rank, mine)
-            theirs = [comm.recv(comm.prev_rank), comm.recv(comm.next_rank)]
-        if not all(int(t[-1]) for t in [mine, *theirs]):
-            raise RequestRefused(
-                not_ready or f"not every party is ready to run request {request_id!r} ({program!r})"
-            )
-        if not all(torch.equal(mine[:-1], t[:-1].cpu()) for t in theirs):
-            raise RequestRefused(
-                "the parties received different requests (program, options or input shapes); "
-                "nothing ran"
-            )
-
 
 def start_serving(
     config: ClusterConfig,
@@ -522,15 +502,31 @@ def start_serving(
     ``service_options`` go to :class:`InferenceService` (``check``, ``queue_size``,
     ``on_request``, ``model_owner``).
     """
-    from veil.mpc.fixedpoint import FixedPoint
-    from veil.parties.grpc_comm import connect_party
-
     service = InferenceService(config, programs, **service_options)
     comm = connect_party(config, rank, device=device, add_services=service.add_to)
     try:
-        party = Party(comm, fxp=FixedPoint(config.frac_bits), device=device)
+        party = _join(comm, FixedPoint(config.frac_bits), device)
     except BaseException as exc:
-        comm.abort(f"{type(exc).__name__}: {exc}")
+        comm.abort(bounded(f"{type(exc).__name__}: {exc}"))
         raise
     service.attach(party)
     return service, party
+
+
+def _join(comm: GrpcCommunicator, fxp: FixedPoint, device: torch.device | str) -> Party:
+    """Agree PRG keys with the peers, relinking while they are at a newer link generation.
+
+    A restarted party starts at generation 0 while its peers have moved on: its first
+    streams are refused as stale, and it relinks up to theirs, for ``connect_timeout``.
+    """
+    deadline = time.monotonic() + comm.config.connect_timeout
+    backoff = Backoff(_RELINK_FIRST_PAUSE_SECONDS, _RELINK_MAX_PAUSE_SECONDS)
+    while True:
+        try:
+            return Party(comm, fxp=fxp, device=device)
+        except PeerError as exc:
+            pause = backoff.next()
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            comm.relink(bounded(f"{type(exc).__name__}: {exc}"))

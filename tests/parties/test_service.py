@@ -80,16 +80,19 @@ def test_unknown_program_refused_and_parties_stay_in_step(serving) -> None:
 
 
 def test_full_queue_refuses_clearly_and_queued_requests_run_in_order(serving, monkeypatch) -> None:
-    """Queue of 2 per party: a running and a waiting request fit, a third is refused."""
+    """Queue of 2 per party: a running and a waiting request fit, a third is refused at
+    once; a client that retries (the default) is served once the queue drains."""
     config, services = serving
     for service in services:
         monkeypatch.setattr(service, "queue_size", 2)
     results: dict[int, object] = {}
 
-    def request(index: int, program: str) -> None:
+    def request(index: int, program: str, retry: bool = True) -> None:
         try:
             with client(config) as c:
-                results[index] = c.infer(program, {"x": torch.full((2,), float(index))})["y"]
+                infer = c.infer if retry else c._infer_once
+                inputs = {"x": torch.full((2,), float(index))}
+                results[index] = infer(program, inputs, None, timeout=20)["y"]
         except InferenceError as exc:
             results[index] = exc
 
@@ -99,7 +102,8 @@ def test_full_queue_refuses_clearly_and_queued_requests_run_in_order(serving, mo
     threads.append(threading.Thread(target=request, args=(1, "square_plus")))
     threads[1].start()
     time.sleep(0.3)  # request 1 is waiting
-    request(2, "square_plus")
+    request(2, "square_plus", retry=False)
+    request(3, "square_plus")
     for thread in threads:
         thread.join(timeout=30)
     assert isinstance(results[2], InferenceError), results
@@ -107,8 +111,10 @@ def test_full_queue_refuses_clearly_and_queued_requests_run_in_order(serving, mo
     assert "queue full" in str(results[2])
     assert torch.allclose(results[0], torch.zeros(2, dtype=torch.float64), atol=1e-3)
     assert torch.allclose(results[1], torch.ones(2, dtype=torch.float64), atol=1e-3)
-    log = [entry.request_id for entry in services[1].log[-2:]]
-    assert [entry.program for entry in services[1].log[-2:]] == ["slow", "square_plus"], log
+    assert torch.allclose(results[3], torch.full((2,), 9.0, dtype=torch.float64), atol=1e-3)
+    log = [entry.request_id for entry in services[1].log[-3:]]
+    programs = [entry.program for entry in services[1].log[-3:]]
+    assert programs == ["slow", "square_plus", "square_plus"], log
 
 
 def test_party_certificate_is_not_a_client(serving) -> None:

@@ -1,0 +1,173 @@
+"""One party's weight shares on disk, so that a restarted party loses nothing.
+
+Each party has its own store directory (mode 0o700, files 0o600).  A model lives in a
+directory of its own: one ``.npy`` file per parameter (raw int64 pairs of shape
+(2, ...), so a later reader can memory-map a layer at a time) and ``manifest.json``
+with the model's public metadata (whatever the serving layer keeps: family, config,
+headroom bits, ...) and each parameter's file, shape and fractional bits.
+
+Writing is all or nothing: :meth:`ShareStore.begin_model` returns a writer that fills
+a hidden temporary directory; :meth:`ModelWriter.commit` renames it into place in one
+step, so a crash mid-share never leaves half a model.  Committed directories carry a
+commit counter; when a crash leaves an old and a new version of one model, the newer
+wins and the older is removed at the next start.
+
+What a store holds is two of the three additive components of every weight, each
+uniformly random on its own: one party's store alone reveals nothing about the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_MANIFEST = "manifest.json"
+_TMP_PREFIX = ".tmp-"
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+class StoreError(RuntimeError):
+    """The store is missing a model or parameter, or a file in it is damaged."""
+
+
+class ModelWriter:
+    """Writes one model's shares; nothing is visible until :meth:`commit`."""
+
+    def __init__(self, store: ShareStore, name: str, meta: dict[str, Any]):
+        self._store = store
+        self._name = name
+        self._meta = dict(meta)
+        self._params: dict[str, dict[str, Any]] = {}
+        self._dir = store.root / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        self._dir.mkdir(mode=_DIR_MODE)
+
+    def put(self, param: str, pair: torch.Tensor, frac_bits: int) -> None:
+        """Write one parameter's pair (int64, shape (2, ...)) to its own file."""
+        if pair.dtype != torch.int64 or pair.dim() < 1 or pair.shape[0] != 2:
+            raise StoreError(f"share of {param!r} must be an int64 pair of shape (2, ...)")
+        if param in self._params:
+            raise StoreError(f"parameter {param!r} written twice for model {self._name!r}")
+        filename = f"{len(self._params):06d}.npy"
+        path = self._dir / filename
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        with os.fdopen(fd, "wb") as sink:
+            np.save(sink, pair.detach().cpu().contiguous().numpy())
+            sink.flush()
+            os.fsync(sink.fileno())
+        self._params[param] = {
+            "file": filename,
+            "shape": list(pair.shape[1:]),
+            "frac_bits": int(frac_bits),
+        }
+
+    def commit(self) -> None:
+        """Make the model visible at once, replacing an older version of it."""
+        manifest = {
+            "name": self._name,
+            "commit": time.time_ns(),
+            "meta": self._meta,
+            "params": self._params,
+        }
+        _write_private(self._dir / _MANIFEST, json.dumps(manifest).encode())
+        final = self._store.root / f"m-{uuid.uuid4().hex}"
+        os.rename(self._dir, final)
+        _fsync_dir(self._store.root)
+        self._store._drop_older(self._name, keep=final)
+
+    def abandon(self) -> None:
+        """Forget what was written (an upload that failed validation)."""
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class ShareStore:
+    """The models one party has committed under ``root`` (created owner-only)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(self.root, _DIR_MODE)  # an existing directory may have looser rights
+        for leftover in self.root.glob(f"{_TMP_PREFIX}*"):  # a share cut short by a crash
+            shutil.rmtree(leftover, ignore_errors=True)
+        for name in {m["name"] for m in self._manifests().values()}:
+            self._drop_older(name, keep=self._latest(name))
+
+    def begin_model(self, name: str, meta: dict[str, Any]) -> ModelWriter:
+        """A writer for model ``name`` with its public ``meta`` (a JSON-serialisable dict)."""
+        json.dumps(meta)  # fail now, not at commit, on metadata that cannot be stored
+        return ModelWriter(self, name, meta)
+
+    def models(self) -> list[str]:
+        return sorted({m["name"] for m in self._manifests().values()})
+
+    def meta(self, name: str) -> dict[str, Any]:
+        return dict(self._manifest(name)["meta"])
+
+    def params(self, name: str) -> list[str]:
+        """The model's parameter names, in the order they were written."""
+        return list(self._manifest(name)["params"])
+
+    def load(self, name: str, param: str) -> tuple[torch.Tensor, int]:
+        """(pair, frac_bits) of one parameter, memory-mapped (pages load on first use)."""
+        directory = self._latest(name)
+        entry = json.loads((directory / _MANIFEST).read_text())["params"].get(param)
+        if entry is None:
+            raise StoreError(f"model {name!r} has no parameter {param!r} in {directory}")
+        # Copy-on-write: a computation writing into the tensor never changes the file.
+        array = np.load(directory / entry["file"], mmap_mode="c")
+        if array.dtype != np.int64 or list(array.shape) != [2, *entry["shape"]]:
+            raise StoreError(f"{directory / entry['file']} does not hold {param!r} as written")
+        return torch.from_numpy(array), entry["frac_bits"]
+
+    def delete(self, name: str) -> None:
+        for directory, manifest in self._manifests().items():
+            if manifest["name"] == name:
+                shutil.rmtree(directory, ignore_errors=True)
+
+    # -- internals -------------------------------------------------------------------
+    def _manifests(self) -> dict[Path, dict[str, Any]]:
+        found = {}
+        for directory in self.root.glob("m-*"):
+            try:
+                found[directory] = json.loads((directory / _MANIFEST).read_text())
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"damaged model directory {directory}: {exc}") from None
+        return found
+
+    def _latest(self, name: str) -> Path:
+        versions = [(m["commit"], d) for d, m in self._manifests().items() if m["name"] == name]
+        if not versions:
+            raise StoreError(f"no model named {name!r} in {self.root}")
+        return max(versions)[1]
+
+    def _manifest(self, name: str) -> dict[str, Any]:
+        return json.loads((self._latest(name) / _MANIFEST).read_text())
+
+    def _drop_older(self, name: str, keep: Path) -> None:
+        for directory, manifest in self._manifests().items():
+            if manifest["name"] == name and directory != keep:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    with os.fdopen(fd, "wb") as sink:
+        sink.write(data)
+        sink.flush()
+        os.fsync(sink.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
