@@ -392,7 +392,8 @@ def _share(args: argparse.Namespace) -> int:
     try:
         files = _client_files(args, config, owner=True)
         with VeilClient(config, *files, run_timeout=args.timeout) as client:
-            count = client.share_model(args.model, hf_model)
+            count = client.share_model(args.model, hf_model, show_progress=True)
+            cost = client.last_cost
     except (InferenceError, ConfigError) as exc:
         print(f"veil share: {explain(exc, config, args.config)}", file=sys.stderr)
         return 1
@@ -400,6 +401,7 @@ def _share(args: argparse.Namespace) -> int:
     print(
         f"shared {type(hf_model).__name__} {args.model!r}: {count} weights, {params:,} parameters"
     )
+    print(f"share: {cost.summary()}")
     return 0
 
 
@@ -423,17 +425,21 @@ def _infer(args: argparse.Namespace) -> int:
             if args.ids is None:
                 if not args.text:
                     raise ValueError("give --text (or --ids)")
+                print("loading the tokenizer ...", file=sys.stderr, flush=True)
                 _, tokenizer = load_hf(args.tokenizer or args.model, model=False)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"veil infer: {exc}", file=sys.stderr)
         return 2
     try:
+        print("running the request at the three parties ...", file=sys.stderr, flush=True)
         if args.program:
             with InferenceClient(config, cert=cert, key=key, run_timeout=args.timeout) as client:
                 outputs = client.infer(args.program, inputs, options)
+                cost = client.last_cost
         else:
             with VeilClient(config, cert, key, run_timeout=args.timeout) as client:
                 outputs = _model_task(client, args, tokenizer, ids)
+                cost = client.last_cost
     except ValueError as exc:  # refused by the client's checks, before anything was shared
         print(f"veil infer: {exc}", file=sys.stderr)
         return 2
@@ -446,6 +452,8 @@ def _infer(args: argparse.Namespace) -> int:
     elif args.program:
         for name, value in outputs.items():
             print(f"{name}: {value.tolist()}")
+    if cost is not None:
+        print(f"request: {cost.summary()}")
     return 0
 
 

@@ -36,6 +36,7 @@ from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.sharing import deal, reconstruct
 from veil.parties import retry, tls
 from veil.parties.config import ClusterConfig
+from veil.parties.costs import RequestCost
 from veil.parties.party_identity import misdirected
 from veil.parties.wire import Reassembler, tensor_chunks
 from veil.proto import veil_pb2, veil_pb2_grpc
@@ -90,6 +91,8 @@ class InferenceClient:
         self._verified = False
         self._channels = [tls.party_channel(config, rank, cert, key) for rank in range(WORLD_SIZE)]
         self._stubs = [veil_pb2_grpc.InferenceStub(channel) for channel in self._channels]
+        self.last_cost: RequestCost | None = None
+        """What the last successful request cost: the wall time here and each party's report."""
 
     def infer(
         self,
@@ -129,6 +132,7 @@ class InferenceClient:
         options: dict[str, str] | None,
         timeout: float,
     ) -> dict[str, torch.Tensor]:
+        start = time.perf_counter()
         request_id = uuid.uuid4().hex
         items = inputs.items() if isinstance(inputs, dict) else inputs
         self._upload(request_id, items, timeout)
@@ -142,6 +146,7 @@ class InferenceClient:
             calls = [self._fetch_call(rank, request_id, name, timeout) for rank in range(3)]
             pairs = _at_all(calls)
             outputs[name] = reconstruct(pairs, replies[0].frac_bits[name], self.fxp)
+        self.last_cost = RequestCost(time.perf_counter() - start, tuple(r.cost for r in replies))
         return outputs
 
     def close(self) -> None:
@@ -367,11 +372,18 @@ class VeilClient:
         self.api = InferenceClient(config, cert, key, run_timeout=run_timeout)
         self._specs: dict[str, Any] = {}  # model name -> validation.ModelSpec, asked once
 
-    def share_model(self, name: str, hf_model: Any, norm_headroom_bits: int | None = None) -> int:
+    def share_model(
+        self,
+        name: str,
+        hf_model: Any,
+        norm_headroom_bits: int | None = None,
+        show_progress: bool = False,
+    ) -> int:
         """Secret-share a ``transformers`` model's weights to the parties under ``name``.
 
         Returns the number of weight tensors sent.  Each party receives only its pair of
         each weight; the class name and config (public) travel as options.
+        ``show_progress`` draws a bar over the weights as they are dealt and sent.
         """
         from veil.nn.private import NORM_HEADROOM_BITS, import_hf
         from veil.parties.models import FAMILIES, SHARE_PROGRAM, WEIGHT_PREFIX, unique_params
@@ -390,8 +402,17 @@ class VeilClient:
             "norm_headroom_bits": str(norm_headroom_bits),
         }
         weights = ((WEIGHT_PREFIX + n, value.detach().float()) for n, value in params.items())
+        if show_progress:
+            from veil.nn.progress import Progress, tracked
+
+            weights = tracked(weights, Progress(len(params), "sharing weights"))
         self.api.infer(SHARE_PROGRAM, weights, options)
         return len(params)
+
+    @property
+    def last_cost(self) -> RequestCost | None:
+        """What the last successful request cost (see :class:`InferenceClient`)."""
+        return self.api.last_cost
 
     def embed(
         self,

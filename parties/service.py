@@ -374,9 +374,16 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
             request.outputs = {
                 name: (share.data.to("cpu"), share.frac_bits) for name, share in results.items()
             }
+            traffic = comm.stats.total(program)
             reply = veil_pb2.RunReply(
                 outputs=list(request.outputs),
                 frac_bits={name: frac for name, (_, frac) in request.outputs.items()},
+                cost=veil_pb2.PartyCost(
+                    seconds=time.perf_counter() - start,
+                    bytes_sent=traffic.bytes_sent,
+                    send_steps=traffic.rounds,
+                    depth=traffic.depth,
+                ),
             )
             self._done(job, request_id, program, start, wire_before, reply=reply)
             self._backoff.reset()  # the links work again

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nveil.proto\x12\x04veil\"\x9c\x01\n\x0bTensorChunk\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\r\n\x05shape\x18\x05 \x03(\x03\x12\x13\n\x0b\x63hunk_index\x18\x06 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\x12\r\n\x05\x63lock\x18\t \x01(\x04\"!\n\rStreamSummary\x12\x10\n\x08messages\x18\x01 \x01(\x04\"V\n\x0bUploadChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12 \n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x11.veil.TensorChunk\x12\x11\n\tfrac_bits\x18\x03 \x01(\r\"\x1c\n\x0bUploadReply\x12\r\n\x05names\x18\x01 \x03(\t\"\x91\x01\n\nRunRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\x12.\n\x07options\x18\x03 \x03(\x0b\x32\x1d.veil.RunRequest.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"}\n\x08RunReply\x12\x0f\n\x07outputs\x18\x01 \x03(\t\x12/\n\tfrac_bits\x18\x02 \x03(\x0b\x32\x1c.veil.RunReply.FracBitsEntry\x1a/\n\rFracBitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"0\n\x0c\x46\x65tchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t2?\n\tPartyLink\x12\x32\n\x06Stream\x12\x11.veil.TensorChunk\x1a\x13.veil.StreamSummary(\x01\x32\x98\x01\n\tInference\x12\x30\n\x06Upload\x12\x11.veil.UploadChunk\x1a\x11.veil.UploadReply(\x01\x12\'\n\x03Run\x12\x10.veil.RunRequest\x1a\x0e.veil.RunReply\x12\x30\n\x05\x46\x65tch\x12\x12.veil.FetchRequest\x1a\x11.veil.TensorChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nveil.proto\x12\x04veil\"\x9c\x01\n\x0bTensorChunk\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\r\n\x05shape\x18\x05 \x03(\x03\x12\x13\n\x0b\x63hunk_index\x18\x06 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\x12\r\n\x05\x63lock\x18\t \x01(\x04\"!\n\rStreamSummary\x12\x10\n\x08messages\x18\x01 \x01(\x04\"V\n\x0bUploadChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12 \n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x11.veil.TensorChunk\x12\x11\n\tfrac_bits\x18\x03 \x01(\r\"\x1c\n\x0bUploadReply\x12\r\n\x05names\x18\x01 \x03(\t\"\x91\x01\n\nRunRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\x12.\n\x07options\x18\x03 \x03(\x0b\x32\x1d.veil.RunRequest.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9c\x01\n\x08RunReply\x12\x0f\n\x07outputs\x18\x01 \x03(\t\x12/\n\tfrac_bits\x18\x02 \x03(\x0b\x32\x1c.veil.RunReply.FracBitsEntry\x12\x1d\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x0f.veil.PartyCost\x1a/\n\rFracBitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"S\n\tPartyCost\x12\x0f\n\x07seconds\x18\x01 \x01(\x01\x12\x12\n\nbytes_sent\x18\x02 \x01(\x04\x12\x12\n\nsend_steps\x18\x03 \x01(\x04\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\x04\"0\n\x0c\x46\x65tchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t2?\n\tPartyLink\x12\x32\n\x06Stream\x12\x11.veil.TensorChunk\x1a\x13.veil.StreamSummary(\x01\x32\x98\x01\n\tInference\x12\x30\n\x06Upload\x12\x11.veil.UploadChunk\x1a\x11.veil.UploadReply(\x01\x12\'\n\x03Run\x12\x10.veil.RunRequest\x1a\x0e.veil.RunReply\x12\x30\n\x05\x46\x65tch\x12\x12.veil.FetchRequest\x1a\x11.veil.TensorChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,14 +47,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNREQUEST']._serialized_end=478
   _globals['_RUNREQUEST_OPTIONSENTRY']._serialized_start=432
   _globals['_RUNREQUEST_OPTIONSENTRY']._serialized_end=478
-  _globals['_RUNREPLY']._serialized_start=480
-  _globals['_RUNREPLY']._serialized_end=605
-  _globals['_RUNREPLY_FRACBITSENTRY']._serialized_start=558
-  _globals['_RUNREPLY_FRACBITSENTRY']._serialized_end=605
-  _globals['_FETCHREQUEST']._serialized_start=607
-  _globals['_FETCHREQUEST']._serialized_end=655
-  _globals['_PARTYLINK']._serialized_start=657
-  _globals['_PARTYLINK']._serialized_end=720
-  _globals['_INFERENCE']._serialized_start=723
-  _globals['_INFERENCE']._serialized_end=875
+  _globals['_RUNREPLY']._serialized_start=481
+  _globals['_RUNREPLY']._serialized_end=637
+  _globals['_RUNREPLY_FRACBITSENTRY']._serialized_start=590
+  _globals['_RUNREPLY_FRACBITSENTRY']._serialized_end=637
+  _globals['_PARTYCOST']._serialized_start=639
+  _globals['_PARTYCOST']._serialized_end=722
+  _globals['_FETCHREQUEST']._serialized_start=724
+  _globals['_FETCHREQUEST']._serialized_end=772
+  _globals['_PARTYLINK']._serialized_start=774
+  _globals['_PARTYLINK']._serialized_end=837
+  _globals['_INFERENCE']._serialized_start=840
+  _globals['_INFERENCE']._serialized_end=992
 # @@protoc_insertion_point(module_scope)

@@ -17,6 +17,7 @@ equal Hugging Face's for these seeded models.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -281,6 +282,23 @@ def test_client_with_foreign_certificate_refused(served, tmp_path) -> None:
     assert info.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+_COST_LINE = re.compile(
+    r"(\w+): wall ([\d.]+) s; sent P0 ([\d.]+) MB, P1 ([\d.]+) MB, P2 ([\d.]+) MB; "
+    r"(\d+) critical-path rounds \((\d+) send steps\)"
+)
+
+
+def _assert_cost_line(stdout: str, label: str) -> None:
+    """`veil share` / `veil infer` end with the parties' reported cost of the request."""
+    match = _COST_LINE.search(stdout)
+    assert match is not None and match.group(1) == label, stdout
+    sent = [float(match.group(i)) for i in (3, 4, 5)]
+    depth, steps = int(match.group(6)), int(match.group(7))
+    assert float(match.group(2)) > 0
+    if label == "request":  # an MPC computation: messages, and a critical path >= its steps
+        assert min(sent) > 0 and depth >= steps > 0
+
+
 def test_share_and_infer_cli(served, references, tmp_path, capsys) -> None:
     """`veil share --hf DIR` then `veil infer --model`: text tokenized at the client."""
     from veil.nn.bert import normalize
@@ -307,11 +325,13 @@ def test_share_and_infer_cli(served, references, tmp_path, capsys) -> None:
         main(["share", *common, *owner, "--model", "textbert", "--hf", str(tmp_path / "model")])
         == 0
     )
+    _assert_cost_line(capsys.readouterr().out, "share")
     texts = ["A man is eating food.", "A man rides a horse."]
     out = tmp_path / "out.pt"
     args = ["infer", *common, "--model", "textbert", "--task", "embed", "--out", str(out)]
     args += ["--tokenizer", str(tmp_path / "model"), "--text", texts[0], "--text", texts[1]]
     assert main(args) == 0
+    _assert_cost_line(capsys.readouterr().out, "request")
     got = torch.load(out, weights_only=True)["embedding"]
     enc = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
