@@ -183,6 +183,16 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--max-new-tokens", type=int, default=8, help="with --task generate: tokens to generate"
     )
+    infer.add_argument(
+        "--do-sample", action="store_true", help="with --task generate: sample instead of greedy"
+    )
+    infer.add_argument("--temperature", type=float, default=1.0, help="with --do-sample")
+    infer.add_argument(
+        "--top-k", type=int, default=None, help="with --do-sample: keep the k largest logits"
+    )
+    infer.add_argument(
+        "--top-p", type=float, default=None, help="with --do-sample: nucleus probability mass"
+    )
     infer.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     infer.add_argument(
         "--input", action="append", default=[], metavar="NAME=FILE.pt", help="a torch.save'd tensor"
@@ -487,7 +497,15 @@ def _model_task(client, args: argparse.Namespace, tokenizer, ids) -> dict:
         from veil.nn.demo import chat_ids
 
         ids = chat_ids(tokenizer, args.text[0])
-    tokens = client.generate(args.model, ids, args.max_new_tokens)
+    tokens = client.generate(
+        args.model,
+        ids,
+        args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+    )
     print(f"generated ids: {tokens.tolist()}")
     if tokenizer is not None:
         for row in tokens.tolist():

@@ -439,11 +439,29 @@ class VeilClient:
         ids = self._checked(LOGITS_PROGRAM, model, input_ids, {"model": model})
         return self.api.infer(LOGITS_PROGRAM, {"input_ids": ids}, {"model": model})["logits"]
 
-    def generate(self, model: str, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Greedy continuation (batch, max_new_tokens); only this client sees the ids."""
+    def generate(
+        self,
+        model: str,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> torch.Tensor:
+        """Continuation (batch, max_new_tokens); only this client sees the ids.
+
+        Greedy by default; ``do_sample`` samples with ``temperature``, ``top_k`` and
+        ``top_p`` as transformers' ``generate`` does, the parties drawing the random value
+        jointly (:mod:`veil.protocols.approx.sampling`).
+        """
         from veil.parties.models import GENERATE_PROGRAM
 
         options = {"model": model, "max_new_tokens": str(max_new_tokens)}
+        if do_sample:
+            options |= {"do_sample": "true", "temperature": repr(float(temperature))}
+            options |= {} if top_k is None else {"top_k": str(int(top_k))}
+            options |= {} if top_p is None else {"top_p": repr(float(top_p))}
         ids = self._checked(GENERATE_PROGRAM, model, input_ids, options)
         out = self.api.infer(GENERATE_PROGRAM, {"input_ids": ids}, options)
         return out["tokens"].to(torch.int64)

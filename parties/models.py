@@ -204,13 +204,17 @@ def model_programs(store: ModelStore) -> dict[str, Program]:
         return {"logits": model(ops, ids)}
 
     def generate(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):
-        from veil.nn.generate import generate as greedy
+        from veil.nn.generate import generate as greedy  # greedy unless sampling is set
 
         model, ops, ids = _prepare(store, party, inputs, options)
         steps = int(_option(options, "max_new_tokens"))
         if not 1 <= steps <= MAX_NEW_TOKENS:
             raise ModelError(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS}, got {steps}")
-        indices = greedy(model, ops, ids, steps)
+        from veil.nn.private import vocab_size
+        from veil.parties.validation import sampling_from_options
+
+        sampling = sampling_from_options(options, vocab_size(model))
+        indices = greedy(model, ops, ids, steps, sampling=sampling)
         return {"tokens": mpc.stack(indices, dim=-1)}
 
     def info(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):

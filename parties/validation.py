@@ -23,12 +23,14 @@ or a zero row.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from veil.nn.generate import Sampling
 from veil.parties.models import (
     CALLER_OPTION,
     EMBED_PROGRAM,
@@ -60,7 +62,9 @@ OPTIONS = {
     SHARE_PROGRAM: frozenset({"model", "family", "config", "norm_headroom_bits"}),
     EMBED_PROGRAM: frozenset({"model", "attention_mask", "token_type_ids"}),
     LOGITS_PROGRAM: frozenset({"model"}),
-    GENERATE_PROGRAM: frozenset({"model", "max_new_tokens"}),
+    GENERATE_PROGRAM: frozenset(
+        {"model", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p"}
+    ),
     INFO_PROGRAM: frozenset({"model"}),
 }
 """The option names each built-in program understands; any other name is refused."""
@@ -189,6 +193,7 @@ def check_task(
         if not 1 <= steps <= MAX_NEW_TOKENS:
             raise RequestInvalid(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS}, got {steps}")
         positions = seq + steps - 1  # the last new token is never fed back
+        sampling_from_options(options, spec.vocab_size)
     if positions > spec.max_positions:
         raise RequestInvalid(
             f"{positions} positions ({seq} ids"
@@ -233,6 +238,40 @@ def _config(config_json: str) -> dict:
     if not isinstance(config, dict) or "model_type" not in config:
         raise RequestInvalid("the model config must be a JSON object with a model_type")
     return config
+
+
+def sampling_from_options(options: Mapping[str, str], vocab: int) -> Sampling | None:
+    """The generate request's sampling settings (None: greedy), named as in transformers'
+    ``generate``: ``do_sample`` ("true"/"false"), ``temperature``, ``top_k``, ``top_p``;
+    out-of-range values are refused even when ``do_sample`` is false."""
+    from veil.nn.generate import sampling_options
+
+    flag = options.get("do_sample", "false").lower()
+    if flag not in ("true", "false"):
+        raise RequestInvalid(f"option 'do_sample' must be true or false, got {flag!r}")
+    top_k = options.get("top_k")
+    top_p = options.get("top_p")
+    try:
+        return sampling_options(
+            vocab,
+            flag == "true",
+            _number(options, "temperature", "1.0"),
+            None if top_k is None else _integer(options, "top_k"),
+            None if top_p is None else _number(options, "top_p"),
+        )
+    except ValueError as exc:
+        raise RequestInvalid(str(exc)) from None
+
+
+def _number(options: Mapping[str, str], key: str, default: str | None = None) -> float:
+    text = options.get(key, default)
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise RequestInvalid(f"option {key!r} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise RequestInvalid(f"option {key!r} must be finite, got {text!r}")
+    return value
 
 
 def _integer(options: Mapping[str, str], key: str, default: str | None = None) -> int:

@@ -506,3 +506,16 @@ def test_killed_party_fails_request_naming_it_then_service_recovers(served) -> N
     assert stat.S_IMODE(store.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in store.rglob("*") if f.is_file())
     assert "party 2: reloaded bert, gpt, gpt-1-layer" in served.log.read_text()
+
+
+def test_sampled_generation_over_grpc(served) -> None:
+    """do_sample reaches the parties' program: with top_k=1 sampling is greedy; at
+    temperature 50 over the 64-token vocabulary the first 2x2 draws all equal greedy's with
+    probability about 64^-4 = 6e-8."""
+    with served.client() as client:
+        top1 = client.generate("gpt", IDS, max_new_tokens=2, do_sample=True, top_k=1)
+        hot = client.generate("gpt", IDS, max_new_tokens=8, do_sample=True, temperature=50.0)
+    greedy = references_tokens()
+    assert top1.tolist() == greedy.tolist()
+    assert hot.shape == (2, 8) and int(hot.min()) >= 0 and int(hot.max()) < 64
+    assert hot[:, :2].tolist() != greedy.tolist()

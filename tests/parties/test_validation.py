@@ -39,6 +39,7 @@ def store() -> ModelStore:
 
 
 IDS = {"input_ids": ((2, 5), 0)}
+SAMPLE = {"model": "gpt", "max_new_tokens": "2", "do_sample": "true"}  # the tiny GPT: vocab 64
 MASK_2x5 = json.dumps([[1] * 5, [1, 1, 1, 0, 0]])
 
 REFUSED = [
@@ -99,6 +100,13 @@ REFUSED = [
         "unknown option(s) ['x']",
     ),
     ("veil.model_info", {"model": "gpt"}, IDS, "takes one input, 'probe'"),
+    ("veil.generate", {**SAMPLE, "do_sample": "yes"}, IDS, "'do_sample' must be true or false"),
+    ("veil.generate", {**SAMPLE, "temperature": "0"}, IDS, "temperature"),
+    ("veil.generate", {**SAMPLE, "temperature": "nan"}, IDS, "must be finite"),
+    ("veil.generate", {**SAMPLE, "top_k": "0"}, IDS, "top_k"),
+    ("veil.generate", {**SAMPLE, "top_k": "65"}, IDS, "top_k"),
+    ("veil.generate", {**SAMPLE, "top_p": "1.5"}, IDS, "top_p"),
+    ("veil.generate", {**SAMPLE, "top_p": "most"}, IDS, "must be a number"),
 ]
 
 
@@ -113,6 +121,7 @@ def test_malformed_request_refused_naming_the_problem(
 ACCEPTED = [
     ("veil.generate", {"model": "gpt", "max_new_tokens": "4"}, {"input_ids": ((1, 29), 0)}),
     ("veil.generate", {"model": "gpt", "max_new_tokens": "32"}, {"input_ids": ((1, 1), 0)}),
+    ("veil.generate", {**SAMPLE, "temperature": "0.7", "top_k": "5", "top_p": "0.9"}, IDS),
     ("veil.logits", {"model": "gpt"}, {"input_ids": ((1, 32), 0)}),
     ("veil.logits", {"model": "bert"}, IDS),
     ("veil.embed", {"model": "bert", "attention_mask": MASK_2x5}, IDS),
