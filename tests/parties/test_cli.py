@@ -125,9 +125,8 @@ def test_launch_tears_down_when_one_party_fails(cluster_dir, tmp_path) -> None:
     assert_ports_free(cluster_dir / "cluster.toml")
 
 
-@pytest.mark.slow  # Ctrl-C teardown is also covered by test_service.py
-def test_launch_interrupted(cluster_dir, tmp_path) -> None:
-    pid_dir = tmp_path / "pids"
+def _launch_sleeping_parties(cluster_dir: Path, pid_dir: Path, **popen) -> subprocess.Popen:
+    """``veil launch --run sleep_long``, returned once all three parties have started."""
     pid_dir.mkdir()
     proc = veil(
         "launch",
@@ -138,10 +137,23 @@ def test_launch_interrupted(cluster_dir, tmp_path) -> None:
         env_extra={PID_DIR_ENV: str(pid_dir)},
         stderr=subprocess.PIPE,
         text=True,
+        **popen,
     )
-    deadline = time.monotonic() + 30
-    while len(list(pid_dir.iterdir())) < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    deadline = time.monotonic() + 60
+    try:
+        while len(list(pid_dir.iterdir())) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, "parties did not start"
+            time.sleep(0.1)
+    except BaseException:
+        stop_launcher(proc)
+        raise
+    return proc
+
+
+@pytest.mark.slow  # Ctrl-C teardown is also covered by test_service.py
+def test_launch_interrupted(cluster_dir, tmp_path) -> None:
+    pid_dir = tmp_path / "pids"
+    proc = _launch_sleeping_parties(cluster_dir, pid_dir)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the launcher
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "interrupted" in err
@@ -156,23 +168,8 @@ def _ignore_sigint() -> None:
 def test_launch_from_a_background_job_stops_on_sigint(cluster_dir, tmp_path) -> None:
     """Started with SIGINT ignored (``veil launch ... &`` in a script), Ctrl-C still stops it."""
     pid_dir = tmp_path / "pids"
-    pid_dir.mkdir()
-    proc = veil(
-        "launch",
-        "--config",
-        str(cluster_dir / "cluster.toml"),
-        "--run",
-        "tests.parties.test_cli:sleep_long",
-        env_extra={PID_DIR_ENV: str(pid_dir)},
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_ignore_sigint,
-    )
+    proc = _launch_sleeping_parties(cluster_dir, pid_dir, preexec_fn=_ignore_sigint)
     try:
-        deadline = time.monotonic() + 60
-        while len(list(pid_dir.iterdir())) < 3 and time.monotonic() < deadline:
-            assert proc.poll() is None
-            time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:
