@@ -95,6 +95,15 @@ def products(
     return [p.reshape(*shape) for p, shape in zip(pieces, shapes)]
 
 
+def encoded_coefficients(coeffs: Sequence[float], frac_bits: int | None) -> list[float]:
+    """The coefficients as :func:`linear_combination` encodes them for terms of ``frac_bits``
+    (``None``: exact), so that a twin rounds high-power coefficients as its protocol does."""
+    if frac_bits is None:
+        return list(coeffs)
+    scale = 2.0 ** (62 - SUM_RANGE_BITS - frac_bits)
+    return [round(c * scale) / scale for c in coeffs]
+
+
 def linear_combination(
     terms: Sequence[ArithShare], coeffs: Sequence[float], constant: float = 0.0
 ) -> ArithShare:
