@@ -343,7 +343,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"{'ok' if entry.ok else 'refused/failed'} in {entry.wall_s:.3f} s: sent "
             f"{t.bytes_sent} B in {t.messages_sent} messages, {t.rounds} rounds, "
             f"depth {t.depth}; "
-            f"wire {entry.wire_bytes_sent} B"
+            f"wire {entry.wire_bytes_sent} B; received {entry.input_bytes} B of inputs"
         )
 
     try:

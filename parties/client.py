@@ -33,6 +33,7 @@ import torch
 
 from veil.mpc.communicator import WORLD_SIZE
 from veil.mpc.fixedpoint import FixedPoint
+from veil.mpc.seeded import deal_seeded, uploads
 from veil.mpc.sharing import deal, reconstruct
 from veil.parties import retry, tls
 from veil.parties.config import ClusterConfig
@@ -100,8 +101,12 @@ class InferenceClient:
         inputs: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
         options: dict[str, str] | None = None,
         timeout: float | None = None,
+        seeded: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Run ``program`` on secret-shared ``inputs``; return the reconstructed outputs.
+
+        ``seeded`` deals the inputs seed-compressed (a model owner's weights, see
+        :meth:`_upload`).
 
         ``timeout`` bounds the upload and each fetch (default: ``run_timeout``, the bound
         of the Run call, which includes waiting in the parties' queue).
@@ -116,9 +121,9 @@ class InferenceClient:
         timeout = timeout or self.run_timeout  # uploads of large models take a while
         self._verify_parties()
         if not isinstance(inputs, dict):
-            return self._infer_once(program, inputs, options, timeout)
+            return self._infer_once(program, inputs, options, timeout, seeded)
         return retry.with_retries(
-            lambda: self._infer_once(program, inputs, options, timeout),
+            lambda: self._infer_once(program, inputs, options, timeout, seeded),
             deadline=time.monotonic() + self.run_timeout,
             should_retry=lambda exc: (
                 isinstance(exc, InferenceError) and retry.retryable(exc.answers)
@@ -131,11 +136,12 @@ class InferenceClient:
         inputs: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
         options: dict[str, str] | None,
         timeout: float,
+        seeded: bool,
     ) -> dict[str, torch.Tensor]:
         start = time.perf_counter()
         request_id = uuid.uuid4().hex
         items = inputs.items() if isinstance(inputs, dict) else inputs
-        self._upload(request_id, items, timeout)
+        self._upload(request_id, items, timeout, seeded)
         run = veil_pb2.RunRequest(request_id=request_id, program=program, options=options or {})
         replies = _at_all(
             [self._stubs[rank].Run.future(run, timeout=self.run_timeout) for rank in range(3)]
@@ -171,16 +177,24 @@ class InferenceClient:
         self._verified = True
 
     def _upload(
-        self, request_id: str, items: Iterable[tuple[str, torch.Tensor]], timeout: float
+        self,
+        request_id: str,
+        items: Iterable[tuple[str, torch.Tensor]],
+        timeout: float,
+        seeded: bool = False,
     ) -> None:
-        """Deal each tensor and stream party i its pair, one tensor at a time (bounded memory)."""
+        """Deal each tensor and stream party i its pair, one tensor at a time (bounded memory).
+
+        ``seeded`` deals seed-compressed instead (:mod:`veil.mpc.seeded`): party 0 gets two
+        seeds per tensor, parties 1 and 2 a seed and one component, as upload parts.
+        """
         feeds: list[queue.Queue] = [queue.Queue(maxsize=4) for _ in range(WORLD_SIZE)]
         stop = threading.Event()
 
         def messages(rank: int) -> Iterator[veil_pb2.UploadChunk]:
             while (item := feeds[rank].get()) is not None:
-                name, pair, frac_bits = item
-                for chunk in tensor_chunks(pair, tag=name):
+                name, tensor, frac_bits = item
+                for chunk in tensor_chunks(tensor, tag=name):
                     yield veil_pb2.UploadChunk(
                         request_id=request_id, chunk=chunk, frac_bits=frac_bits
                     )
@@ -202,6 +216,11 @@ class InferenceClient:
 
         try:
             for name, value in items:
+                if seeded:
+                    for payload in deal_seeded(torch.as_tensor(value), self.fxp):
+                        for part in uploads(name, payload):
+                            put(payload.rank, (*part, payload.frac_bits))
+                    continue
                 pairs, frac_bits = deal(torch.as_tensor(value), self.fxp)
                 for rank in range(WORLD_SIZE):
                     put(rank, (name, pairs[rank], frac_bits))
@@ -381,8 +400,11 @@ class VeilClient:
     ) -> int:
         """Secret-share a ``transformers`` model's weights to the parties under ``name``.
 
-        Returns the number of weight tensors sent.  Each party receives only its pair of
-        each weight; the class name and config (public) travel as options.
+        Returns the number of weight tensors sent.  The weights are dealt seed-compressed
+        (:mod:`veil.mpc.seeded`): party 0 receives two 16-byte seeds per weight and no
+        weight data, parties 1 and 2 a seed and one component (8 bytes per parameter);
+        each party expands them into its pair.  The class name and config (public)
+        travel as options.
         ``show_progress`` draws a bar over the weights as they are dealt and sent.
         """
         from veil.nn.private import NORM_HEADROOM_BITS, import_hf
@@ -406,7 +428,7 @@ class VeilClient:
             from veil.nn.progress import Progress, tracked
 
             weights = tracked(weights, Progress(len(params), "sharing weights"))
-        self.api.infer(SHARE_PROGRAM, weights, options)
+        self.api.infer(SHARE_PROGRAM, weights, options, seeded=True)
         return len(params)
 
     @property

@@ -1,8 +1,9 @@
 """Models served by the parties: shared once by the model owner, kept in memory by name.
 
-The model owner sends each party only its own pair of every weight, through the
-ordinary client API (Upload, then the built-in program :data:`SHARE_PROGRAM`), so the
-weights travel over the same mutual TLS as any request.  What is public travels in the
+The model owner sends each party only its own pair of every weight, seed-compressed
+(:mod:`veil.mpc.seeded`: party 0 gets two seeds, parties 1 and 2 a seed and one
+component), through the ordinary client API (Upload, then the built-in program
+:data:`SHARE_PROGRAM`), so the weights travel over the same mutual TLS as any request.  What is public travels in the
 request's options: the ``transformers`` class name (from a fixed allow-list, never an
 importable path) and its config as JSON.  Each party rebuilds the model *structure*
 from that config alone -- a randomly initialised ``transformers`` model of the same
@@ -28,6 +29,7 @@ import torch
 from veil import mpc
 from veil.mpc.arith import ArithShare
 from veil.mpc.party import Party
+from veil.mpc.seeded import Payload, expand
 from veil.nn.modules import Module
 
 SHARE_PROGRAM = "veil.share_model"
@@ -43,7 +45,8 @@ INFO_PROBE = "probe"
 """The info request's only input, a placeholder: a party starts a request once its inputs
 have arrived, and this request has no secret input."""
 WEIGHT_PREFIX = "w:"
-"""Upload names of weight shares: ``w:<dotted parameter name>``."""
+"""Input names of weights: ``w:<dotted parameter name>`` (uploaded as the parts
+``s:<k>:w:<name>`` and ``c:<k>:w:<name>`` of :mod:`veil.mpc.seeded`)."""
 
 FAMILIES = ("BertModel", "BertForSequenceClassification", "GPT2LMHeadModel", "LlamaForCausalLM")
 MAX_NEW_TOKENS = 256
@@ -111,15 +114,33 @@ def unique_params(module: Module) -> dict[str, Any]:
     return params
 
 
-def attach_shares(structure: Module, shares: dict[str, HeldShare]) -> Module:
-    """Replace every parameter of ``structure`` by its received share (names, shapes checked)."""
-    expected = unique_params(structure)
-    missing, extra = set(expected) - set(shares), set(shares) - set(expected)
+def _check_names(expected: dict[str, Any], got: dict[str, Any]) -> None:
+    missing, extra = set(expected) - set(got), set(got) - set(expected)
     if missing or extra:
         raise ModelError(
             f"weight shares do not match the config: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(extra)[:5]}"
         )
+
+
+def expand_weights(structure: Module, payloads: dict[str, Payload]) -> dict[str, HeldShare]:
+    """Each seed-compressed weight expanded into this party's pair, at the config's shape."""
+    expected = unique_params(structure)
+    _check_names(expected, payloads)
+    shares = {}
+    for name, payload in payloads.items():
+        try:
+            pair = expand(payload, expected[name].shape)
+        except ValueError as exc:
+            raise ModelError(f"weight {name!r}: {exc} (from the config)") from None
+        shares[name] = HeldShare(pair, payload.frac_bits)
+    return shares
+
+
+def attach_shares(structure: Module, shares: dict[str, HeldShare]) -> Module:
+    """Replace every parameter of ``structure`` by its received share (names, shapes checked)."""
+    expected = unique_params(structure)
+    _check_names(expected, shares)
     for name, value in expected.items():
         if tuple(shares[name].pair.shape[1:]) != tuple(value.shape):
             raise ModelError(
@@ -176,17 +197,18 @@ Program = Callable[[Party, dict[str, ArithShare], dict[str, str]], dict[str, Ari
 def model_programs(store: ModelStore) -> dict[str, Program]:
     """The built-in programs over ``store``: share a model, embed, logits, generate."""
 
-    def share_model(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):
+    def share_model(party: Party, inputs: dict[str, Payload], options: dict[str, str]):
         name = _option(options, "model")
         family = _option(options, "family")
         config_json = _option(options, "config")
         headroom = int(options.get("norm_headroom_bits", "0"))
-        shares = {
-            key[len(WEIGHT_PREFIX) :]: HeldShare(share.data.to("cpu"), share.frac_bits)
-            for key, share in inputs.items()
-            if key.startswith(WEIGHT_PREFIX)
-        }
-        module = attach_shares(build_structure(family, config_json), shares)
+        payloads = {}
+        for key, value in inputs.items():
+            if not isinstance(value, Payload):
+                raise ModelError(f"weight {key!r} must be uploaded seed-compressed")
+            payloads[key[len(WEIGHT_PREFIX) :]] = value
+        structure = build_structure(family, config_json)
+        module = attach_shares(structure, expand_weights(structure, payloads))
         owner = options.get(CALLER_OPTION)
         store.put(name, ServedModel(family, config_json, headroom, module, owner))
         return {}
@@ -249,7 +271,7 @@ def _prepare(
 
     served = store.get(_option(options, "model"))
     ids = inputs.get("input_ids")
-    if ids is None or ids.frac_bits != 0 or ids.ndim != 2:
+    if not isinstance(ids, ArithShare) or ids.frac_bits != 0 or ids.ndim != 2:
         raise ModelError("input_ids must be integer shares of shape (batch, seq)")
     return served.at(party), MPCBackend(party, served.norm_headroom_bits), ids
 

@@ -3,7 +3,10 @@
 A *program* is an SPMD function ``program(party, inputs, options) -> outputs`` over
 named secret shares (``dict[str, ArithShare]`` in and out; ``options`` is a
 ``dict[str, str]``).  A client uploads its share pairs to every party, calls ``Run``
-at all three, and fetches the output pairs (:mod:`veil.parties.client`).
+at all three, and fetches the output pairs (:mod:`veil.parties.client`).  An input
+uploaded seed-compressed (parts named ``s:<k>:<name>`` / ``c:<k>:<name>``, see
+:mod:`veil.mpc.seeded`) reaches the program as a :class:`~veil.mpc.seeded.Payload`, which
+the program expands once it knows the value's shape (a model's weights).
 
 The three parties must run requests in the same order, or their messages would mix.
 Run calls from any number of clients are queued (bounded: a full queue answers
@@ -43,6 +46,7 @@ from veil.mpc.arith import ArithShare
 from veil.mpc.communicator import PeerError, Traffic
 from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.party import Party
+from veil.mpc.seeded import Payload, check_part, gather, is_part
 from veil.parties.agreement import NO_RUN, NOT_READY, READY, RequestRefused, agree
 from veil.parties.authz import Authz, ModelOwner
 from veil.parties.config import ClusterConfig
@@ -52,12 +56,17 @@ from veil.parties.upload_limits import UploadLimits, UploadRefused
 from veil.parties.wire import Reassembler, WireError, tensor_chunks
 from veil.proto import veil_pb2, veil_pb2_grpc
 
-Program = Callable[[Party, dict[str, ArithShare], dict[str, str]], dict[str, ArithShare]]
+Program = Callable[
+    [Party, dict[str, "ArithShare | Payload"], dict[str, str]], dict[str, ArithShare]
+]
 Check = Callable[[str, dict[str, str]], "str | None"]
 """``check(program, options)``: why this party cannot run a request now, or None."""
-Validate = Callable[[str, dict[str, str], dict[str, tuple[tuple[int, ...], int]]], "str | None"]
+Validate = Callable[
+    [str, dict[str, str], dict[str, tuple["tuple[int, ...] | None", int]]], "str | None"
+]
 """``validate(program, options, {input: (shape, frac_bits)})``: why a request is malformed,
-or None; asked when its Run call arrives, so a malformed request never reaches a program."""
+or None; asked when its Run call arrives, so a malformed request never reaches a program.
+The shape of a seed-compressed input is None (party 0 receives only its seeds)."""
 
 _POLL_SECONDS = 0.2
 _RELINK_FIRST_PAUSE_SECONDS = 0.05
@@ -104,6 +113,8 @@ class RequestLog:
     wall_s: float
     traffic: Traffic
     wire_bytes_sent: int
+    input_bytes: int = 0
+    """Bytes of input shares this party received for the request (its uploads' data)."""
 
 
 class InferenceService(veil_pb2_grpc.InferenceServicer):
@@ -178,7 +189,12 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 if tensor is None:
                     continue
                 name = message.chunk.tag
-                if tensor.dtype != torch.int64 or tensor.dim() < 1 or tensor.shape[0] != 2:
+                if is_part(name):
+                    try:
+                        check_part(name, tensor)
+                    except ValueError as exc:
+                        raise WireError(str(exc)) from None
+                elif tensor.dtype != torch.int64 or tensor.dim() < 1 or tensor.shape[0] != 2:
                     raise WireError(f"share {name!r} must be an int64 pair of shape (2, ...)")
                 with self._lock:
                     request = self._request_for(context, caller, message.request_id)
@@ -239,15 +255,16 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
 
     def _validate(self, job: _Job, context: grpc.ServicerContext) -> None:
         """Refuse a malformed request at its Run call (INVALID_ARGUMENT), dropping its uploads."""
-        if self.validate is None:
-            return
         with self._lock:
             entry = self._requests.get(job.request_id)
-            inputs = {
-                name: (tuple(pair.shape[1:]), frac)
-                for name, (pair, frac) in (entry.inputs.items() if entry else [])
-            }
-        why = self.validate(job.program, job.options, inputs)
+            raw = dict(entry.inputs) if entry else {}
+        try:
+            inputs = _specs(_inputs(self.party.rank, raw))
+        except ValueError as exc:
+            why = str(exc)
+        else:
+            validate = self.validate
+            why = None if validate is None else validate(job.program, job.options, inputs)
         if why is not None:
             with self._lock:
                 if job.request_id not in self._jobs:
@@ -355,18 +372,25 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         options = job.options if job else {}
         reason = self._not_ready(job, request)
         try:
+            try:
+                held = _inputs(party.rank, request.inputs if request else {})
+            except ValueError as exc:  # parts uploaded after the Run call was validated
+                held, reason = {}, reason or f"party {party.rank}: {exc}"
             shapes = sorted(
-                f"{name}:{tuple(pair.shape)}:{frac}"
-                for name, (pair, frac) in (request.inputs.items() if request else [])
+                f"{name}:{'seeded' if shape is None else shape}:{frac}"
+                for name, (shape, frac) in _specs(held).items()
             )
             status = READY if reason is None else NO_RUN if job is None else NOT_READY
             wait = self.config.connect_timeout
             agree(comm, request_id, program, options, shapes, status, reason, wait)
             assert job is not None and request is not None
             inputs = {
-                name: ArithShare(party, pair.to(party.device), frac)
-                for name, (pair, frac) in request.inputs.items()
+                name: value
+                if isinstance(value, Payload)
+                else ArithShare(party, value[0].to(party.device), value[1])
+                for name, value in held.items()
             }
+            received = request.charged
             with self._lock:
                 self._release_inputs(request)
             with comm.scope(program):
@@ -385,7 +409,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                     depth=traffic.depth,
                 ),
             )
-            self._done(job, request_id, program, start, wire_before, reply=reply)
+            self._done(job, request_id, program, start, wire_before, received, reply=reply)
             self._backoff.reset()  # the links work again
         except RequestRefused as exc:
             with self._lock:
@@ -428,7 +452,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
                 return f"party {rank}: {why}"
         return None
 
-    def _done(self, job, request_id, program, start, wire_before, **result) -> None:
+    def _done(self, job, request_id, program, start, wire_before, received=0, **result) -> None:
         comm = self.party.comm
         entry = RequestLog(
             request_id,
@@ -437,6 +461,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
             time.perf_counter() - start,
             comm.stats.total(program) if program else Traffic(),
             comm.wire_bytes_sent - wire_before,
+            received,
         )
         self.log = [*self.log[-99:], entry]
         if job is not None:
@@ -495,6 +520,31 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
 
     def _name(self) -> str:
         return f"party {self.party.rank}" if self.party is not None else "this party"
+
+
+def _inputs(
+    rank: int, raw: dict[str, tuple[torch.Tensor, int]]
+) -> dict[str, tuple[torch.Tensor, int] | Payload]:
+    """Uploaded inputs by name: a pair with its fractional bits, or a seed-compressed
+    payload gathered from its parts (ValueError if parts are missing or clash)."""
+    payloads = gather(rank, {name: value for name, value in raw.items() if is_part(name)})
+    pairs = {name: value for name, value in raw.items() if not is_part(name)}
+    both = sorted(payloads.keys() & pairs.keys())
+    if both:
+        raise ValueError(f"inputs {both[:5]} arrived both as pairs and seed-compressed")
+    return pairs | payloads
+
+
+def _specs(
+    held: dict[str, tuple[torch.Tensor, int] | Payload],
+) -> dict[str, tuple[tuple[int, ...] | None, int]]:
+    """What every party can tell of its inputs: the value's shape (None if seeded) and scale."""
+    return {
+        name: (None, value.frac_bits)
+        if isinstance(value, Payload)
+        else (tuple(value[0].shape[1:]), value[1])
+        for name, value in held.items()
+    }
 
 
 def start_serving(

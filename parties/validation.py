@@ -70,9 +70,9 @@ OPTIONS = {
 """The option names each built-in program understands; any other name is refused."""
 MAX_NORM_HEADROOM_BITS = 16
 
-InputSpec = tuple[tuple[int, ...], int]
-"""What a party knows of an uploaded input: the shape of the value (not of its pair) and
-its fractional bits."""
+InputSpec = tuple[tuple[int, ...] | None, int]
+"""What a party knows of an uploaded input: the shape of the value (not of its pair; None
+for a seed-compressed value, whose shape party 0 cannot see) and its fractional bits."""
 
 
 class RequestInvalid(ValueError):
@@ -131,7 +131,8 @@ def validate_request(
 
 def check_share(options: Mapping[str, str], inputs: Mapping[str, InputSpec]) -> None:
     """The public part of a model share: known options, an allowed family, a parseable
-    config, weight-named inputs (names and shapes are checked against the config later)."""
+    config, weight-named seed-compressed inputs (names and shapes are checked against the
+    config when the parties expand them)."""
     _known_options(SHARE_PROGRAM, options)
     for key in ("model", "family", "config"):
         if not options.get(key):
@@ -149,6 +150,11 @@ def check_share(options: Mapping[str, str], inputs: Mapping[str, InputSpec]) -> 
     stray = sorted(name for name in inputs if not name.startswith(WEIGHT_PREFIX))
     if stray:
         raise RequestInvalid(f"inputs {stray[:5]} are not weights (names start {WEIGHT_PREFIX!r})")
+    paired = sorted(name for name, (shape, _) in inputs.items() if shape is not None)
+    if paired:
+        raise RequestInvalid(
+            f"weights {paired[:5]} arrived as pairs; weights are uploaded seed-compressed"
+        )
 
 
 def check_info(options: Mapping[str, str], inputs: Mapping[str, InputSpec]) -> None:
@@ -177,6 +183,8 @@ def check_task(
     if IDS not in inputs:
         raise RequestInvalid(f"input {IDS!r} is missing (upload it before Run)")
     shape, frac_bits = inputs[IDS]
+    if shape is None:
+        raise RequestInvalid(f"{IDS} must be uploaded as share pairs, not seed-compressed")
     if frac_bits != 0:
         raise RequestInvalid(
             f"{IDS} must be integers (frac_bits 0), got fixed-point shares with "

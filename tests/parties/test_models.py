@@ -174,6 +174,32 @@ def test_generation_and_logits(served, references) -> None:
     assert (logits - references["logits_plain"]).abs().max() < LOGITS_BOUND_PLAIN
 
 
+_SHARE_RECEIVED = re.compile(
+    r"party (\d): request \w+ veil\.share_model ok .*; received (\d+) B of inputs"
+)
+
+
+def test_share_is_seed_compressed(served) -> None:
+    """Party 0 receives 32 bytes per weight tensor (two seeds) and nothing per parameter;
+    parties 1 and 2 receive 8 bytes per parameter and one 16-byte seed per tensor (the
+    uncompressed pairs would be 16 bytes per parameter at all three)."""
+    from veil.nn.private import import_hf
+    from veil.parties.models import unique_params
+
+    model = tiny_bert()
+    params = unique_params(import_hf(model))
+    elements, tensors = sum(p.numel() for p in params.values()), len(params)
+    before = len(served.log.read_text())
+    with served.client("owner") as owner:
+        owner.share_model("bert-bytes", model)
+    deadline = time.monotonic() + 10
+    while len(received := dict(_SHARE_RECEIVED.findall(served.log.read_text()[before:]))) < 3:
+        assert time.monotonic() < deadline, served.log.read_text()[before:]
+        time.sleep(0.1)
+    assert int(received["0"]) == 32 * tensors
+    assert int(received["1"]) == int(received["2"]) == 8 * elements + 16 * tensors
+
+
 def test_unshared_model_refused_by_name(served) -> None:
     with served.client() as client, pytest.raises(InferenceError) as info:
         client.embed("no-such-model", IDS)
