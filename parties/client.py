@@ -3,7 +3,9 @@
 The client never sends a plaintext input anywhere: it splits each tensor into three
 replicated shares (:func:`veil.mpc.deal`), gives party i only its pair, and rebuilds the
 outputs from the three parties' pairs (:func:`veil.mpc.reconstruct`, which also checks
-that the parties' overlapping components agree).
+that the parties' overlapping components agree).  A model owner's weights go
+seed-compressed instead (:mod:`veil.mpc.seeded`): party 0 gets two AES-CTR seeds per
+weight and no weight data, parties 1 and 2 a seed and one component each.
 
 :class:`InferenceClient` runs any named program; :class:`VeilClient` adds the model
 API on top: a model owner shares a ``transformers`` model once
