@@ -138,7 +138,7 @@ class InferenceClient:
         inputs: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
         options: dict[str, str] | None,
         timeout: float,
-        seeded: bool,
+        seeded: bool = False,
     ) -> dict[str, torch.Tensor]:
         start = time.perf_counter()
         request_id = uuid.uuid4().hex
