@@ -36,6 +36,7 @@ import torch
 
 from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.prg import KEY_BYTES, AesPrg, new_key
+from veil.mpc.sharing import encode_for_dealing
 
 SEEDED_COMPONENTS = (0, 1)
 """The components the owner derives from seeds; component 2 travels as data."""
@@ -68,12 +69,7 @@ class Payload:
 
 def deal_seeded(value: torch.Tensor, fxp: FixedPoint | None = None) -> list[Payload]:
     """Each party's payload of a fresh sharing of ``value`` (float: fixed point; int: ring)."""
-    fxp = fxp or FixedPoint()
-    value = torch.as_tensor(value)
-    if value.is_floating_point():
-        ring, frac = fxp.encode(value), fxp.frac_bits
-    else:
-        ring, frac = value.to(torch.int64), 0
+    ring, frac = encode_for_dealing(value, fxp)
     seeds = {k: new_key() for k in SEEDED_COMPONENTS}
     masks = [AesPrg(seeds[k]).random_int64(ring.shape) for k in SEEDED_COMPONENTS]
     last = ring - masks[0] - masks[1]

@@ -90,6 +90,18 @@ def reveal_to(x: ArithShare, receiver: int) -> torch.Tensor | None:
     return ring if x.frac_bits == 0 else party.fxp.decode(ring, x.frac_bits)
 
 
+def encode_for_dealing(
+    value: torch.Tensor, fxp: FixedPoint | None = None
+) -> tuple[torch.Tensor, int]:
+    """(ring elements, fractional bits) of a value an owner deals: floats in fixed point,
+    integers (token ids) as they are with 0 fractional bits."""
+    fxp = fxp or FixedPoint()
+    value = torch.as_tensor(value)
+    if value.is_floating_point():
+        return fxp.encode(value), fxp.frac_bits
+    return value.to(torch.int64), 0
+
+
 def deal_components(value: torch.Tensor, fxp: FixedPoint | None = None) -> tuple[torch.Tensor, int]:
     """An *outside* owner (the client, the model owner) splits ``value`` into components.
 
@@ -97,12 +109,7 @@ def deal_components(value: torch.Tensor, fxp: FixedPoint | None = None) -> tuple
     fresh AES-CTR key that only the owner holds, x_2 = x - x_0 - x_1.  Party i must receive
     only (x_i, x_{i+1}) (see :func:`deal`), which is uniformly random on its own.
     """
-    fxp = fxp or FixedPoint()
-    value = torch.as_tensor(value)
-    if value.is_floating_point():
-        ring, frac = fxp.encode(value), fxp.frac_bits
-    else:
-        ring, frac = value.to(torch.int64), 0
+    ring, frac = encode_for_dealing(value, fxp)
     components = torch.empty(3, *ring.shape, dtype=torch.int64)
     prg = AesPrg(new_key())
     components[0] = prg.random_int64(ring.shape)
