@@ -17,11 +17,12 @@ import torch
 
 from veil.mpc.arith import ArithShare, cat
 from veil.mpc.fixedpoint import DEFAULT_FRAC_BITS
+from veil.mpc.party import Party
 from veil.protocols.comparison import less_than
-from veil.protocols.multiplication import mul
+from veil.protocols.multiplication import local_product, reshare
 from veil.protocols.reductions import tournament_fits, tournament_max
 from veil.protocols.select import mux
-from veil.protocols.truncation import truncate
+from veil.protocols.truncation import truncate, truncate_product
 
 FRAC_BITS = DEFAULT_FRAC_BITS
 SUM_RANGE_BITS = 10
@@ -49,12 +50,14 @@ def with_frac(x: ArithShare, frac_bits: int) -> ArithShare:
 def products(
     pairs: Sequence[tuple[ArithShare, ArithShare]], out_frac: Sequence[int | None] | None = None
 ) -> list[ArithShare]:
-    """``[x * y for x, y in pairs]`` in one multiplication round and one truncation.
+    """``[x * y for x, y in pairs]`` in one call: 2 rounds when any product is truncated.
 
     The raw product of each pair carries ``x.frac_bits + y.frac_bits`` fractional bits; it
     is truncated to ``out_frac[i]`` (default: the party's f when it carries more, else kept).
-    Truncations by the same number of bits share one call (2 rounds).
-    Cost: 1 round and 8 bytes per output element per party, plus truncation.
+    All products are truncated together from their 3-out-of-3 components, each by its own
+    shift (:func:`veil.protocols.truncation.truncate_product`): 2 rounds and 64/3 bytes
+    per output element per party.  With no shift at all it is a plain multiplication:
+    1 round, 8 bytes per output element per party.
     """
     party = pairs[0][0].party
     f = party.fxp.frac_bits
@@ -68,31 +71,53 @@ def products(
     if out_frac is None:
         out_frac = [None] * len(pairs)
     targets = [(min(raw, f) if want is None else want) for raw, want in zip(raw_fracs, out_frac)]
-    flat = mul(cat(xs), cat(ys)) if len(xs) > 1 else mul(xs[0], ys[0])
-    pieces, start = [], 0
-    for shape, raw in zip(shapes, raw_fracs):
-        n = shape.numel()
-        pieces.append(with_frac(flat[start : start + n], raw))
-        start += n
-    by_shift: dict[int, list[int]] = {}
-    for i, (raw, target) in enumerate(zip(raw_fracs, targets)):
-        if target > raw:
-            raise ValueError("a product cannot gain fractional bits")
-        if target < raw:
-            by_shift.setdefault(raw - target, []).append(i)
-    for shift, members in by_shift.items():
-        joined = (
-            cat([with_frac(pieces[i], 0) for i in members])
-            if len(members) > 1
-            else pieces[members[0]]
-        )
-        cut = truncate(with_frac(joined, shift), shift)
-        start = 0
-        for i in members:
-            n = pieces[i].numel()
-            pieces[i] = with_frac(cut[start : start + n], targets[i])
-            start += n
+    shifts = [raw - target for raw, target in zip(raw_fracs, targets)]
+    if min(shifts) < 0:
+        raise ValueError("a product cannot gain fractional bits")
+    x_flat, y_flat = (cat(xs), cat(ys)) if len(xs) > 1 else (xs[0], ys[0])
+    with party.comm.scope("mul"):
+        z = local_product(x_flat.data, y_flat.data)
+        if max(shifts) == 0:
+            z += party.zero_share(z.shape)
+            flat = ArithShare(party, reshare(party, z), 0)
+            return _split(flat, shapes, targets)
+        sizes = [shape.numel() for shape in shapes]
+        pieces = truncate_components(party, list(zip(z.split(sizes), shifts, targets)))
     return [p.reshape(*shape) for p, shape in zip(pieces, shapes)]
+
+
+def truncate_components(
+    party: Party, parts: Sequence[tuple[torch.Tensor, int, int]]
+) -> list[ArithShare]:
+    """Truncate 3-out-of-3 components together, each part by its own shift, in 2 rounds.
+
+    ``parts``: (this party's component z_i of a value, shift in 0..61, fractional bits of
+    the result).  A component is what a local product leaves
+    (:func:`veil.protocols.multiplication.local_product`), or ``share.data[0]`` of a
+    replicated share (its components sum to the value).  One call of
+    :func:`veil.protocols.truncation.truncate_product`: 64/3 bytes per element per party.
+    """
+    shapes = [z.shape for z, _, _ in parts]
+    flat = torch.cat([z.reshape(-1) for z, _, _ in parts])
+    shifts = [shift for _, shift, _ in parts]
+    if len(set(shifts)) == 1:
+        cut = truncate_product(party, flat, shifts[0], shifts[0])
+    else:
+        per_element = torch.cat([
+            torch.full((shape.numel(),), shift, dtype=torch.int64) for shape, shift in zip(shapes, shifts)
+        ])
+        cut = truncate_product(party, flat, per_element, max(shifts))
+    return _split(cut, shapes, [frac for _, _, frac in parts])
+
+
+def _split(flat: ArithShare, shapes: Sequence[torch.Size], fracs: Sequence[int]) -> list[ArithShare]:
+    """The consecutive pieces of a flat share, reshaped, each read with its own scale."""
+    pieces, start = [], 0
+    for shape, frac in zip(shapes, fracs):
+        n = shape.numel()
+        pieces.append(with_frac(flat[start : start + n], frac).reshape(*shape))
+        start += n
+    return pieces
 
 
 def encoded_coefficients(coeffs: Sequence[float], frac_bits: int | None) -> list[float]:

@@ -11,13 +11,16 @@ squarings it is far more accurate.  Measured (errors: float64 twin with f = 18 r
 softmax on 12x128x128 rows of logits ~ N(0, 3^2), causal rows alike; cost per element per
 party with the clip / without it, from the communicator counters):
 
-    variant                products  rounds   bytes      exp err [-14, 0]  softmax err
-    linear,    t = 5 (PUMA)    5      24 / 13  175.5 / 120   8.6e-3          6.6e-2
-    linear,    t = 8           8      32 / 21  247.5 / 192   1.1e-3          8.2e-3
-    quadratic, t = 4           5      24 / 13  175.5 / 120   1.0e-3          2.0e-2
-    quadratic, t = 5           6      27 / 16  199.5 / 144   2.4e-4          4.0e-3  <- default
-    quadratic, t = 6           7      29 / 18  223.5 / 168   1.5e-4          9.2e-4
-    quadratic, t = 7           8      32 / 21  247.5 / 192   3.0e-4          2.3e-4
+    variant                products  rounds   bytes          exp err [-14, 0]  softmax err
+    linear,    t = 5 (PUMA)    5      21 / 10  162.2 / 106.7   8.6e-3          6.6e-2
+    linear,    t = 8           8      27 / 16  226.2 / 170.7   1.1e-3          8.2e-3
+    quadratic, t = 4           5      21 / 10  162.2 / 106.7   1.0e-3          2.0e-2
+    quadratic, t = 5           6      23 / 12  183.5 / 128     2.4e-4          4.0e-3  <- default
+    quadratic, t = 6           7      25 / 14  204.8 / 149.3   1.5e-4          9.2e-4
+    quadratic, t = 7           8      27 / 16  226.2 / 170.7   3.0e-4          2.3e-4
+
+(rounds: critical path; every product is truncated from its 3-out-of-3 components, 2 rounds
+and 21.3 bytes; see protocols/truncation.py)
 
 So quadratic t = 5 meets the softmax bound (0.01) with 2.5x margin for one product more
 than PUMA's t = 5 (and two fewer than linear t = 8, the cheapest linear variant that
@@ -32,10 +35,10 @@ variant needs a caller that bounds x, e.g. softmax logits with a known spread.
 Error: twin vs exp: the table above; protocol vs twin: at most about 2^(t+1) ulp (each
 truncation is off by at most one ulp, and every later squaring doubles a relative error);
 measured 1.1e-4 for t = 5.
-Cost: the table above (quadratic t = 5: 6 products with truncation, 144 bytes; one
+Cost: the table above (quadratic t = 5: 6 products with truncation, 128 bytes; one
 comparison for the clip, 47.5 bytes; one multiplexer, 8 bytes).  ``untruncated=True``
-skips the last truncation (16 bytes, 2 rounds) for a caller that multiplies the result
-again (softmax).
+leaves the last product untruncated (8 instead of 21.3 bytes, 1 round instead of 2) for a
+caller that multiplies the result again (softmax).
 """
 
 from __future__ import annotations

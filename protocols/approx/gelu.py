@@ -33,14 +33,14 @@ Error: twin vs erf-GeLU on [-10, 10]: PUMA max 0.0199 (at the segment joins; 0.0
 tanh form), symmetric 1.0e-3 (1.4e-3 vs the tanh form).  Protocol vs twin: about 1e-5
 (coefficients times one-ulp truncation errors).
 Cost (PUMA): segment bits (10 rounds, 3 * 47.5 = 142.5 bytes), powers x^2 | x^3, x^4 | x^6
-(3 levels of 1 + 2 rounds, 4 products: 96 bytes), one truncation for both polynomials
-(2 rounds, 32 bytes), selection (1 round, 24 bytes): 22 rounds (23 at the busiest party),
-294.5 bytes per element per party (28.95 MB for 128x768, measured).
+(3 levels of one fused product and truncation, 2 rounds each; 4 products: 85.3 bytes), one
+truncation for both polynomials (2 rounds, 32 bytes), selection (1 round, 24 bytes):
+283.8 bytes per element per party, 21 critical-path rounds (27.90 MB for 128x768, measured).
 Cost (symmetric): segment bits (10 rounds, 2 * 47.5 = 95 bytes), powers x^2, x^4, x^6 | x^8,
-x^10 (4 levels of 1 + 2 rounds, 5 products: 120 bytes), one truncation for the polynomial
-(2 rounds, 16 bytes), selection (1 round, 16 bytes): 247 bytes per element per party;
-measured for 128x768: 24.28 MB, 23 send steps, 29 critical-path rounds (the previous
-cubic fit: 19.56 MB, 21 send steps).
+x^10 (4 levels of 2 rounds, 5 products: 106.7 bytes), one truncation for the polynomial
+(2 rounds, 16 bytes), selection (1 round, 16 bytes): 233.7 bytes per element per party;
+measured for 128x768: 22.97 MB, 21 critical-path rounds (29 before products were truncated
+from their 3-out-of-3 components, protocols/truncation.py).
 """
 
 from __future__ import annotations

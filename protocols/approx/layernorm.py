@@ -22,15 +22,18 @@ terms are rsqrt's 8e-5 relative error and the roundings of gamma (2^-14) and r, 
 |y| (about 5 at most for Gaussian rows); protocol vs twin about the same size, as the
 protocol's truncations round up or down where the twin rounds to nearest.
 gamma is narrowed once to 13 fractional bits (a truncation of n elements batched with
-the mean's), so x * r (kept at 2f bits) * gamma needs a single elementwise truncation.
-Cost per row of n, per party: the mean with gamma's narrowing (2 rounds) and S (3 rounds,
-one element): 40 bytes; rsqrt (22 rounds, 47.5 * 33 + 136 = 1703.5 bytes; with
-``bracket="bits"`` 28 rounds and 152 + 16 * 34 + 136 = 832 bytes); then two elementwise
-products and one truncation (4 rounds, 32 bytes per element; 24 without gamma).  Narrowing
-gamma adds 16 bytes per element of gamma, once per call.
-Measured, 128x768 (benchmarks/nonlinear.py): 31 rounds, 3.38 MB; with ``bracket="bits"``
-37 rounds, 3.27 MB; without the affine step (gamma and beta folded into the next linear
-layer by the model owner) 30 rounds, 2.58 MB.  SPU's PUMA: 55 send steps, 3.2 MB.
+S's), so x * r (kept at 2f bits) * gamma needs a single elementwise truncation.
+Cost per row of n, per party: the mean (2 rounds, 16 bytes) and S, truncated from its
+3-out-of-3 components with gamma's narrowing (2 rounds, 21.3 bytes); rsqrt (20 rounds,
+47.5 * 33 + 122.7 = 1690.2 bytes; with ``bracket="bits"`` 26 rounds and 152 + 16 * 34 +
+122.7 = 818.7 bytes); then two elementwise products, the second truncated from its
+3-out-of-3 components (3 rounds, 8 + 21.3 bytes per element; without gamma one such
+product, 2 rounds and 21.3 bytes).  Narrowing gamma adds 21.3 bytes per element of gamma,
+once per call.
+Measured, 128x768 (benchmarks/nonlinear.py): 27 critical-path rounds, 3.12 MB; with
+``bracket="bits"`` 33 rounds, 3.01 MB; without the affine step (gamma and beta folded into
+the next linear layer by the model owner) 26 rounds, 2.32 MB.  SPU's PUMA: 55 send steps,
+3.2 MB.
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ from veil.protocols.approx._common import (
     FRAC_BITS,
     products,
     quantize,
-    truncate_together,
+    truncate_components,
     with_frac,
 )
 from veil.protocols.approx.rsqrt import rsqrt, rsqrt_twin
+from veil.protocols.multiplication import local_product
 from veil.protocols.truncation import truncate
 
 MEAN_RANGE_BITS = 50
@@ -78,12 +82,24 @@ def _gamma_bits(f: int) -> int | None:
     return bits if bits >= MIN_GAMMA_BITS else None
 
 
-def _row_dot(x: ArithShare, headroom_bits: int) -> ArithShare:
-    """sum((x / 2^h)^2) over the last dim, shape (..., 1), untruncated (2f bits)."""
-    f = x.frac_bits
+def _row_dot(x: ArithShare, headroom_bits: int) -> torch.Tensor:
+    """This party's 3-out-of-3 component of sum((x / 2^h)^2) over the last dim, shape
+    (..., 1), with 2f fractional bits: no message until it is truncated (2 rounds)."""
     if headroom_bits:
-        x = with_frac(truncate(x, headroom_bits), f)
-    return with_frac((with_frac(x, 0).unsqueeze(-2) @ x.unsqueeze(-1)).squeeze(-1), 2 * f)
+        x = with_frac(truncate(x, headroom_bits), x.frac_bits)
+    return local_product(x.data.unsqueeze(-2), x.data.unsqueeze(-1), torch.matmul).squeeze(-1)
+
+
+def _sum_sq_and_gamma(
+    x: ArithShare, headroom_bits: int, gamma: ArithShare | None
+) -> tuple[ArithShare, ArithShare | None]:
+    """S / 4^h truncated to f bits, and gamma narrowed, in one truncation (2 rounds)."""
+    f = x.frac_bits
+    parts = [(_row_dot(x, headroom_bits), f, f)]
+    narrowing = [(g, shift) for g, shift in _narrow(gamma) if shift > 0]
+    parts += [(g.data[0], shift, g.frac_bits - shift) for g, shift in narrowing]
+    sum_sq, *narrowed = truncate_components(x.party, parts)
+    return sum_sq, (narrowed[0] if narrowed else gamma)
 
 
 def _normalise(
@@ -177,10 +193,10 @@ def layernorm(
     """LayerNorm of secret rows with secret gamma (``weight``) and beta (``bias``).
 
     ``bracket`` is rsqrt's bit-length method: "compare" (fewest rounds) or "bits" (6 rounds
-    more, 3.27 instead of 3.38 MB for 128x768).
+    more, 3.01 instead of 3.12 MB for 128x768).
 
     ``weight=None`` (and ``bias=None``) skips the affine step, for a model owner who folds
-    gamma and beta into the next linear layer before sharing it: 24 instead of 32 bytes
+    gamma and beta into the next linear layer before sharing it: 21.3 instead of 29.3 bytes
     per element.
     """
     with x.party.comm.scope("layernorm"):
@@ -188,12 +204,10 @@ def layernorm(
         # total / n: multiply by round(2^mean_bits / n), truncate (with gamma's narrowing).
         mean_bits = _mean_bits(x.frac_bits)
         total = with_frac(x.sum(-1, keepdim=True), 0) * round(2**mean_bits / n)
-        mean, *gamma = truncate_together(
-            [(with_frac(total, x.frac_bits + mean_bits), mean_bits), *_narrow(weight)]
-        )
+        mean = truncate(with_frac(total, x.frac_bits + mean_bits), mean_bits)
         d = x - mean
-        (sum_sq,) = truncate_together([(_row_dot(d, headroom_bits), x.frac_bits)])
-        y = _normalise(d, sum_sq, gamma[0] if gamma else None, eps, headroom_bits, bracket)
+        sum_sq, gamma = _sum_sq_and_gamma(d, headroom_bits, weight)
+        y = _normalise(d, sum_sq, gamma, eps, headroom_bits, bracket)
         return y if bias is None else y + bias
 
 
@@ -218,6 +232,5 @@ def rmsnorm(
 ) -> ArithShare:
     """RMSNorm of secret rows with secret gamma (``weight``; None: gamma folded elsewhere)."""
     with x.party.comm.scope("rmsnorm"):
-        raw = _row_dot(x, headroom_bits)
-        sum_sq, *gamma = truncate_together([(raw, x.frac_bits), *_narrow(weight)])
-        return _normalise(x, sum_sq, gamma[0] if gamma else None, eps, headroom_bits, bracket)
+        sum_sq, gamma = _sum_sq_and_gamma(x, headroom_bits, weight)
+        return _normalise(x, sum_sq, gamma, eps, headroom_bits, bracket)

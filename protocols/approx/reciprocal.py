@@ -25,10 +25,10 @@ Error (measured): the iteration's relative error is <= 5.4e-5; the f-bit result 
 one ulp, 2^-f x relative.  Protocol vs 1/x: 3.7e-4 relative on [2^-10, 2^7] (bound 1e-3);
 with ``extra_bits=4``, 1.6e-4 on the whole default window.  Protocol vs twin: 4.7e-4
 relative (one or two ulp of the result).
-Cost (measured, default window W = 20), per element per party: 20 rounds (21 at the
-busiest party), 1030.5 bytes with ``bracket="compare"`` (comparisons: 10 rounds,
-47.5 (W - 1) bytes), 26 rounds (27), 600 bytes with ``bracket="bits"`` (16 rounds,
-152 + 16 W bytes); plus 4 product levels (three with truncation, 128 bytes) either way.
+Cost (measured, default window W = 20), per element per party: 18 critical-path rounds,
+1030.5 bytes with ``bracket="compare"`` (comparisons: 10 rounds, 47.5 (W - 1) bytes),
+24 rounds, 600 bytes with ``bracket="bits"`` (16 rounds, 152 + 16 W bytes); plus 4 product
+levels (6 products truncated from their 3-out-of-3 components, 128 bytes) either way.
 Softmax uses it once per row (W = 8: 7 comparisons, 460.5 instead of 408 bytes per row),
 where rounds matter more than bytes.
 """

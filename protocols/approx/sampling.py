@@ -29,15 +29,14 @@ exact; top-k is exact for logits more than one ulp apart; top-p is exact on the 
 weights (a weight within exp's error of the threshold may fall on either side).
 Cost per row of V logits, per party, with L = ceil(log2 V) (critical-path rounds, measured
 as ``Traffic.depth``; bytes per element of the row, for V a multiple of 64):
-    temperature 1:      at most 11 L + 48 rounds; 55.5 (max) + 199.5 (exp) + 47.5 (the
-                        batched comparison) = 302.5 bytes
-    temperature != 1:   at most 4 rounds and 16 bytes more (one truncation)
+    temperature 1:      at most 11 L + 36 rounds; 55.5 (max) + 183.5 (exp) + 47.5 (the
+                        batched comparison) = 286.5 bytes
+    temperature != 1:   at most 2 rounds and 16 bytes more (one truncation)
     top-k adds:         at most (k - 1)(12 L - 1) + 11 rounds; 63.5 (k - 1) + 47.5 bytes
     top-p adds:         21 (f + 1) + 11 rounds (410 at f = 18); 55.5 (f + 2) bytes
-plus, per row, 16 f + 8 bytes for the draw and u S (their 3 rounds are in the 48).
-Measured at V = 49152 (L = 16), f = 18, one row: T = 0.7: 227 rounds, 15.66 MB (bound 228;
-greedy's argmax: 191 rounds, 3.13 MB); with top_p = 0.9: 637 rounds, 70.25 MB; top_k = 5 at
-T = 1: 997 rounds, 29.73 MB.  Top-k's cost grows with k, as k max trees must (k = 50: about
+plus, per row, 16 f + 8 bytes for the draw and u S (their rounds are in the 36).
+Measured at V = 49152 (L = 16), f = 18, one row: T = 0.7: 214 rounds, 14.88 MB (bound 214);
+with top_p = 0.9: 624 rounds, 69.47 MB; top_k = 5 at T = 1: 986 rounds, 28.95 MB.  Top-k's cost grows with k, as k max trees must (k = 50: about
 9.4k rounds and 155 MB more).
 """
 

@@ -14,16 +14,16 @@ Valid range: |x| < 2^20 for the logits (comparisons and the mask offset stay in 
 Error vs torch.softmax (measured, f = 18, rows of 128 logits ~ N(0, 3^2), plain and
 causal-masked, 12x128x128): 3.9e-3 max abs (bound 1e-2; PUMA's t = 5 linear exp: 6.4e-2);
 protocol vs twin about 3e-5.  See :mod:`veil.protocols.approx.exp` for the exp trade-off table.
-Cost per party, 12x128x128 (benchmarks/nonlinear.py): 128 rounds, 52.35 MB, of which the
-max tree 10.8 MB (77 rounds; no argmax one-hot, see ``row_max``), exp's clip (comparison
-and multiplexer) 10.9 MB, exp's 6 products 25.2 MB, the final product 4.7 MB, the per-row
-sum and reciprocal 0.7 MB.  SPU's PUMA: 160 send steps, 47.0 MB (ours: 11% more bytes,
-32 fewer rounds); the two comparisons per element (47.5 bytes each, protocols/comparison.py)
-come to 18.6 MB of ours, and exp's products (mostly their truncations, 15.7 MB) are the
-largest item.
+Cost per party, 12x128x128 (benchmarks/nonlinear.py): 121 critical-path rounds, 49.21 MB,
+of which the max tree 10.8 MB (77 rounds; no argmax one-hot, see ``row_max``), exp's clip
+(comparison and multiplexer) 10.9 MB, exp's 6 products 22.5 MB (5 truncated from their
+3-out-of-3 components, 21.3 bytes each, and the last one left untruncated, 8 bytes), the
+final product 4.2 MB, the per-row sum and reciprocal 0.7 MB.  SPU's PUMA: 160 send steps,
+47.0 MB (ours: 4.7% more bytes, 39 fewer rounds); the two comparisons per element
+(47.5 bytes each, protocols/comparison.py) come to 18.6 MB of ours.
 Trading robustness for bytes, ``clip=None`` (exp valid for x - max >= -50
-at t = 5, or >= -120 with ``squarings=6``, garbage below) costs 41.4 MB and 117 rounds
-(t = 5) or 46.2 MB and 119 rounds (t = 6, error 9e-4): only for logits with a known spread.
+at t = 5, or >= -120 with ``squarings=6``, garbage below) costs 38.3 MB and 110 rounds
+(t = 5) or 42.5 MB and 112 rounds (t = 6, error 9e-4): only for logits with a known spread.
 """
 
 from __future__ import annotations

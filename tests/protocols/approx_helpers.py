@@ -23,7 +23,10 @@ def run_protocol(
     protocol: Callable[..., Any], *inputs: Any, fxp: mpc.FixedPoint | None = None, **kwargs: Any
 ) -> tuple[Any, Traffic]:
     """Share each tensor input (floats as fixed point, ints as integers; None passes through),
-    run ``protocol`` on the shares, and return party 0's opened result and traffic."""
+    run ``protocol`` on the shares, and return party 0's opened result and its traffic with
+    ``bytes_sent`` replaced by the sum over the three parties (a fused truncation's helper
+    sends more than the other two and the roles rotate, so one party's bytes depend on the
+    call count; the sum does not)."""
 
     def fn(party: mpc.Party) -> tuple[Any, Traffic]:
         shares = [
@@ -35,7 +38,10 @@ def run_protocol(
         opened = tuple(o.reveal() for o in out) if isinstance(out, tuple) else out.reveal()
         return opened, traffic
 
-    return mpc.simulate(fn, fxp=fxp)[0]
+    results = mpc.simulate(fn, fxp=fxp)
+    opened, traffic = results[0]
+    traffic.bytes_sent = sum(t.bytes_sent for _, t in results)
+    return opened, traffic
 
 
 def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:

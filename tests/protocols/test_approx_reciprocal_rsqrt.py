@@ -20,11 +20,11 @@ def test_reciprocal_twin_relative_error():
 
 
 def test_reciprocal_protocol_relative_error_and_cost():
-    """Range [2^-10, 2^7] at f bits; to 2^10 with 4 extra result bits.  20 rounds."""
+    """Range [2^-10, 2^7] at f bits; to 2^10 with 4 extra result bits.  18 rounds."""
     y, traffic = run_protocol(reciprocal, RECIPROCAL_X)
     assert (y * RECIPROCAL_X - 1).abs().max() <= 1e-3
     assert ((y - reciprocal_twin(RECIPROCAL_X)) / y).abs().max() <= 1e-3
-    assert traffic.rounds <= 22
+    assert traffic.depth <= 18
     wide = on_grid(torch.exp2(torch.linspace(-10, 9.99, 200, dtype=torch.float64)))
     y, _ = run_protocol(reciprocal, wide, extra_bits=4)
     assert (y * wide - 1).abs().max() <= 1e-3
@@ -38,17 +38,17 @@ def test_rsqrt_twin_relative_error():
 
 
 def test_rsqrt_protocol_relative_error_and_cost():
-    """Range [2^-14, 2^14): relative error <= 1e-3; about 25 rounds."""
+    """Range [2^-14, 2^14): relative error <= 1e-3; 20 rounds."""
     y, traffic = run_protocol(rsqrt, RSQRT_X)
     assert (y * RSQRT_X.sqrt() - 1).abs().max() <= 1e-3
-    assert traffic.rounds <= 25
+    assert traffic.depth <= 20
 
 
 def test_rsqrt_public_scale_is_free():
     """scale folds into the public factor table: same cost, scale * rsqrt."""
     y, traffic = run_protocol(rsqrt, RSQRT_X, scale=27.7)
     assert (y * RSQRT_X.sqrt() / 27.7 - 1).abs().max() <= 1e-3
-    assert traffic.rounds <= 25
+    assert traffic.depth <= 20
 
 
 @pytest.mark.parametrize("method", ["compare", "bits"])

@@ -19,17 +19,23 @@ B2A_BYTES = 16 * N
 
 
 def measure(run, op):
-    """(rounds, bytes sent per element) of ``op`` at each party, from the counters."""
+    """(send steps, bytes sent, (clock before, clock after)) of ``op`` at each party."""
 
     def fn(party):
         x = mpc.share(party, torch.linspace(-3, 3, N).reshape(8, 12), 0)
         y = mpc.share(party, torch.linspace(2, -1, N).reshape(8, 12), 1)
-        before = party.comm.stats.total()
+        x.reveal()  # every party has now received the same depth: the clocks start level
+        before, clock = party.comm.stats.total(), party.comm.clock
         op(x, y)
         after = party.comm.stats.total()
-        return after.rounds - before.rounds, after.bytes_sent - before.bytes_sent
+        return after.rounds - before.rounds, after.bytes_sent - before.bytes_sent, (clock, party.comm.clock)
 
     return run(fn)
+
+
+def critical_path_rounds(results) -> int:
+    """Depth the op added: the deepest clock after it minus the deepest before."""
+    return max(c[1] for *_, c in results) - max(c[0] for *_, c in results)
 
 
 def integer(x):
@@ -42,7 +48,7 @@ def integer(x):
     "name,op,rounds,total_bytes",
     [
         ("mul (integer)", lambda x, y: integer(x) * integer(y), 1, 8 * N),
-        ("mul + trunc", lambda x, y: x * y, 3, (8 + 16) * N),
+        ("mul + trunc", lambda x, y: x * y, 2, 64 * N // 3),  # N % 3 == 0: equal thirds
         ("trunc", lambda x, y: truncate(x, 18), 2, 16 * N),
         ("a2b", lambda x, y: a2b(x), 8, 104 * N),
         ("msb", lambda x, y: msb(x), 8, MSB_BYTES),
@@ -55,9 +61,11 @@ def integer(x):
 )
 def test_elementwise_costs(run, name, op, rounds, total_bytes):
     results = measure(run, op)
-    # Latency is the slowest party's send steps (truncation's helper party sends once).
-    assert max(r for r, _ in results) == rounds, name
-    for _, party_bytes in results:
+    # Send steps of the slowest party (truncation's helper party sends once), and the
+    # critical path: for these protocols every round waits on the one before.
+    assert max(r for r, _, _ in results) == rounds, name
+    assert critical_path_rounds(results) == rounds, name
+    for _, party_bytes, _ in results:
         assert party_bytes == total_bytes, name
 
 
@@ -74,17 +82,34 @@ def test_comparison_of_many_elements_costs_under_48_bytes_each():
         assert sent / n < 48
 
 
-def test_matmul_cost_is_one_element_per_output():
+def test_fixed_point_matmul_costs_two_rounds_and_64_thirds_bytes_per_output():
+    """The product's resharing round is the truncation's opening (truncate_product)."""
+
     def fn(party):
         x = mpc.share(party, torch.ones(16, 32), 0)
         w = mpc.share(party, torch.ones(32, 8), 1)
+        before, clock = party.comm.stats.total(), party.comm.clock
+        x @ w
+        after = party.comm.stats.total()
+        return after.rounds - before.rounds, after.bytes_sent - before.bytes_sent, (clock, party.comm.clock)
+
+    results = mpc.simulate(fn)
+    assert max(r for r, _, _ in results) == 2
+    clocks = [c for _, _, c in results]  # critical-path rounds, not only send steps
+    assert max(after for _, after in clocks) - max(before for before, _ in clocks) == 2
+    # 128 outputs in thirds of 42, 43, 43: each party is A, B and H on one third each.
+    assert sum(sent for _, sent, _ in results) == 128 * 64
+    assert all(abs(sent - 128 * 64 / 3) <= 16 for _, sent, _ in results)
+
+
+def test_integer_matmul_costs_one_element_per_output():
+    def fn(party):
+        x = integer(mpc.share(party, torch.ones(16, 32), 0))
+        w = integer(mpc.share(party, torch.ones(32, 8), 1))
         before = party.comm.stats.total()
         x @ w
         after = party.comm.stats.total()
-        return after.rounds - before.rounds, after.bytes_sent - before.bytes_sent, party.comm.stats.total("matmul")
+        return after.rounds - before.rounds, after.bytes_sent - before.bytes_sent
 
-    results = mpc.simulate(fn)
-    assert max(r for r, _, _ in results) == 3  # 1 for the product, 2 for the truncation
-    for _, sent, matmul_only in results:
-        assert matmul_only.rounds == 1 and matmul_only.bytes_sent == 16 * 8 * 8
-        assert sent == 16 * 8 * (8 + 16)
+    for rounds, sent in mpc.simulate(fn):
+        assert rounds == 1 and sent == 16 * 8 * 8

@@ -177,10 +177,10 @@ ROW_BYTES = 16 * F + 8  # the draw and u S
 @pytest.mark.parametrize(
     ("options", "depth_bound", "bytes_per_element"),
     [
-        ({}, 11 * L + 48, 302.5),
-        ({"temperature": 0.5}, 11 * L + 52, 318.5),
-        ({"top_k": 3}, 11 * L + 48 + 2 * (12 * L - 1) + 11, 302.5 + 63.5 * 2 + 47.5),
-        ({"top_p": 0.7}, 11 * L + 48 + 21 * (F + 1) + 11, 302.5 + 55.5 * (F + 2)),
+        ({}, 11 * L + 36, 286.5),
+        ({"temperature": 0.5}, 11 * L + 38, 302.5),
+        ({"top_k": 3}, 11 * L + 36 + 2 * (12 * L - 1) + 11, 286.5 + 63.5 * 2 + 47.5),
+        ({"top_p": 0.7}, 11 * L + 36 + 21 * (F + 1) + 11, 286.5 + 55.5 * (F + 2)),
     ],
     ids=["T=1", "T=0.5", "top_k=3", "top_p=0.7"],
 )
@@ -200,7 +200,8 @@ def test_cost_per_token_matches_the_docstring(run, options, depth_bound, bytes_p
     assert depth_bound - 3 <= depth <= depth_bound
     expected = bytes_per_element * V + ROW_BYTES
     for _, sent in results:
-        # The max trees' last levels fill partial blocks: under 2% at this size.
+        # The max trees' last levels fill partial blocks: under 2% at this size; a fused
+        # truncation's thirds may differ by one element between the parties.
         assert expected <= sent <= 1.02 * expected
 
 
