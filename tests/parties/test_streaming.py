@@ -1,0 +1,117 @@
+"""Streaming generation over gRPC: tokens reach the client while the parties still work,
+equal the non-streaming answer, and an opt-in early stop ends the parties' work cleanly.
+
+Three serving parties run as threads of this process with mutual TLS on loopback and serve
+the tiny seeded GPT-2 of :mod:`tests.parties.test_models`.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import pytest
+import torch
+
+from veil.parties.certs import write_cluster_certs
+from veil.parties.client import VeilClient
+from veil.parties.config import config_from_dict
+from veil.parties.models import ModelStore, check_request, model_programs
+from veil.parties.service import InferenceService, RequestLog
+from veil.parties.testing import serve_in_threads
+
+from .test_models import tiny_gpt2
+
+PROMPT = torch.tensor([[1, 5, 9, 20, 3, 7]])
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """(bound config, services, {request id: time each party finished it})."""
+    directory = tmp_path_factory.mktemp("streaming")
+    write_cluster_certs(directory, client_names=("client",), owner_names=("owner",))
+    raw = {
+        "ca": "ca.pem",
+        "timeout": 20.0,
+        "clients": ["client"],
+        "owners": ["owner"],
+        "parties": [
+            {"address": "localhost:0", "cert": f"party{r}.pem", "key": f"party{r}.key"}
+            for r in range(3)
+        ],
+    }
+    config = config_from_dict(raw, directory)
+    finished: dict[str, list[float]] = {}
+
+    def record(entry: RequestLog) -> None:
+        finished.setdefault(entry.request_id, []).append(time.monotonic())
+
+    stores = [ModelStore() for _ in range(3)]
+    services = [
+        InferenceService(
+            config, model_programs(store), check=partial(check_request, store), on_request=record
+        )
+        for store in stores
+    ]
+    bound, comms = serve_in_threads(config, services)
+    with _client(bound, "owner") as owner:
+        owner.share_model("gpt", tiny_gpt2())
+    yield bound, services, finished
+    for comm in comms:
+        comm.abort("test over")
+
+
+def _client(config, name: str = "client") -> VeilClient:
+    directory = config.ca.parent
+    return VeilClient(config, directory / f"{name}.pem", directory / f"{name}.key")
+
+
+@pytest.fixture(scope="module")
+def expected() -> torch.Tensor:
+    """Hugging Face's greedy continuation of PROMPT (the private one equals it)."""
+    with torch.no_grad():
+        out = tiny_gpt2().generate(
+            PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=STEPS,
+            do_sample=False, pad_token_id=0,
+        )
+    return out[:, PROMPT.shape[1] :]
+
+
+def test_tokens_arrive_before_the_parties_finish(cluster, expected) -> None:
+    bound, _, finished = cluster
+    steps, arrived = [], []
+    with _client(bound) as client:
+        client.generate("gpt", PROMPT[:, :1], 1)  # the model's spec is fetched beforehand
+        before = set(finished)
+        for step in client.generate_stream("gpt", PROMPT, STEPS):
+            arrived.append(time.monotonic())
+            steps.append(step)
+        (request_id,) = set(finished) - before
+        whole = client.generate("gpt", PROMPT, STEPS)
+    assert torch.stack(steps, dim=-1).tolist() == whole.tolist() == expected.tolist()
+    assert len(finished[request_id]) == 3  # every party finished the streamed request
+    assert arrived[0] < min(finished[request_id]), "the first token came only at the end"
+    assert arrived == sorted(arrived) and arrived[-1] - arrived[0] > 0
+
+
+def test_early_stop_is_opt_in_and_ends_the_parties_work(cluster, expected) -> None:
+    bound, services, _ = cluster
+    row = expected[0].tolist()
+    eos = row[2]  # pretend the third token ends the sequence
+    long = 2 * STEPS
+    with _client(bound) as client:
+        client.generate("gpt", PROMPT, long)
+        full = [p.bytes_sent for p in client.last_cost.parties]
+        default = client.generate_stream("gpt", PROMPT, long)
+        assert next(default).tolist() == [row[0]]
+        default.close()  # not stoppable: the parties still run every step
+        kept = [p.bytes_sent for p in client.last_cost.parties]
+        stopped = [s.item() for s in client.generate_stream("gpt", PROMPT, long, stop_at_eos=eos)]
+        early = [p.bytes_sent for p in client.last_cost.parties]
+        again = client.generate("gpt", PROMPT, STEPS)
+    assert stopped == row[: row.index(eos) + 1]
+    assert kept == full, "closing a default stream changed what the parties did"
+    assert all(e < f / 2 for e, f in zip(early, full)), (early, full)
+    assert again.tolist() == expected.tolist()  # later requests work
+    assert [len(s.steps) for s in services] == [0, 0, 0]  # no stream left behind
