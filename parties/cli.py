@@ -7,6 +7,7 @@
     veil share  --config C --model NAME --hf minilm|smollm2|DIR      (the model owner)
     veil infer  --config C --model NAME --task embed|generate|logits --text T ...
     veil infer  --config C --program NAME --input NAME=FILE.pt ... --out FILE.pt
+    veil gateway --config C --model NAME ... --tokenizer T [--port P]   (OpenAI-compatible API)
     veil demo   [demo options]          (see ``veil demo --help``)
 
 ``party`` runs one compute party: it connects to its peers over mutual TLS, agrees
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from veil.parties.cli_help import texts
+from veil.parties.gateway import add_command as add_gateway_command
 
 DEFAULT_PROGRAM = "veil.parties.health:check"
 DEFAULT_BASE_PORT = 50051
@@ -207,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument("--out", type=Path, help="torch.save the outputs (a dict) here")
     infer.set_defaults(handler=_infer)
 
+    add_gateway_command(sub, [client_args])
     sub.add_parser("demo", help="MiniLM / SmolLM2 demo (see veil demo --help)")
     return parser
 

@@ -7,6 +7,7 @@ the tiny seeded one-layer GPT-2 of :mod:`tests.parties.test_models`.
 
 from __future__ import annotations
 
+import json
 import time
 from functools import partial
 
@@ -28,7 +29,7 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """(bound config, services, {request id: time each party finished it})."""
+    """(bound config, services, {request id: times the parties finished it}, its file)."""
     directory = tmp_path_factory.mktemp("streaming")
     write_cluster_certs(directory, client_names=("client",), owner_names=("owner",))
     raw = {
@@ -55,14 +56,18 @@ def cluster(tmp_path_factory):
         for store in stores
     ]
     bound, comms = serve_in_threads(config, services)
-    with _client(bound, "owner") as owner:
+    for spec, entry in zip(bound.parties, raw["parties"]):
+        entry["address"] = f"localhost:{spec.port}"
+    path = directory / "cluster.json"
+    path.write_text(json.dumps(raw))
+    with client_of(bound, "owner") as owner:
         owner.share_model("gpt", tiny_gpt2(n_layer=1))
-    yield bound, services, finished
+    yield bound, services, finished, path
     for comm in comms:
         comm.abort("test over")
 
 
-def _client(config, name: str = "client") -> VeilClient:
+def client_of(config, name: str = "client") -> VeilClient:
     directory = config.ca.parent
     return VeilClient(config, directory / f"{name}.pem", directory / f"{name}.key")
 
@@ -79,9 +84,9 @@ def expected() -> torch.Tensor:
 
 
 def test_tokens_arrive_before_the_parties_finish(cluster, expected) -> None:
-    bound, _, finished = cluster
+    bound, _, finished, _ = cluster
     steps, arrived = [], []
-    with _client(bound) as client:
+    with client_of(bound) as client:
         client.generate("gpt", PROMPT[:, :1], 1)  # the model's spec is fetched beforehand
         before = set(finished)
         for step in client.generate_stream("gpt", PROMPT, STEPS):
@@ -96,11 +101,11 @@ def test_tokens_arrive_before_the_parties_finish(cluster, expected) -> None:
 
 
 def test_early_stop_is_opt_in_and_ends_the_parties_work(cluster, expected) -> None:
-    bound, services, _ = cluster
+    bound, services, _, _ = cluster
     row = expected[0].tolist()
     eos = row[2]  # pretend the third token ends the sequence
     long = STEPS + 2
-    with _client(bound) as client:
+    with client_of(bound) as client:
         client.generate("gpt", PROMPT, long)
         full = [p.bytes_sent for p in client.last_cost.parties]
         default = client.generate_stream("gpt", PROMPT, long)
