@@ -197,6 +197,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     infer.add_argument(
+        "--stop-at-eos",
+        action="store_true",
+        help="with --task generate: stop at the end-of-sequence token (the parties learn the "
+        "output's length)",
+    )
+    infer.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        help="with --task generate: stop at this text (repeatable; the parties learn the length)",
+    )
+    infer.add_argument(
         "--input", action="append", default=[], metavar="NAME=FILE.pt", help="a torch.save'd tensor"
     )
     infer.add_argument(
@@ -500,15 +512,9 @@ def _model_task(client, args: argparse.Namespace, tokenizer, ids) -> dict:
         from veil.nn.demo import chat_ids
 
         ids = chat_ids(tokenizer, args.text[0])
-    tokens = client.generate(
-        args.model,
-        ids,
-        args.max_new_tokens,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-    )
+    from veil.parties.cli_generate import stream_generation
+
+    tokens = stream_generation(client, args, tokenizer, ids)
     print(f"generated ids: {tokens.tolist()}")
     if tokenizer is not None:
         for row in tokens.tolist():

@@ -45,7 +45,9 @@ def tokenizer(tmp_path_factory):
     raw = Tokenizer(models.WordLevel(vocab, unk_token="?"))
     raw.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     raw.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", unk_token="?")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=raw, eos_token="<eos>", pad_token="<eos>", unk_token="?"
+    )
     fast.chat_template = CHAT_TEMPLATE
     directory = tmp_path_factory.mktemp("tokenizer")
     fast.save_pretrained(directory)
@@ -128,15 +130,19 @@ def test_chat_streamed_and_whole_equal_plaintext(gateway, tokenizer) -> None:
     assert len(chunks) >= 2 + len(text) // 2  # pieces as they come, not one final blob
 
 
-def test_stop_string_cuts_the_streamed_completion(gateway, tokenizer) -> None:
+def test_stop_string_cuts_the_streamed_answer(gateway, tokenizer) -> None:
     tok = tokenizer[1]
-    text, _ = plaintext(tok, tok("hi", return_tensors="pt")["input_ids"])
-    assert len(text) >= 2, "the seeded model's answer is too short for this test"
-    stop = text[1]
-    chunks = list(gateway.completions.create(
-        model="gpt", prompt="hi", max_tokens=MAX_TOKENS, temperature=0, stop=[stop], stream=True
+    messages = [{"role": "user", "content": "hi"}]
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text, _ = plaintext(tok, tok(prompt, return_tensors="pt")["input_ids"])
+    assert len(set(text)) >= 3, f"the seeded model's answer {text!r} is too plain for this test"
+    stop = next(c for c in text[2:] if c not in text[:2])  # cut after a non-empty part
+    chunks = list(gateway.chat.completions.create(
+        model="gpt", messages=messages, max_tokens=MAX_TOKENS, temperature=0, stop=stop,
+        stream=True,
     ))
-    assert "".join(c.choices[0].text for c in chunks) == text[: text.index(stop)]
+    cut = text[: text.index(stop)]
+    assert cut and "".join(c.choices[0].delta.content or "" for c in chunks) == cut
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
@@ -151,3 +157,48 @@ def test_unsupported_option_refused_naming_it(gateway, option, value) -> None:
     assert refused.value.status_code == 400
     assert refused.value.body["param"] == option, refused.value.body
     assert option in refused.value.body["message"]
+
+
+class _TimedOut:
+    """A stdout that notes when each piece of text was written."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> int:
+        if text:
+            self.writes.append((time.monotonic(), text))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return sys.__stdout__.fileno()
+
+
+def test_infer_cli_prints_tokens_as_they_come_and_stops(cluster, tokenizer, monkeypatch) -> None:
+    from veil.parties.cli import main
+
+    _, _, finished, config_path = cluster
+    directory, tok = tokenizer
+    text, _ = plaintext(tok, tok("hi", return_tensors="pt")["input_ids"])
+    client = ["--cert", str(config_path.parent / "client.pem"),
+              "--key", str(config_path.parent / "client.key")]
+    command = ["infer", "--config", str(config_path), *client, "--model", "gpt",
+               "--task", "generate", "--tokenizer", str(directory), "--text", "hi",
+               "--max-new-tokens", str(MAX_TOKENS)]
+    out = _TimedOut()
+    monkeypatch.setattr(sys, "stdout", out)
+    before = set(finished)
+    assert main(command) == 0
+    ended = min(t for r in set(finished) - before for t in finished[r])
+    printed = "".join(piece for _, piece in out.writes)
+    assert printed.startswith(text + "\n")
+    first_piece = next(t for t, piece in out.writes if piece.strip())
+    assert first_piece < ended, "the text was printed only after the parties finished"
+
+    out.writes.clear()
+    assert main([*command, "--stop", text[2]]) == 0
+    printed = "".join(piece for _, piece in out.writes)
+    assert printed.startswith(text[: text.index(text[2])] + "\n"), printed

@@ -17,7 +17,7 @@ import torch
 from veil.parties.certs import write_cluster_certs
 from veil.parties.client import VeilClient
 from veil.parties.config import config_from_dict
-from veil.parties.models import ModelStore, check_request, model_programs
+from veil.parties.models import GENERATE_PROGRAM, ModelStore, check_request, model_programs
 from veil.parties.service import InferenceService, RequestLog
 from veil.parties.testing import serve_in_threads
 
@@ -29,7 +29,8 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """(bound config, services, {request id: times the parties finished it}, its file)."""
+    """(bound config, services, {generate request id: times the parties finished it},
+    the config's file)."""
     directory = tmp_path_factory.mktemp("streaming")
     write_cluster_certs(directory, client_names=("client",), owner_names=("owner",))
     raw = {
@@ -46,7 +47,8 @@ def cluster(tmp_path_factory):
     finished: dict[str, list[float]] = {}
 
     def record(entry: RequestLog) -> None:
-        finished.setdefault(entry.request_id, []).append(time.monotonic())
+        if entry.program == GENERATE_PROGRAM:
+            finished.setdefault(entry.request_id, []).append(time.monotonic())
 
     stores = [ModelStore() for _ in range(3)]
     services = [
@@ -87,7 +89,6 @@ def test_tokens_arrive_before_the_parties_finish(cluster, expected) -> None:
     bound, _, finished, _ = cluster
     steps, arrived = [], []
     with client_of(bound) as client:
-        client.generate("gpt", PROMPT[:, :1], 1)  # the model's spec is fetched beforehand
         before = set(finished)
         for step in client.generate_stream("gpt", PROMPT, STEPS):
             arrived.append(time.monotonic())
