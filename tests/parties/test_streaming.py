@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from functools import partial
 
+import grpc
 import pytest
 import torch
 
 from veil.parties.certs import write_cluster_certs
-from veil.parties.client import VeilClient
+from veil.parties.client import InferenceClient, VeilClient
 from veil.parties.config import config_from_dict
 from veil.parties.models import GENERATE_PROGRAM, ModelStore, check_request, model_programs
 from veil.parties.service import InferenceService, RequestLog
 from veil.parties.testing import serve_in_threads
+from veil.proto import veil_pb2
 
 from .test_models import tiny_gpt2
 
@@ -121,3 +124,41 @@ def test_early_stop_is_opt_in_and_ends_the_parties_work(cluster, expected) -> No
     assert all(e < f for e, f in zip(early, full)), (early, full)  # fewer steps were run
     assert again.tolist() == expected.tolist()  # later requests work
     assert [len(s.steps) for s in services] == [0, 0, 0]  # no stream left behind
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        ({"stream": "yes"}, "'stream' must be true or false"),
+        ({"stoppable": "true"}, "a stoppable request must stream"),
+    ],
+)
+def test_stream_options_checked(options, why) -> None:
+    from veil.parties.validation import ModelSpec, RequestInvalid, check_task
+
+    model = tiny_gpt2(n_layer=1)
+    spec = ModelSpec.from_config("GPT2LMHeadModel", model.config.to_json_string())
+    with pytest.raises(RequestInvalid, match=why):
+        check_task(
+            GENERATE_PROGRAM,
+            {"model": "gpt", "max_new_tokens": "2", **options},
+            {"input_ids": ((1, 3), 0)},
+            spec,
+        )
+
+
+def test_steps_of_a_request_go_only_to_its_client(cluster) -> None:
+    bound, _, _, _ = cluster
+    directory = bound.ca.parent
+    request_id = uuid.uuid4().hex
+    with InferenceClient(bound, directory / "client.pem", directory / "client.key") as client:
+        client._upload(request_id, [("input_ids", PROMPT)], timeout=30)
+        with InferenceClient(bound, directory / "owner.pem", directory / "owner.key") as other:
+            fetch = veil_pb2.FetchRequest(request_id=request_id, name="tokens")
+            with pytest.raises(grpc.RpcError) as refused:
+                list(other._stubs[1].FetchSteps(fetch, timeout=30))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            unknown = veil_pb2.FetchRequest(request_id=uuid.uuid4().hex, name="tokens")
+            with pytest.raises(grpc.RpcError) as missing:
+                list(client._stubs[2].FetchSteps(unknown, timeout=30))
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
