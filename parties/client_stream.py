@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 import grpc
@@ -57,6 +58,8 @@ def stream_steps(
         api._stubs[rank].FetchSteps(fetch, timeout=api.run_timeout) for rank in range(WORLD_SIZE)
     ]
     arrivals = StepArrivals(api.fxp)
+    for rank, future in enumerate(runs):  # a refused or failed Run ends the wait at once
+        future.add_done_callback(partial(_run_ended, rank, arrivals))
     for rank, call in enumerate(calls):
         threading.Thread(
             target=_relay, args=(rank, call, arrivals), name=f"steps-from-party{rank}", daemon=True
@@ -70,6 +73,11 @@ def stream_steps(
         for name in replies[0].outputs:  # collected so that the parties free them
             _at_all([api._fetch_call(rank, request_id, name, api.run_timeout) for rank in range(3)])
         api.last_cost = RequestCost(time.perf_counter() - start, tuple(r.cost for r in replies))
+
+
+def _run_ended(rank: int, arrivals: StepArrivals, future: grpc.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        arrivals.end(rank, future.exception())
 
 
 def _relay(rank: int, call: grpc.Call, arrivals: StepArrivals) -> None:

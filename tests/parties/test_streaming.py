@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from veil.parties.certs import write_cluster_certs
-from veil.parties.client import InferenceClient, VeilClient
+from veil.parties.client import InferenceClient, InferenceError, VeilClient
 from veil.parties.config import config_from_dict
 from veil.parties.models import GENERATE_PROGRAM, ModelStore, check_request, model_programs
 from veil.parties.service import InferenceService, RequestLog
@@ -162,3 +162,20 @@ def test_steps_of_a_request_go_only_to_its_client(cluster) -> None:
             with pytest.raises(grpc.RpcError) as missing:
                 list(client._stubs[2].FetchSteps(unknown, timeout=30))
             assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_refused_streaming_request_fails_at_once_and_leaves_nothing(cluster) -> None:
+    from veil.parties.client_stream import stream_steps
+
+    bound, services, _, _ = cluster
+    start = time.monotonic()
+    with client_of(bound) as client:
+        options = {"model": "gpt", "max_new_tokens": "0"}  # refused when Run arrives
+        steps = stream_steps(client.api, GENERATE_PROGRAM, {"input_ids": PROMPT}, options, "tokens")
+        with pytest.raises(InferenceError, match="max_new_tokens must be in 1..256, got 0"):
+            next(steps)
+    assert time.monotonic() - start < bound.timeout, "the client waited for the stream's timeout"
+    deadline = time.monotonic() + 10
+    while any(len(s.steps) for s in services) and time.monotonic() < deadline:
+        time.sleep(0.1)  # a FetchSteps call ends when the party sees it cancelled
+    assert [len(s.steps) for s in services] == [0, 0, 0]
