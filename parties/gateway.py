@@ -176,11 +176,11 @@ class _Reply:
     request: Generation
     answer: Answer
     chat: bool
+    id: str = field(init=False)
+    created: int = field(default_factory=lambda: int(time.time()), init=False)
 
     def __post_init__(self) -> None:
-        prefix = "chatcmpl" if self.chat else "cmpl"
-        self.id = f"{prefix}-{uuid.uuid4().hex}"
-        self.created = int(time.time())
+        self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
 
     def whole(self) -> dict[str, Any]:
         text = "".join(self.answer.pieces)

@@ -43,14 +43,19 @@ _CHAT = _COMMON | {"messages", "max_completion_tokens", "stop"}
 class OpenAIError(ValueError):
     """A request the gateway refuses: OpenAI's error body, with ``param`` the option."""
 
-    def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        status: int = 400,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.param, self.status, self.kind = param, status, kind
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": str(self), "type": self.kind, "param": self.param,
-                          "code": None}}
+        error = {"message": str(self), "type": self.kind, "param": self.param, "code": None}
+        return {"error": error}
 
 
 @dataclass(frozen=True)
@@ -86,13 +91,25 @@ def read_chat(body: dict[str, Any]) -> Generation:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise OpenAIError("messages must be a non-empty list", "messages")
-    chat = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise OpenAIError(f"messages[{i}] must have a text content", "messages")
-        chat.append({"role": str(message.get("role", "user")), "content": message["content"]})
+    chat = [
+        {"role": str(message.get("role", "user")), "content": _text_content(i, message)}
+        for i, message in enumerate(messages)
+    ]
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     return _generation(body, chat, limit)
+
+
+def _text_content(index: int, message: Any) -> str:
+    """A message's text: a string, or OpenAI's list of ``{"type": "text"}`` parts."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    if not isinstance(content, str):
+        raise OpenAIError(f"messages[{index}] must have text content", "messages")
+    return content
 
 
 def _check_options(body: dict[str, Any], known: frozenset[str]) -> None:
