@@ -5,11 +5,13 @@ its cost grows only with attention over the cache.  The next token goes back int
 as the secret one-hot from ``ops.argmax`` (greedy, the default) or ``ops.sample`` (with a
 :class:`Sampling`: temperature, top-k, top-p; in MPC the random draw is made jointly by the
 parties), through ``ops.embedding_onehot``; its id is never opened.  Without opening tokens the parties cannot stop at an end-of-sequence token, so
-exactly ``max_new_tokens`` tokens are produced.
+exactly ``max_new_tokens`` tokens are produced -- unless the client, who sees each token as
+it streams out, asks them to stop (``on_step``), which tells them the output's length.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,12 +73,16 @@ def generate(
     max_new_tokens: int,
     progress: Progress | None = None,
     sampling: Sampling | None = None,
+    on_step: Callable[[TensorLike], bool] | None = None,
 ) -> list[TensorLike]:
     """Extend prompts (batch, seq) of equal length by ``max_new_tokens`` tokens.
 
     Greedy unless ``sampling`` is given.  Returns the per-step token indices, each (batch,),
     as the backend holds them (secret in MPC: the caller reveals them to the client).
     ``progress`` advances once per layer per step (``len(model.blocks) * max_new_tokens``).
+    ``on_step`` sees each step's indices as soon as the step ends (so they can stream to the
+    client); returning True ends generation there.  In MPC every party must return the same
+    value at the same step (:func:`veil.nn.stopping.any_party`), or their messages would mix.
     """
 
     def next_token(logits: TensorLike) -> tuple[TensorLike, TensorLike]:
@@ -88,10 +94,12 @@ def generate(
     logits = model(ops, input_ids, cache=cache, last_only=True, progress=progress)
     onehot, index = next_token(logits)
     indices = [index]
-    for _ in range(max_new_tokens - 1):
+    while True:
+        stop = on_step is not None and on_step(index)
+        if stop or len(indices) == max_new_tokens:
+            return indices
         logits = model(
             ops, onehot=onehot.unsqueeze(1), cache=cache, last_only=True, progress=progress
         )
         onehot, index = next_token(logits)
         indices.append(index)
-    return indices

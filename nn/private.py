@@ -22,7 +22,7 @@ import copy
 import inspect
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,9 @@ class MPCBackend:
         onehot = sampling_protocol.sample(x, temperature, top_k, top_p)
         return onehot, argmax_protocol.onehot_index(onehot)
 
+
+STEP_TIMEOUT_SECONDS = 600.0
+"""How long a streaming client waits for the next token before giving up on the parties."""
 
 NORM_HEADROOM_BITS = {"LlamaForCausalLM": 2}
 """Default norm headroom per model family: LLaMA-family residual streams carry outliers
@@ -338,6 +341,64 @@ class PrivateModel:
         )
         result.output = torch.stack(result.output, dim=-1)
         return result
+
+    def generate_stream(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_at_eos: int | None = None,
+        stoppable: bool = False,
+    ) -> Iterator[torch.Tensor]:
+        """:meth:`generate`, yielding each step's ids (batch,) as soon as the parties end it.
+
+        By default the parties run all ``max_new_tokens`` steps whatever the client does
+        with the tokens, so they learn nothing of the output's length.  ``stop_at_eos``
+        (an end-of-sequence id) ends the stream once every row has produced it, and
+        ``stoppable`` lets the caller end it by closing the iterator; in both cases the
+        parties stop too, one or two steps later, and so learn roughly where the output
+        ended (:mod:`veil.nn.stopping`).
+        """
+        from veil.nn.stopping import EosWatch, StepArrivals, step_hook
+
+        sampling = sampling_options(vocab_size(self._shared), do_sample, temperature, top_k, top_p)
+        stoppable = stoppable or stop_at_eos is not None
+        arrivals = StepArrivals(self.fxp)
+        stop = threading.Event()
+
+        def program(model, ops, input_ids, progress):
+            from veil.nn.generate import generate
+
+            party = ops.party
+
+            def publish(index: ArithShare) -> None:
+                arrivals.put(party.rank, index.data.cpu())
+
+            hook = step_hook(party, publish, stop.is_set if stoppable else None)
+            indices = generate(model, ops, input_ids, max_new_tokens, progress, sampling, hook)
+            arrivals.end(party.rank)
+            return indices
+
+        def serve() -> None:
+            try:
+                self.run(program, {"input_ids": input_ids})
+            except BaseException as exc:  # noqa: BLE001 - re-raised at the consumer
+                arrivals.end(-1, exc)
+
+        eos = EosWatch(stop_at_eos) if stop_at_eos is not None else None
+        worker = threading.Thread(target=serve, name="private-generate", daemon=True)
+        worker.start()
+        try:
+            for step in arrivals.steps(timeout=STEP_TIMEOUT_SECONDS):
+                yield step
+                if eos is not None and eos.ended(step):
+                    return
+        finally:
+            stop.set()
+            worker.join()
 
     @classmethod
     def from_hf(

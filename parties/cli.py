@@ -7,6 +7,7 @@
     veil share  --config C --model NAME --hf minilm|smollm2|DIR      (the model owner)
     veil infer  --config C --model NAME --task embed|generate|logits --text T ...
     veil infer  --config C --program NAME --input NAME=FILE.pt ... --out FILE.pt
+    veil gateway --config C --model NAME ... --tokenizer T [--port P]   (OpenAI-compatible API)
     veil demo   [demo options]          (see ``veil demo --help``)
 
 ``party`` runs one compute party: it connects to its peers over mutual TLS, agrees
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from veil.parties.cli_help import texts
+from veil.parties.gateway import add_command as add_gateway_command
 
 DEFAULT_PROGRAM = "veil.parties.health:check"
 DEFAULT_BASE_PORT = 50051
@@ -195,6 +197,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     infer.add_argument(
+        "--stop-at-eos",
+        action="store_true",
+        help="with --task generate: stop at the end-of-sequence token (the parties learn the "
+        "output's length)",
+    )
+    infer.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        help="with --task generate: stop at this text (repeatable; the parties learn the length)",
+    )
+    infer.add_argument(
         "--input", action="append", default=[], metavar="NAME=FILE.pt", help="a torch.save'd tensor"
     )
     infer.add_argument(
@@ -207,6 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument("--out", type=Path, help="torch.save the outputs (a dict) here")
     infer.set_defaults(handler=_infer)
 
+    add_gateway_command(sub, [client_args])
     sub.add_parser("demo", help="MiniLM / SmolLM2 demo (see veil demo --help)")
     return parser
 
@@ -497,15 +512,9 @@ def _model_task(client, args: argparse.Namespace, tokenizer, ids) -> dict:
         from veil.nn.demo import chat_ids
 
         ids = chat_ids(tokenizer, args.text[0])
-    tokens = client.generate(
-        args.model,
-        ids,
-        args.max_new_tokens,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-    )
+    from veil.parties.cli_generate import stream_generation
+
+    tokens = stream_generation(client, args, tokenizer, ids)
     print(f"generated ids: {tokens.tolist()}")
     if tokenizer is not None:
         for row in tokens.tolist():

@@ -43,6 +43,11 @@ DESCRIPTIONS = {
         "and print what only this client reconstructs; or, with --program, run a served "
         "program on torch.save'd tensors."
     ),
+    "gateway": (
+        "Client: serve an OpenAI-compatible API (/v1/models, /v1/completions, "
+        "/v1/chat/completions, streaming included) on this machine for shared decoders; "
+        "prompts are tokenized and answers reconstructed here, never sent in the clear."
+    ),
 }
 EXAMPLES = {
     "certs": [
@@ -64,6 +69,12 @@ EXAMPLES = {
             f"veil infer --config {CONFIG} --model smol --task generate --tokenizer smollm2 "
             '--text "Hi" --max-new-tokens 4'
         ),
+    ],
+    "gateway": [
+        (
+            f"veil gateway --config {CONFIG} --cert cluster/client.pem --key cluster/client.key "
+            "--model smol --tokenizer smollm2 --port 8000"
+        )
     ],
 }
 

@@ -481,14 +481,47 @@ class VeilClient:
         """
         from veil.parties.models import GENERATE_PROGRAM
 
-        options = {"model": model, "max_new_tokens": str(max_new_tokens)}
-        if do_sample:
-            options |= {"do_sample": "true", "temperature": repr(float(temperature))}
-            options |= {} if top_k is None else {"top_k": str(int(top_k))}
-            options |= {} if top_p is None else {"top_p": repr(float(top_p))}
+        options = _generate_options(model, max_new_tokens, do_sample, temperature, top_k, top_p)
         ids = self._checked(GENERATE_PROGRAM, model, input_ids, options)
         out = self.api.infer(GENERATE_PROGRAM, {"input_ids": ids}, options)
         return out["tokens"].to(torch.int64)
+
+    def generate_stream(
+        self,
+        model: str,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_at_eos: int | None = None,
+        stoppable: bool = False,
+    ) -> Iterator[torch.Tensor]:
+        """:meth:`generate`, yielding each step's ids (batch,) as soon as the parties end it.
+
+        By default the parties run all ``max_new_tokens`` steps whatever this client does,
+        so they learn nothing of the output's length (closing the iterator early then waits
+        for them to finish).  ``stop_at_eos`` (an end-of-sequence id) ends the stream once
+        every row has produced it and ``stoppable`` lets the caller end it by closing the
+        iterator; either way the parties stop a step or two later, and so learn roughly
+        how long the output was (:mod:`veil.nn.stopping`).
+        """
+        from veil.nn.stopping import EosWatch
+        from veil.parties.client_stream import stream_steps
+        from veil.parties.models import GENERATE_PROGRAM, STOPPABLE_OPTION
+        from veil.parties.step_streams import STREAM_OPTION
+
+        options = _generate_options(model, max_new_tokens, do_sample, temperature, top_k, top_p)
+        options[STREAM_OPTION] = "true"
+        if stoppable or stop_at_eos is not None:
+            options[STOPPABLE_OPTION] = "true"
+        ids = self._checked(GENERATE_PROGRAM, model, input_ids, options)
+        eos = EosWatch(stop_at_eos) if stop_at_eos is not None else None
+        for step in stream_steps(self.api, GENERATE_PROGRAM, {"input_ids": ids}, options, "tokens"):
+            yield step
+            if eos is not None and eos.ended(step):
+                return
 
     def embed_texts(self, model: str, tokenizer: Any, texts: list[str]) -> torch.Tensor:
         """L2-normalised sentence embeddings of ``texts`` (tokenised here, at the client)."""
@@ -533,3 +566,20 @@ class VeilClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _generate_options(
+    model: str,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+) -> dict[str, str]:
+    """A generate request's options, named as the parties read them."""
+    options = {"model": model, "max_new_tokens": str(max_new_tokens)}
+    if do_sample:
+        options |= {"do_sample": "true", "temperature": repr(float(temperature))}
+        options |= {} if top_k is None else {"top_k": str(int(top_k))}
+        options |= {} if top_p is None else {"top_p": repr(float(top_p))}
+    return options

@@ -236,7 +236,8 @@ def model_programs(store: ModelStore) -> dict[str, Program]:
         from veil.parties.validation import sampling_from_options
 
         sampling = sampling_from_options(options, vocab_size(model))
-        indices = greedy(model, ops, ids, steps, sampling=sampling)
+        on_step = streamed_steps(party, options)
+        indices = greedy(model, ops, ids, steps, sampling=sampling, on_step=on_step)
         return {"tokens": mpc.stack(indices, dim=-1)}
 
     def info(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):
@@ -252,6 +253,25 @@ def model_programs(store: ModelStore) -> dict[str, Program]:
         LOGITS_PROGRAM: logits,
         GENERATE_PROGRAM: generate,
     }
+
+
+STOPPABLE_OPTION = "stoppable"
+"""Generate option (``"true"``): the client may stop generation early, and the parties learn
+how many tokens it kept (:mod:`veil.nn.stopping`)."""
+
+
+def streamed_steps(party: Party, options: dict[str, str]):
+    """The ``on_step`` hook of a streaming generate request (None if it does not stream)."""
+    from veil.nn.stopping import step_hook
+    from veil.parties.step_streams import current_sink
+
+    sink = current_sink()
+    if sink is None:
+        return None
+    stoppable = options.get(STOPPABLE_OPTION) == "true"
+    return step_hook(
+        party, lambda index: sink.publish(index.data), sink.stop_requested if stoppable else None
+    )
 
 
 def check_request(store: ModelStore, program: str, options: dict[str, str]) -> str | None:

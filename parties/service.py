@@ -52,6 +52,7 @@ from veil.parties.authz import Authz, ModelOwner
 from veil.parties.config import ClusterConfig
 from veil.parties.grpc_comm import GrpcCommunicator, bounded, connect_party
 from veil.parties.retry import Backoff
+from veil.parties.step_streams import StepStreams
 from veil.parties.upload_limits import UploadLimits, UploadRefused
 from veil.parties.wire import Reassembler, WireError, tensor_chunks
 from veil.proto import veil_pb2, veil_pb2_grpc
@@ -154,6 +155,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         self._lock = threading.Condition()  # guards _requests and _jobs
         self._executor: threading.Thread | None = None
         self._backoff = Backoff(_RELINK_FIRST_PAUSE_SECONDS, _RELINK_MAX_PAUSE_SECONDS)
+        self.steps = StepStreams(4 * config.timeout, 4 * config.timeout)
 
     def attach(self, party: Party) -> None:
         """Start serving with ``party`` (its communicator must be connected)."""
@@ -283,6 +285,17 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no output {request.name!r} for this request")
         yield from tensor_chunks(found[0], tag=request.name)
 
+    def FetchSteps(self, request, context) -> Iterator[veil_pb2.TensorChunk]:
+        caller = self.authz.caller(context)
+        with self._lock:
+            holders = self._holders(request.request_id)
+            if not holders:  # a stream is only opened for a request its client uploaded
+                context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"{self._name()}: no request {request.request_id!r}"
+                )
+            self.authz.claim(context, caller, request.request_id, holders)
+        yield from self.steps.follow(request.request_id, request.name, context, self._name())
+
     # -- the executor ----------------------------------------------------------------
     def _serve(self) -> None:
         while not self.stopped.is_set():
@@ -393,7 +406,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
             received = request.charged
             with self._lock:
                 self._release_inputs(request)
-            with comm.scope(program):
+            with comm.scope(program), self.steps.serving(request_id, options):
                 results = self.programs[program](party, inputs, options)
             request.outputs = {
                 name: (share.data.to("cpu"), share.frac_bits) for name, share in results.items()
@@ -464,6 +477,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
             received,
         )
         self.log = [*self.log[-99:], entry]
+        self.steps.finish(request_id, None if "reply" in result else result.get("message"))
         if job is not None:
             with self._lock:
                 self._jobs.pop(request_id, None)
@@ -485,6 +499,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
     def _fail_waiting(self, code: grpc.StatusCode, message: str) -> None:
         with self._lock:
             jobs, self._jobs = list(self._jobs.values()), {}
+        self.steps.fail_all(message)
         for job in jobs:
             job.finish(code=code, message=message)
 

@@ -41,10 +41,12 @@ from veil.parties.models import (
     LOGITS_PROGRAM,
     MAX_NEW_TOKENS,
     SHARE_PROGRAM,
+    STOPPABLE_OPTION,
     WEIGHT_PREFIX,
     ModelError,
     ModelStore,
 )
+from veil.parties.step_streams import STREAM_OPTION
 
 if TYPE_CHECKING:
     from veil.parties.client import InferenceClient
@@ -64,6 +66,7 @@ OPTIONS = {
     LOGITS_PROGRAM: frozenset({"model"}),
     GENERATE_PROGRAM: frozenset(
         {"model", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p"}
+        | {STREAM_OPTION, STOPPABLE_OPTION}
     ),
     INFO_PROGRAM: frozenset({"model"}),
 }
@@ -202,6 +205,11 @@ def check_task(
             raise RequestInvalid(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS}, got {steps}")
         positions = seq + steps - 1  # the last new token is never fed back
         sampling_from_options(options, spec.vocab_size)
+        for flag in (STREAM_OPTION, STOPPABLE_OPTION):
+            if options.get(flag, "false") not in ("true", "false"):
+                raise RequestInvalid(f"option {flag!r} must be true or false, got {options[flag]!r}")
+        if options.get(STOPPABLE_OPTION) == "true" and options.get(STREAM_OPTION) != "true":
+            raise RequestInvalid("a stoppable request must stream (the client stops listening)")
     if positions > spec.max_positions:
         raise RequestInvalid(
             f"{positions} positions ({seq} ids"

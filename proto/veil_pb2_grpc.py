@@ -133,6 +133,11 @@ class InferenceStub:
                 request_serializer=veil__pb2.FetchRequest.SerializeToString,
                 response_deserializer=veil__pb2.TensorChunk.FromString,
                 _registered_method=True)
+        self.FetchSteps = channel.unary_stream(
+                '/veil.Inference/FetchSteps',
+                request_serializer=veil__pb2.FetchRequest.SerializeToString,
+                response_deserializer=veil__pb2.TensorChunk.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -165,6 +170,16 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchSteps(self, request, context):
+        """Stream the party's share of each step of a streaming request's output as soon as
+        the step ends (one tensor per step, tag = the output name); ends with the program.
+        Cancelling it tells the party the client stopped listening (see RunRequest
+        option "stoppable").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +195,11 @@ def add_InferenceServicer_to_server(servicer, server):
             ),
             'Fetch': grpc.unary_stream_rpc_method_handler(
                     servicer.Fetch,
+                    request_deserializer=veil__pb2.FetchRequest.FromString,
+                    response_serializer=veil__pb2.TensorChunk.SerializeToString,
+            ),
+            'FetchSteps': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchSteps,
                     request_deserializer=veil__pb2.FetchRequest.FromString,
                     response_serializer=veil__pb2.TensorChunk.SerializeToString,
             ),
@@ -269,6 +289,33 @@ class Inference:
             request,
             target,
             '/veil.Inference/Fetch',
+            veil__pb2.FetchRequest.SerializeToString,
+            veil__pb2.TensorChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchSteps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/veil.Inference/FetchSteps',
             veil__pb2.FetchRequest.SerializeToString,
             veil__pb2.TensorChunk.FromString,
             options,
