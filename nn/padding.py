@@ -34,6 +34,18 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.T
     return ids, mask
 
 
+def as_batch(
+    prompts: torch.Tensor | Sequence[Sequence[int]], attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(ids, mask) from a (batch, seq) tensor and its optional mask, or from a list of prompts,
+    left padded here when their lengths differ (mask None: nothing is padded)."""
+    if isinstance(prompts, torch.Tensor) or attention_mask is not None:
+        return torch.as_tensor(prompts), attention_mask
+    if len({len(p) for p in prompts}) > 1:
+        return left_pad(prompts)
+    return torch.as_tensor(prompts), None
+
+
 def check_left_padded(attention_mask: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """The mask as a long tensor, or ValueError naming the row that is not left padded."""
     mask = torch.as_tensor(attention_mask)

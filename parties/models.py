@@ -236,7 +236,8 @@ def model_programs(store: ModelStore) -> dict[str, Program]:
         from veil.parties.validation import sampling_from_options
 
         sampling = sampling_from_options(options, vocab_size(model))
-        indices = greedy(model, ops, ids, steps, sampling=sampling)
+        mask = _public_tensor(options, "attention_mask", None)
+        indices = greedy(model, ops, ids, steps, sampling=sampling, attention_mask=mask)
         return {"tokens": mpc.stack(indices, dim=-1)}
 
     def info(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):

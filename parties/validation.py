@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from veil.nn.generate import Sampling
+from veil.nn.padding import check_left_padded
 from veil.parties.models import (
     CALLER_OPTION,
     EMBED_PROGRAM,
@@ -63,7 +64,7 @@ OPTIONS = {
     EMBED_PROGRAM: frozenset({"model", "attention_mask", "token_type_ids"}),
     LOGITS_PROGRAM: frozenset({"model"}),
     GENERATE_PROGRAM: frozenset(
-        {"model", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p"}
+        {"model", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "attention_mask"}
     ),
     INFO_PROGRAM: frozenset({"model"}),
 }
@@ -202,6 +203,7 @@ def check_task(
             raise RequestInvalid(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS}, got {steps}")
         positions = seq + steps - 1  # the last new token is never fed back
         sampling_from_options(options, spec.vocab_size)
+        _left_padded(options, (batch, seq))
     if positions > spec.max_positions:
         raise RequestInvalid(
             f"{positions} positions ({seq} ids"
@@ -323,6 +325,17 @@ def _public_array(
         empty = (value.sum(-1) == 0).nonzero()
         if len(empty):
             raise RequestInvalid(f"option {key!r} row {int(empty[0])} masks every position")
+
+
+def _left_padded(options: Mapping[str, str], shape: tuple[int, int]) -> None:
+    """A decoder batch's public mask: 0/1 of the ids' shape, each row left padded."""
+    if "attention_mask" not in options:
+        return
+    _public_array(options, "attention_mask", shape, 0, 2)
+    try:
+        check_left_padded(torch.tensor(json.loads(options["attention_mask"])), shape)
+    except ValueError as exc:
+        raise RequestInvalid(f"option 'attention_mask': {exc}") from None
 
 
 def client_ids(
