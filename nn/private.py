@@ -129,7 +129,14 @@ class Dealt:
 
     @classmethod
     def of(cls, value: torch.Tensor, fxp: FixedPoint, device: torch.device | str = "cpu") -> Dealt:
-        """Dealt on the host, then kept on ``device`` (where the parties compute)."""
+        """Dealt on the host, then kept on ``device`` (where the parties compute).
+
+        A value on the ``meta`` device has a shape and no data (a model built for a dry run,
+        :mod:`veil.nn.estimate`): its components are uninitialised, which costs no dealing.
+        """
+        if value.device.type == "meta":
+            frac = fxp.frac_bits if value.is_floating_point() else 0
+            return cls(torch.empty(4, *value.shape, dtype=torch.int64, device=device), frac)
         components, frac = mpc.sharing.deal_components(value.detach(), fxp)
         return cls(torch.cat([components, components[:1]]).to(device), frac)
 

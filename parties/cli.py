@@ -8,6 +8,7 @@
     veil infer  --config C --model NAME --task embed|generate|logits --text T ...
     veil infer  --config C --program NAME --input NAME=FILE.pt ... --out FILE.pt
     veil demo   [demo options]          (see ``veil demo --help``)
+    veil estimate --model M --seq N [--new-tokens K] (see ``veil estimate --help``)
 
 ``party`` runs one compute party: it connects to its peers over mutual TLS, agrees
 PRG keys, runs an SPMD program ``fn(party)`` (default: the cluster health check in
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from veil.nn.demo import main as demo_main  # heavy (models): import only when asked
 
         return demo_main(argv[1:])
+    if argv and argv[0] == "estimate":
+        from veil.nn.estimate_cli import main as estimate_main
+
+        return estimate_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -208,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     infer.set_defaults(handler=_infer)
 
     sub.add_parser("demo", help="MiniLM / SmolLM2 demo (see veil demo --help)")
+    sub.add_parser("estimate", help="a request's cost from a dry run (see veil estimate --help)")
     return parser
 
 
