@@ -29,6 +29,14 @@ def _prompts() -> list[list[int]]:
     return [torch.randint(0, VOCAB, (n,)).tolist() for n in LENGTHS]
 
 
+def _private_batch(make_hf, seed: int) -> tuple[PrivateModel, list[list[int]], torch.Tensor, torch.Tensor]:
+    """The seeded model's weights shared, and its prompts left padded."""
+    torch.manual_seed(seed)
+    private = PrivateModel.from_hf(make_hf())
+    prompts = _prompts()
+    return private, prompts, *left_pad(prompts)
+
+
 def test_left_pad_puts_every_prompt_at_the_right_end():
     ids, mask = left_pad([[7, 8, 9], [4]], pad_id=1)
     assert ids.tolist() == [[7, 8, 9], [1, 1, 4]]
@@ -65,11 +73,7 @@ def test_plaintext_batch_rows_match_each_prompt_alone_and_transformers(make_hf, 
 @FAMILIES
 def test_private_batch_rows_match_each_prompt_alone(make_hf, family, seed):
     """One pass over the weight shares for the batch; greedy tokens identical per row."""
-    torch.manual_seed(seed)
-    private = PrivateModel.from_hf(make_hf())
-    prompts = _prompts()
-    ids, mask = left_pad(prompts)
-
+    private, prompts, ids, mask = _private_batch(make_hf, seed)
     tokens = private.generate(ids, NEW_TOKENS, attention_mask=mask).output
     for row, prompt in enumerate(prompts):
         alone = private.generate(torch.tensor([prompt]), NEW_TOKENS).output
@@ -80,11 +84,7 @@ def test_private_batch_rows_match_each_prompt_alone(make_hf, family, seed):
 @FAMILIES
 def test_private_padded_logits_are_within_the_fixed_point_bound_of_the_prompt_alone(make_hf, family, seed):
     """Padding changes only the softmax's row length (its reciprocal's window): fixed-point noise."""
-    torch.manual_seed(seed)
-    private = PrivateModel.from_hf(make_hf())
-    prompts = _prompts()
-    ids, mask = left_pad(prompts)
-
+    private, prompts, ids, mask = _private_batch(make_hf, seed)
     logits = private.logits(ids, attention_mask=mask).output
     for row, prompt in enumerate(prompts):
         alone = private.logits(torch.tensor([prompt])).output[0]
