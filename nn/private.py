@@ -35,7 +35,7 @@ from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.kernel_choice import synchronize
 from veil.nn.generate import sampling_options
 from veil.nn.modules import Module
-from veil.nn.padding import check_left_padded
+from veil.nn.padding import as_batch, check_left_padded
 from veil.nn.progress import Progress
 from veil.protocols.approx import argmax as argmax_protocol
 from veil.protocols.approx import embedding as embedding_protocol
@@ -323,7 +323,7 @@ class PrivateModel:
 
     def generate(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | list[list[int]],
         max_new_tokens: int,
         do_sample: bool = False,
         temperature: float = 1.0,
@@ -336,10 +336,11 @@ class PrivateModel:
         the client sees.  ``do_sample=True`` draws each token from softmax(logits /
         temperature) within the ``top_k`` largest logits and the ``top_p`` nucleus (see
         :mod:`veil.protocols.approx.sampling`), the random draw made jointly by the parties.
-        Prompts of different lengths come left padded, with their public ``attention_mask``
-        (:func:`veil.nn.padding.left_pad` makes both).
+        Prompts of different lengths come as a list (left padded here), or left padded with
+        their public ``attention_mask`` (:func:`veil.nn.padding.left_pad` makes both).
         """
         sampling = sampling_options(vocab_size(self._shared), do_sample, temperature, top_k, top_p)
+        input_ids, attention_mask = as_batch(input_ids, attention_mask)
         if attention_mask is not None:
             attention_mask = check_left_padded(attention_mask, torch.as_tensor(input_ids).shape)
         steps = len(self._shared.blocks) * max_new_tokens

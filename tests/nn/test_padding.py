@@ -10,7 +10,7 @@ from veil.nn.backend import ExactBackend
 from veil.nn.generate import generate
 from veil.nn.gpt2 import GPT2LMHeadModel
 from veil.nn.llama import LlamaForCausalLM
-from veil.nn.padding import check_left_padded, left_pad
+from veil.nn.padding import as_batch, check_left_padded, left_pad
 from veil.nn.private import PrivateModel
 
 LENGTHS = (5, 2, 4)
@@ -41,6 +41,13 @@ def test_left_pad_puts_every_prompt_at_the_right_end():
     ids, mask = left_pad([[7, 8, 9], [4]], pad_id=1)
     assert ids.tolist() == [[7, 8, 9], [1, 1, 4]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_a_list_of_prompts_is_padded_only_when_their_lengths_differ():
+    ids, mask = as_batch([[7, 8, 9], [4]])
+    assert ids.tolist() == [[7, 8, 9], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = as_batch([[1, 2], [3, 4]])
+    assert ids.tolist() == [[1, 2], [3, 4]] and mask is None
 
 
 def test_a_mask_that_is_not_left_padded_is_refused_with_its_row():
