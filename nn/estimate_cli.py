@@ -1,11 +1,9 @@
 """``veil estimate``: a request's bytes per party, rounds and network time, before running it.
 
-    veil estimate --model smollm2 --seq 32 --new-tokens 8
-    veil estimate --model bert --seq 128 --rtt-ms 10 --bandwidth 1000
-
-Prints the shape-only dry run's counters (:func:`veil.nn.estimate.estimate`) with the time
-on PUMA's LAN (1 ms, 5 Gbit/s) and a WAN (40 ms, 100 Mbit/s), and on the network given by
-``--rtt-ms`` / ``--bandwidth`` when either is set.
+Prints the dry run's counters (:func:`veil.nn.estimate.estimate`) with the time on PUMA's
+LAN (1 ms, 5 Gbit/s) and a WAN (40 ms, 100 Mbit/s), and on the network given by
+``--rtt-ms`` / ``--bandwidth`` when either is set.  Only argparse is imported until the
+command runs, so that building the ``veil`` parser stays cheap.
 """
 
 from __future__ import annotations
@@ -13,26 +11,23 @@ from __future__ import annotations
 import argparse
 import os
 
-from veil.nn.estimate import LAN, WAN, Network, estimate
-
 MODELS = ("minilm", "smollm2", "gpt2", "bert")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="veil estimate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, choices=MODELS)
-    p.add_argument("--seq", type=int, default=32, help="prompt / sentence length in tokens")
-    p.add_argument(
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, choices=MODELS, help="the model to price")
+    parser.add_argument("--seq", type=int, default=32, help="prompt / sentence length in tokens")
+    parser.add_argument(
         "--new-tokens", type=int, default=0, help="tokens to generate (decoders; 0: logits only)"
     )
-    p.add_argument("--batch", type=int, default=1, help="sequences per request")
-    p.add_argument("--rtt-ms", type=float, help="round-trip time of another network (ms)")
-    p.add_argument("--bandwidth", type=float, help="its bandwidth (Mbit/s)")
-    return p
+    parser.add_argument("--batch", type=int, default=1, help="sequences per request")
+    parser.add_argument("--rtt-ms", type=float, help="round-trip time of another network (ms)")
+    parser.add_argument("--bandwidth", type=float, help="that network's bandwidth (Mbit/s)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    from veil.nn.estimate import LAN, WAN, Network, estimate
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     networks = [LAN, WAN]
     if args.rtt_ms is not None or args.bandwidth is not None:

@@ -8,7 +8,7 @@
     veil infer  --config C --model NAME --task embed|generate|logits --text T ...
     veil infer  --config C --program NAME --input NAME=FILE.pt ... --out FILE.pt
     veil demo   [demo options]          (see ``veil demo --help``)
-    veil estimate --model M --seq N [--new-tokens K] (see ``veil estimate --help``)
+    veil estimate --model minilm|smollm2|gpt2|bert --seq N [--new-tokens K] [--batch B]
 
 ``party`` runs one compute party: it connects to its peers over mutual TLS, agrees
 PRG keys, runs an SPMD program ``fn(party)`` (default: the cluster health check in
@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from veil.nn import estimate_cli
 from veil.parties.cli_help import texts
 
 DEFAULT_PROGRAM = "veil.parties.health:check"
@@ -47,10 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         from veil.nn.demo import main as demo_main  # heavy (models): import only when asked
 
         return demo_main(argv[1:])
-    if argv and argv[0] == "estimate":
-        from veil.nn.estimate_cli import main as estimate_main
-
-        return estimate_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -213,7 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     infer.set_defaults(handler=_infer)
 
     sub.add_parser("demo", help="MiniLM / SmolLM2 demo (see veil demo --help)")
-    sub.add_parser("estimate", help="a request's cost from a dry run (see veil estimate --help)")
+    estimate = sub.add_parser("estimate", help="a request's cost from a dry run", **texts("estimate"))
+    estimate_cli.add_arguments(estimate)
+    estimate.set_defaults(handler=estimate_cli.run)
     return parser
 
 

@@ -43,6 +43,10 @@ DESCRIPTIONS = {
         "and print what only this client reconstructs; or, with --program, run a served "
         "program on torch.save'd tensors."
     ),
+    "estimate": (
+        "Price a request before running it: bytes per party, critical-path rounds and "
+        "LAN/WAN time, from a dry run of the same protocol code with no cryptography."
+    ),
 }
 EXAMPLES = {
     "certs": [
@@ -64,6 +68,10 @@ EXAMPLES = {
             f"veil infer --config {CONFIG} --model smol --task generate --tokenizer smollm2 "
             '--text "Hi" --max-new-tokens 4'
         ),
+    ],
+    "estimate": [
+        "veil estimate --model smollm2 --seq 32 --new-tokens 8",
+        "veil estimate --model bert --seq 128 --batch 4 --rtt-ms 10 --bandwidth 1000",
     ],
 }
 

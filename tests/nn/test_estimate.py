@@ -11,8 +11,8 @@ import torch
 import transformers
 
 from veil.nn.estimate import LAN, WAN, Estimate, Network, estimate, request
-from veil.nn.estimate_cli import main
 from veil.nn.private import PrivateModel
+from veil.parties.cli import main
 
 VOCAB = 50
 LAYERS = 3
@@ -77,7 +77,7 @@ def test_requests_that_cannot_run_are_refused_naming_the_problem():
 
 def test_cli_prints_the_estimate_of_a_named_model(capsys):
     """`veil estimate` on the bundled MiniLM: the same counters as the Python function."""
-    assert main(["--model", "minilm", "--seq", "6", "--rtt-ms", "10", "--bandwidth", "1000"]) == 0
+    assert main(["estimate", "--model", "minilm", "--seq", "6", "--rtt-ms", "10", "--bandwidth", "1000"]) == 0
     out = capsys.readouterr().out
     est = estimate("minilm", seq=6)
     assert f"critical-path rounds: {est.depth} ({est.send_steps} send steps)" in out
