@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
+
 from veil.nn.backend import Backend, TensorLike
 from veil.nn.modules import KVCache
 from veil.nn.progress import Progress
@@ -34,6 +36,7 @@ class CausalLM(Protocol):
         cache: KVCache | None = None,
         last_only: bool = False,
         progress: Progress | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> TensorLike: ...
 
     def new_cache(self) -> KVCache: ...
@@ -74,8 +77,12 @@ def generate(
     progress: Progress | None = None,
     sampling: Sampling | None = None,
     on_step: Callable[[TensorLike], bool] | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> list[TensorLike]:
-    """Extend prompts (batch, seq) of equal length by ``max_new_tokens`` tokens.
+    """Extend prompts (batch, seq) by ``max_new_tokens`` tokens.
+
+    Prompts of different lengths come left padded with their public 0/1 ``attention_mask``
+    (see :mod:`veil.nn.padding`); each row then gets the tokens it would get alone.
 
     Greedy unless ``sampling`` is given.  Returns the per-step token indices, each (batch,),
     as the backend holds them (secret in MPC: the caller reveals them to the client).
@@ -91,7 +98,9 @@ def generate(
         return ops.sample(logits, sampling.temperature, sampling.top_k, sampling.top_p)
 
     cache = model.new_cache()
-    logits = model(ops, input_ids, cache=cache, last_only=True, progress=progress)
+    logits = model(
+        ops, input_ids, cache=cache, last_only=True, progress=progress, attention_mask=attention_mask
+    )
     onehot, index = next_token(logits)
     indices = [index]
     while True:

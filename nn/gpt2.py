@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from veil.nn import padding
 from veil.nn.backend import Backend, TensorLike
 from veil.nn.modules import (
     MLP,
@@ -122,22 +123,31 @@ class GPT2LMHeadModel(Module):
         cache: KVCache | None = None,
         last_only: bool = False,
         progress: Progress | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> TensorLike:
         """Next-token logits for tokens given as ids (batch, seq) or one-hot (batch, seq, vocab).
 
         Returns (batch, seq, vocab), or (batch, vocab) for the last position only when
-        ``last_only``.  With a ``cache`` the tokens continue the cached sequence.
+        ``last_only``.  With a ``cache`` the tokens continue the cached sequence.  A public
+        left-padded ``attention_mask`` (batch, past + seq) batches prompts of different
+        lengths (:mod:`veil.nn.padding`); the cache keeps it for later steps.
         """
         tokens = self.wte(ops, input_ids) if onehot is None else self.wte.from_onehot(ops, onehot)
         seq = tokens.shape[1]
         past = 0 if cache is None else cache.length
-        x = tokens + self.wpe.rows(torch.arange(past, past + seq))
-        mask = causal_mask(seq, past)
+        keys = padding.extend(None if cache is None else cache.key_mask, attention_mask, tokens.shape[0], seq)
+        if keys is None:
+            x = tokens + self.wpe.rows(torch.arange(past, past + seq))
+            mask = causal_mask(seq, past)
+        else:
+            x = tokens + self.wpe.rows(padding.positions(keys, seq))
+            mask = padding.attention_mask(keys, seq)
         layer_caches = [None] * len(self.blocks) if cache is None else cache.layers
         for block, layer_cache in tracked(zip(self.blocks, layer_caches), progress):
             x = block(ops, x, mask, layer_cache)
         if cache is not None:
             cache.length += seq
+            cache.key_mask = keys
         x = self.ln_f(ops, x[:, -1] if last_only else x)
         return self.wte.unembed(x)
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from veil.nn import padding
 from veil.nn.backend import Backend, TensorLike
 from veil.nn.modules import (
     Attention,
@@ -143,22 +144,31 @@ class LlamaForCausalLM(Module):
         cache: KVCache | None = None,
         last_only: bool = False,
         progress: Progress | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> TensorLike:
         """Next-token logits for tokens given as ids (batch, seq) or one-hot (batch, seq, vocab).
 
         Returns (batch, seq, vocab), or (batch, vocab) for the last position only when
-        ``last_only``.  With a ``cache`` the tokens continue the cached sequence.
+        ``last_only``.  With a ``cache`` the tokens continue the cached sequence.  A public
+        left-padded ``attention_mask`` (batch, past + seq) batches prompts of different
+        lengths (:mod:`veil.nn.padding`); the cache keeps it for later steps.
         """
         x = self.embed(ops, input_ids) if onehot is None else self.embed.from_onehot(ops, onehot)
         seq = x.shape[1]
         past = 0 if cache is None else cache.length
-        rope = self.rotary.tables(torch.arange(past, past + seq))
-        mask = causal_mask(seq, past)
+        keys = padding.extend(None if cache is None else cache.key_mask, attention_mask, x.shape[0], seq)
+        if keys is None:
+            rope = self.rotary.tables(torch.arange(past, past + seq))
+            mask = causal_mask(seq, past)
+        else:
+            rope = self.rotary.tables(padding.positions(keys, seq))
+            mask = padding.attention_mask(keys, seq)
         layer_caches = [None] * len(self.blocks) if cache is None else cache.layers
         for block, layer_cache in tracked(zip(self.blocks, layer_caches), progress):
             x = block(ops, x, mask, layer_cache, rope)
         if cache is not None:
             cache.length += seq
+            cache.key_mask = keys
         x = self.norm(ops, x[:, -1] if last_only else x)
         return self.embed.unembed(x) if self.lm_head is None else self.lm_head(x)
 

@@ -226,8 +226,8 @@ class Rotary:
         )
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin), each (len(positions), head_dim), for public positions."""
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        """(cos, sin), each (*positions.shape, head_dim), for public positions (seq,) or (batch, seq)."""
+        freqs = positions.float()[..., None] * self.inv_freq
         angles = torch.cat((freqs, freqs), dim=-1)
         return angles.cos(), angles.sin()
 
@@ -240,7 +240,8 @@ def apply_rotary(ops: Backend, x: TensorLike, cos: torch.Tensor, sin: torch.Tens
     """
     half = x.shape[-1] // 2
     rotated = ops.cat([-x[..., half:], x[..., :half]], dim=-1)
-    tables = torch.stack((cos, sin))[:, None, None]  # (2, 1, 1, seq, head_dim)
+    # (2, batch or 1, 1, seq, head_dim): per-row tables for left-padded batches.
+    tables = torch.stack((cos, sin)).reshape(2, -1, 1, *cos.shape[-2:])
     both = ops.cat([x.unsqueeze(0), rotated.unsqueeze(0)], dim=0) * tables
     return both[0] + both[1]
 
@@ -263,10 +264,12 @@ class LayerCache:
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer for incremental decoding; ``length`` is public."""
+    """Keys and values of every layer for incremental decoding; ``length`` is public, and so is
+    ``key_mask``, the (batch, length) 0/1 mask of a left-padded batch (None: nothing padded)."""
 
     layers: list[LayerCache]
     length: int = 0
+    key_mask: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, n_layers: int) -> KVCache:

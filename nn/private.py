@@ -35,6 +35,7 @@ from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.kernel_choice import synchronize
 from veil.nn.generate import sampling_options
 from veil.nn.modules import Module
+from veil.nn.padding import as_batch, check_left_padded
 from veil.nn.progress import Progress
 from veil.protocols.approx import argmax as argmax_protocol
 from veil.protocols.approx import embedding as embedding_protocol
@@ -131,7 +132,14 @@ class Dealt:
 
     @classmethod
     def of(cls, value: torch.Tensor, fxp: FixedPoint, device: torch.device | str = "cpu") -> Dealt:
-        """Dealt on the host, then kept on ``device`` (where the parties compute)."""
+        """Dealt on the host, then kept on ``device`` (where the parties compute).
+
+        A value on the ``meta`` device has a shape and no data (a model built for a dry run,
+        :mod:`veil.nn.estimate`): its components are uninitialised, which costs no dealing.
+        """
+        if value.device.type == "meta":
+            frac = fxp.frac_bits if value.is_floating_point() else 0
+            return cls(torch.empty(4, *value.shape, dtype=torch.int64, device=device), frac)
         components, frac = mpc.sharing.deal_components(value.detach(), fxp)
         return cls(torch.cat([components, components[:1]]).to(device), frac)
 
@@ -318,25 +326,31 @@ class PrivateModel:
 
     def generate(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | list[list[int]],
         max_new_tokens: int,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
         show_progress: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> PrivateResult:
         """Continuation, greedy by default; ``output`` is the (batch, max_new_tokens) ids only
         the client sees.  ``do_sample=True`` draws each token from softmax(logits /
         temperature) within the ``top_k`` largest logits and the ``top_p`` nucleus (see
         :mod:`veil.protocols.approx.sampling`), the random draw made jointly by the parties.
+        Prompts of different lengths come as a list (left padded here), or left padded with
+        their public ``attention_mask`` (:func:`veil.nn.padding.left_pad` makes both).
         """
         sampling = sampling_options(vocab_size(self._shared), do_sample, temperature, top_k, top_p)
+        input_ids, attention_mask = as_batch(input_ids, attention_mask)
+        if attention_mask is not None:
+            attention_mask = check_left_padded(attention_mask, torch.as_tensor(input_ids).shape)
         steps = len(self._shared.blocks) * max_new_tokens
         result = self.run(
             _generate_program,
             {"input_ids": input_ids},
-            {"max_new_tokens": max_new_tokens, "sampling": sampling},
+            {"max_new_tokens": max_new_tokens, "sampling": sampling, "attention_mask": attention_mask},
             (steps, "private layers x tokens") if show_progress else None,
         )
         result.output = torch.stack(result.output, dim=-1)
@@ -458,7 +472,7 @@ def _forward_program(model, ops, input_ids, progress, **public):
     return model(ops, input_ids, **public)
 
 
-def _generate_program(model, ops, input_ids, max_new_tokens, sampling, progress):
+def _generate_program(model, ops, input_ids, max_new_tokens, sampling, attention_mask, progress):
     from veil.nn.generate import generate
 
-    return generate(model, ops, input_ids, max_new_tokens, progress, sampling)
+    return generate(model, ops, input_ids, max_new_tokens, progress, sampling, attention_mask)

@@ -9,6 +9,7 @@
     veil infer  --config C --program NAME --input NAME=FILE.pt ... --out FILE.pt
     veil gateway --config C --model NAME ... --tokenizer T [--port P]   (OpenAI-compatible API)
     veil demo   [demo options]          (see ``veil demo --help``)
+    veil estimate --model minilm|smollm2|gpt2|bert --seq N [--new-tokens K] [--batch B]
 
 ``party`` runs one compute party: it connects to its peers over mutual TLS, agrees
 PRG keys, runs an SPMD program ``fn(party)`` (default: the cluster health check in
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from veil.nn import estimate_cli
 from veil.parties.cli_help import texts
 from veil.parties.gateway import add_command as add_gateway_command
 
@@ -223,6 +225,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_gateway_command(sub, [client_args])
     sub.add_parser("demo", help="MiniLM / SmolLM2 demo (see veil demo --help)")
+    estimate = sub.add_parser("estimate", help="a request's cost from a dry run", **texts("estimate"))
+    estimate_cli.add_arguments(estimate)
+    estimate.set_defaults(handler=estimate_cli.run)
     return parser
 
 

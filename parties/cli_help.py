@@ -48,6 +48,10 @@ DESCRIPTIONS = {
         "/v1/chat/completions, streaming included) on this machine for shared decoders; "
         "prompts are tokenized and answers reconstructed here, never sent in the clear."
     ),
+    "estimate": (
+        "Price a request before running it: bytes per party, critical-path rounds and "
+        "LAN/WAN time, from a dry run of the same protocol code with no cryptography."
+    ),
 }
 EXAMPLES = {
     "certs": [
@@ -75,6 +79,10 @@ EXAMPLES = {
             f"veil gateway --config {CONFIG} --cert cluster/client.pem --key cluster/client.key "
             "--model smol --tokenizer smollm2 --port 8000"
         )
+    ],
+    "estimate": [
+        "veil estimate --model smollm2 --seq 32 --new-tokens 8",
+        "veil estimate --model bert --seq 128 --batch 4 --rtt-ms 10 --bandwidth 1000",
     ],
 }
 

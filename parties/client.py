@@ -466,22 +466,29 @@ class VeilClient:
     def generate(
         self,
         model: str,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | list[list[int]],
         max_new_tokens: int,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Continuation (batch, max_new_tokens); only this client sees the ids.
 
         Greedy by default; ``do_sample`` samples with ``temperature``, ``top_k`` and
         ``top_p`` as transformers' ``generate`` does, the parties drawing the random value
-        jointly (:mod:`veil.protocols.approx.sampling`).
+        jointly (:mod:`veil.protocols.approx.sampling`).  Prompts of different lengths come
+        as a list (left padded here) or left padded with their ``attention_mask``, which
+        the parties see (the ids stay secret).
         """
+        from veil.nn.padding import as_batch
         from veil.parties.models import GENERATE_PROGRAM
 
+        input_ids, attention_mask = as_batch(input_ids, attention_mask)
         options = _generate_options(model, max_new_tokens, do_sample, temperature, top_k, top_p)
+        if attention_mask is not None:
+            options["attention_mask"] = json.dumps(torch.as_tensor(attention_mask).tolist())
         ids = self._checked(GENERATE_PROGRAM, model, input_ids, options)
         out = self.api.infer(GENERATE_PROGRAM, {"input_ids": ids}, options)
         return out["tokens"].to(torch.int64)

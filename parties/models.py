@@ -237,7 +237,8 @@ def model_programs(store: ModelStore) -> dict[str, Program]:
 
         sampling = sampling_from_options(options, vocab_size(model))
         on_step = streamed_steps(party, options)
-        indices = greedy(model, ops, ids, steps, sampling=sampling, on_step=on_step)
+        mask = _public_tensor(options, "attention_mask", None)
+        indices = greedy(model, ops, ids, steps, sampling=sampling, on_step=on_step, attention_mask=mask)
         return {"tokens": mpc.stack(indices, dim=-1)}
 
     def info(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from veil.nn.generate import Sampling
+from veil.nn.padding import check_left_padded
 from veil.parties.models import (
     CALLER_OPTION,
     EMBED_PROGRAM,
@@ -65,7 +66,7 @@ OPTIONS = {
     EMBED_PROGRAM: frozenset({"model", "attention_mask", "token_type_ids"}),
     LOGITS_PROGRAM: frozenset({"model"}),
     GENERATE_PROGRAM: frozenset(
-        {"model", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p"}
+        {"model", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "attention_mask"}
         | {STREAM_OPTION, STOPPABLE_OPTION}
     ),
     INFO_PROGRAM: frozenset({"model"}),
@@ -210,6 +211,7 @@ def check_task(
                 raise RequestInvalid(f"option {flag!r} must be true or false, got {options[flag]!r}")
         if options.get(STOPPABLE_OPTION) == "true" and options.get(STREAM_OPTION) != "true":
             raise RequestInvalid("a stoppable request must stream (the client stops listening)")
+        _left_padded(options, (batch, seq))
     if positions > spec.max_positions:
         raise RequestInvalid(
             f"{positions} positions ({seq} ids"
@@ -331,6 +333,17 @@ def _public_array(
         empty = (value.sum(-1) == 0).nonzero()
         if len(empty):
             raise RequestInvalid(f"option {key!r} row {int(empty[0])} masks every position")
+
+
+def _left_padded(options: Mapping[str, str], shape: tuple[int, int]) -> None:
+    """A decoder batch's public mask: 0/1 of the ids' shape, each row left padded."""
+    if "attention_mask" not in options:
+        return
+    _public_array(options, "attention_mask", shape, 0, 2)
+    try:
+        check_left_padded(torch.tensor(json.loads(options["attention_mask"])), shape)
+    except ValueError as exc:
+        raise RequestInvalid(f"option 'attention_mask': {exc}") from None
 
 
 def client_ids(

@@ -174,6 +174,17 @@ def test_generation_and_logits(served, references) -> None:
     assert (logits - references["logits_plain"]).abs().max() < LOGITS_BOUND_PLAIN
 
 
+def test_generation_of_prompts_of_different_lengths(served) -> None:
+    """One left-padded request; each row gets the greedy tokens of its prompt alone."""
+    prompts = [[1, 5, 9, 20, 3, 7], [2, 4], [6, 8, 10, 12]]
+    gpt = tiny_gpt2()
+    with served.client() as client:
+        tokens = client.generate("gpt", prompts, max_new_tokens=3)
+    for row, prompt in enumerate(prompts):
+        alone = gpt.generate(torch.tensor([prompt]), max_new_tokens=3, do_sample=False)
+        assert tokens[row].tolist() == alone[0, len(prompt) :].tolist()
+
+
 _SHARE_RECEIVED = re.compile(
     r"party (\d): request \w+ veil\.share_model ok .*; received (\d+) B of inputs"
 )

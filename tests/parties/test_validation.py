@@ -107,6 +107,18 @@ REFUSED = [
     ("veil.generate", {**SAMPLE, "top_k": "65"}, IDS, "top_k"),
     ("veil.generate", {**SAMPLE, "top_p": "1.5"}, IDS, "top_p"),
     ("veil.generate", {**SAMPLE, "top_p": "most"}, IDS, "must be a number"),
+    (
+        "veil.generate",
+        {"model": "gpt", "max_new_tokens": "2", "attention_mask": MASK_2x5},
+        IDS,
+        "row 1 is not left padded",
+    ),
+    (
+        "veil.generate",
+        {"model": "gpt", "max_new_tokens": "2", "attention_mask": "[[1,1]]"},
+        IDS,
+        "shape (1, 2)",
+    ),
 ]
 
 
@@ -123,6 +135,11 @@ ACCEPTED = [
     ("veil.generate", {"model": "gpt", "max_new_tokens": "32"}, {"input_ids": ((1, 1), 0)}),
     ("veil.generate", {**SAMPLE, "temperature": "0.7", "top_k": "5", "top_p": "0.9"}, IDS),
     ("veil.logits", {"model": "gpt"}, {"input_ids": ((1, 32), 0)}),
+    (
+        "veil.generate",
+        {"model": "gpt", "max_new_tokens": "2", "attention_mask": json.dumps([[1] * 5, [0, 0, 1, 1, 1]])},
+        IDS,
+    ),
     ("veil.logits", {"model": "bert"}, IDS),
     ("veil.embed", {"model": "bert", "attention_mask": MASK_2x5}, IDS),
     ("veil.model_info", {"model": "gpt"}, {"probe": ((1,), 0)}),
