@@ -2,9 +2,9 @@
 
 Source: arXiv 1910.12435 §3.2.2 and eprint 2020/338 §5.1, as in SecretFlow-SPU's
 ``TruncAPr``.  Roles: A = party a, B = a+1, H = a+2.  Each call splits the elements
-into thirds and runs the steps on the j-th third with a = call counter + j mod 3, all
-thirds in the same rounds: every party plays each role on a third of the elements, so
-the parties send equal bytes in every call.
+into thirds and runs the steps on the j-th third with a = j, all thirds in the same
+rounds: every party plays each role on a third of the elements, so the parties send equal
+bytes in every call.
 
 1. A and B draw r_A, r_B from the keys they share with H; H knows r = r_A + r_B.
 2. H sends B its half of 2-out-of-2 shares of rb = bit 63 of r and
@@ -121,19 +121,20 @@ def _pow2(e: int | torch.Tensor) -> int | torch.Tensor:
 
 
 def _thirds(n: int, party: Party) -> list[tuple[slice, int]]:
-    """The elements in three parts, each with its own rotation of the roles.
+    """The elements in three parts, the j-th with A = party j, B = j+1, H = j+2.
 
     Every party is A on one third, B on another and H on the last, so each sends the same
-    number of bytes in every call (H sends twice as much as A and B when fused).  The
-    rotation also advances with the call counter, identically at every party.
+    bytes in every call (H sends twice as much as A and B when fused), up to the one or two
+    elements by which the thirds differ.  The assignment is fixed, not rotated per call, so
+    a party's bytes depend on the shapes only (identical layers cost identical bytes at each
+    party, which the dry-run estimate relies on).
     """
-    a = party.next_call() % 3
     bounds = [n * j // 3 for j in range(4)]
-    parts = []
-    for j in range(3):
-        if bounds[j + 1] > bounds[j]:
-            parts.append((slice(bounds[j], bounds[j + 1]), (party.rank - a - j) % 3))
-    return parts
+    return [
+        (slice(bounds[j], bounds[j + 1]), (party.rank - j) % 3)
+        for j in range(3)
+        if bounds[j + 1] > bounds[j]
+    ]
 
 
 def _truncate(party: Party, term: Callable[[int, slice], torch.Tensor | None], n: int,

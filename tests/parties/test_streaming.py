@@ -175,7 +175,7 @@ def test_refused_streaming_request_fails_at_once_and_leaves_nothing(cluster) -> 
         with pytest.raises(InferenceError, match="max_new_tokens must be in 1..256, got 0"):
             next(steps)
     assert time.monotonic() - start < bound.timeout, "the client waited for the stream's timeout"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + bound.timeout  # generous: a loaded 2-core machine
     while any(len(s.steps) for s in services) and time.monotonic() < deadline:
         time.sleep(0.1)  # a FetchSteps call ends when the party sees it cancelled
     assert [len(s.steps) for s in services] == [0, 0, 0]
