@@ -54,3 +54,34 @@ def test_fixed_point_products_are_truncated_within_one_ulp(run, rng):
 def test_bad_shift_rejected(run):
     with pytest.raises(ValueError, match="outside 1..61"):
         run(lambda p: truncate(mpc.share(p, torch.ones(1), 0), 62))
+
+
+def test_fused_truncation_takes_a_shift_per_element_and_zero_is_exact(run, rng):
+    """truncate_product on products cut by 0, 5 and 18 bits in one call: shift 0 reshares
+    exactly, the others give floor + {0, 1}."""
+    from veil.protocols.multiplication import local_product
+    from veil.protocols.truncation import truncate_product
+
+    x = torch.randint(-2**20, 2**20, (300,), generator=rng)
+    y = torch.randint(-2**20, 2**20, (300,), generator=rng)
+    shifts = torch.tensor([0, 5, 18]).repeat(100)
+
+    def fn(party):
+        xs, ys = mpc.share(party, x, 0), mpc.share(party, y, 1)
+        xs.frac_bits = ys.frac_bits = 0  # integers: the ring values are the numbers
+        z = local_product(xs.data, ys.data)
+        return truncate_product(party, z, shifts, 18).data
+
+    opened = sum(data[0] for data in run(fn))  # the parties' first components add up
+    exact = x * y
+    floor = torch.div(exact, 2**shifts, rounding_mode="floor")
+    error = opened - floor
+    assert (error[shifts == 0] == 0).all()
+    assert error.min() >= 0 and error.max() <= 1
+
+
+def test_fused_truncation_refuses_a_shift_outside_the_range(run):
+    from veil.protocols.truncation import truncate_product
+
+    with pytest.raises(ValueError, match="0..61"):
+        run(lambda p: truncate_product(p, torch.zeros(3, dtype=torch.int64), torch.tensor([0, 62, 1]), 62))
