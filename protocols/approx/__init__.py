@@ -13,8 +13,8 @@ Measured at f = 18 (benchmarks/nonlinear.py; bytes sent and rounds of the busies
     reciprocal (window 2^-10..2^10)  3.7e-4 rel               21    1030.5 / element
     rsqrt (window 2^-14..2^14)       4.0e-4 rel               23    1418.5 / element
     gelu 128x768 (symmetric)         1.0e-3 (PUMA's: 2.0e-2)  23    24.28 MB (SPU 30.7 MB, 55)
-    silu (PUMA's formula)            7.2e-2 (symmetric: 3.4e-2) 23  270.5 / element
-    softmax 12x128x128               3.9e-3                  128    52.35 MB (SPU 47.0 MB, 160)
+    silu (relu(x) - G(|x|), deg. 8)  2.7e-3 (PUMA's: 7.2e-2)   20    342.5 / element (PUMA 270.5)
+    softmax 12x128x128 (exp t = 6)   9.3e-4                  130    57.07 MB (SPU 47.0 MB, 160)
     layernorm 128x768                6.6e-4                   31    3.38 MB (SPU 3.2 MB, 55)
     embedding 128 of 30522x768       exact                    15    34.02 MB
     argmax over 49152 (8-way tree)   exact                    86    12.94 MB

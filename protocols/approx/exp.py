@@ -16,7 +16,7 @@ party with the clip / without it, from the communicator counters):
     linear,    t = 8           8      32 / 21  247.5 / 192   1.1e-3          8.2e-3
     quadratic, t = 4           5      24 / 13  175.5 / 120   1.0e-3          2.0e-2
     quadratic, t = 5           6      27 / 16  199.5 / 144   2.4e-4          4.0e-3  <- default
-    quadratic, t = 6           7      29 / 18  223.5 / 168   1.5e-4          9.2e-4
+    quadratic, t = 6           7      29 / 18  223.5 / 168   1.5e-4          9.2e-4  <- softmax's
     quadratic, t = 7           8      32 / 21  247.5 / 192   3.0e-4          2.3e-4
 
 So quadratic t = 5 meets the softmax bound (0.01) with 2.5x margin for one product more
