@@ -1,4 +1,4 @@
-"""SiLU (LLaMA's activation): an odd-free fit around ReLU (default), or PUMA's piecewise polynomial.
+"""SiLU (LLaMA's activation): ReLU minus a fitted gap (default), or PUMA's piecewise polynomial.
 
 Formula (``variant="relu"``, ours, the default): silu(x) = relu(x) - g(|x|) with
 g(a) = a / (1 + e^a), which is small (at most 0.28, at a = 1.28) and decays like a e^-a, so
@@ -41,12 +41,14 @@ Valid range: all x (|x| < 2^(63-f)); outside [-T, T] the powers overflow the rin
 result there is relu(x) exactly (the garbage is multiplied by a 0 bit); see
 :mod:`veil.protocols.approx._piecewise` for the other variants.
 Error: twin vs x * sigmoid(x) on [-12, 12]: relu 2.7e-3 (1.8e-4 on [-4, 4]); PUMA 0.0719
-(at x = 4); symmetric 0.0335.  Protocol vs twin: a few ulp.
+(at x = 4); symmetric 0.0335.  Protocol vs twin: PUMA and symmetric a few ulp; relu at most
+1 + sum_k |c_k| (k - 1) 2^-8 = 26 ulp (b^k's k - 1 truncations at f + 8 bits, each off by one
+ulp, times its coefficient), 5 ulp measured.
 Cost (relu): segment bits [x < 0], [x < -T], [x > T] (one comparison: 10 rounds,
 3 * 47.5 = 142.5 bytes), the |x| bit product with b^2 (one round; 8 + 24 bytes), b^3, b^4 |
 b^5..b^8 (2 levels of 1 + 2 rounds, 6 products: 144 bytes), one truncation for G (2 rounds,
-16 bytes), one bit product for the asymptotes (1 round, 8 bytes): 22 rounds, 342.5 bytes per
-element per party (PUMA's: 23 rounds, 270.5 bytes).
+16 bytes), one bit product for the asymptotes (1 round, 8 bytes): 342.5 bytes per element
+per party, 20 rounds measured at party 0 (PUMA's: 270.5 bytes, 23 rounds; tests check both).
 Cost (PUMA): segment bits (10 rounds, 3 * 47.5 = 142.5 bytes), powers x^2 | x^4 | x^6 (3
 levels of 1 + 2 rounds, 3 products: 72 bytes), one truncation for both polynomials (2 rounds,
 32 bytes), selection (1 round, 24 bytes): 22 rounds (23 at the busiest party), 270.5 bytes
