@@ -14,8 +14,8 @@ busiest party; SPU's figures are its send steps):
     reciprocal (window 2^-10..2^10)  3.7e-4 rel               18    1030.5 / element
     rsqrt (window 2^-14..2^14)       4.0e-4 rel               20    1405.2 / element
     gelu 128x768 (symmetric)         1.0e-3 (PUMA's: 2.0e-2)  21    22.97 MB (SPU 30.7 MB, 55)
-    silu (PUMA's formula)            7.2e-2 (symmetric: 3.4e-2) 21  262.5 / element
-    softmax 12x128x128               3.9e-3                  121    49.21 MB (SPU 47.0 MB, 160)
+    silu (relu(x) - G(|x|), deg. 8)  2.7e-3 (PUMA's: 7.2e-2)   19    337.2 / element (PUMA 262.5)
+    softmax 12x128x128 (exp t = 6)   9.1e-4                  123    53.40 MB (SPU 47.0 MB, 160)
     layernorm 128x768                6.4e-4                   27    3.12 MB (SPU 3.2 MB, 55)
     embedding 128 of 30522x768       exact                    15    34.02 MB
     argmax over 49152 (8-way tree)   exact                    86    12.94 MB

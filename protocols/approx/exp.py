@@ -16,7 +16,7 @@ party with the clip / without it, from the communicator counters):
     linear,    t = 8           8      27 / 16  226.2 / 170.7   1.1e-3          8.2e-3
     quadratic, t = 4           5      21 / 10  162.2 / 106.7   1.0e-3          2.0e-2
     quadratic, t = 5           6      23 / 12  183.5 / 128     2.4e-4          4.0e-3  <- default
-    quadratic, t = 6           7      25 / 14  204.8 / 149.3   1.5e-4          9.2e-4
+    quadratic, t = 6           7      25 / 14  204.8 / 149.3   1.5e-4          9.2e-4  <- softmax's
     quadratic, t = 7           8      27 / 16  226.2 / 170.7   3.0e-4          2.3e-4
 
 (rounds: critical path; every product is truncated from its 3-out-of-3 components, 2 rounds

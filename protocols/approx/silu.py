@@ -1,6 +1,22 @@
-"""SiLU (LLaMA's activation) with PUMA's four-segment piecewise polynomial.
+"""SiLU (LLaMA's activation): ReLU minus a fitted gap (default), or PUMA's piecewise polynomial.
 
-Formula:
+Formula (``variant="relu"``, ours, the default): silu(x) = relu(x) - g(|x|) with
+g(a) = a / (1 + e^a), which is small (at most 0.28, at a = 1.28) and decays like a e^-a, so
+with T = 8 and b = |x| / 8 in [0, 1]
+    silu(x) ~ 0 (x < -T);  relu(x) - G(b) (|x| <= T);  x (x > T),
+    G(b) = sum_k SILU_RELU[k] b^k, degree 8.
+Fitting: weighted minimax on [0, T] by Lawson's iteratively reweighted least squares
+(Chebyshev basis, 20001 points, 500 iterations), weight 10 on a < 4, where SmolLM2's gate
+pre-activations live (99.7% of them on its chat prompts; they reach -27 and +50, hence the
+exact asymptotes outside [-T, T]), 1 on [4, 8].  Max error 2.7e-3 (the tail at |x| = T:
+T e^-T); 1.8e-4 on [-4, 4]; mean 1.2e-4 on SmolLM2's gate inputs against PUMA's 5.5e-3, and
+a mean signed error (the bias every hidden unit shares) of -1.7e-5 against 2.3e-3.  With it
+SmolLM2's last-position logits keep the error they have with SiLU exact (see
+benchmarks/RESULTS.md).  The powers of b carry f + 8 fractional bits (POWER_EXTRA_BITS):
+the coefficients (up to 460 in b) would otherwise multiply the one-ulp rounding of each
+power into about 3e-3.  x^2 needs no |x|, so |x| (one bit product) and b^2 share one round.
+
+Formula (``variant="puma"``):
     silu(x) = 0                      x < -8
               Q(x)                   -8 <= x < -4
               P(x)                   -4 <= x <= 4
@@ -8,39 +24,52 @@ Formula:
     Q = -0.0055465625580307 x^2 - 0.0819767021525476 x - 0.3067541139982155
     P = 0.0002743776353465 x^6 - 0.011113046708173 x^4 + 0.2281430841728270 x^2 + 0.5 x
         + 0.0085064025895951
-Source: PUMA (arXiv 2307.12533) as in SecretFlow-SPU's LLaMA example.
+Source: PUMA (arXiv 2307.12533) as in SecretFlow-SPU's LLaMA example.  It is accurate
+near 0 (max 0.0085 on [-2, 2]) but 0.072 at x = 4 and biased (mean error 2.3e-3 on
+SmolLM2's gate inputs): with SiLU exact, SmolLM2's worst logit error falls from 1.18 to 0.13.
 
 Variant ``"symmetric"`` (ours): silu(x) = x/2 + (x/2) tanh(x/2), the second term even and
 tending to |x|/2, so with T = 5
     silu(x) ~ 0 (x < -5);  x/2 + E(x^2) (|x| <= 5);  x (x > 5),
     E(s) = 0.020496548463330284 + 0.21099913255441075 s - 0.007965792174430242 s^2
            + 0.0001388975712446311 s^3      (a minimax fit; PUMA's P is the T = 4 fit).
-Two comparisons instead of three: max error 0.0335 on [-12, 12] (vs 0.0719), 199
-instead of 270.5 bytes per element, two rounds fewer.
+Two comparisons instead of three: max error 0.0335 on [-12, 12] (vs 0.0719), 191
+instead of 262.5 bytes per element, two rounds fewer; but 2.4x less accurate than PUMA's
+where activations live (max 0.0205 vs 0.0085 on [-2, 2]).  For cost-sensitive use.
 
-The default is PUMA's formula: the symmetric fit has the smaller *maximum* error but is
-2.4x less accurate where activations live (max 0.0205 vs 0.0085 on [-2, 2]; mean 1.3e-2
-vs 5.3e-3 on N(0, 1) inputs), and on SmolLM2 that flips greedy tokens that PUMA's
-formula keeps (measured with the float twins on the benchmarks/models.py prompt).
-``variant="symmetric"`` remains for cost-sensitive use.
-
-Valid range: all x (|x| < 2^(63-f)); see :mod:`veil.protocols.approx._piecewise`.
-Error: twin vs x * sigmoid(x): max 0.0719 on [-12, 12] (at x = 4).  Protocol vs twin:
-about 1e-5.
-Cost: segment bits (10 rounds, 3 * 47.5 = 142.5 bytes), powers x^2 | x^4 | x^6 (3 levels of
-1 + 2 rounds, 3 products: 72 bytes), one truncation for both polynomials (2 rounds,
-32 bytes), selection (1 round, 24 bytes): 22 rounds (23 at the busiest party), 270.5 bytes
-per element per party.
-Cost (symmetric): 95 + 72 + 16 + 16 = 199 bytes, 20 rounds (21 at the busiest party;
-measured).
+Valid range: all x (|x| < 2^(63-f)); outside [-T, T] the powers overflow the ring, but the
+result there is relu(x) exactly (the garbage is multiplied by a 0 bit); see
+:mod:`veil.protocols.approx._piecewise` for the other variants.
+Error: twin vs x * sigmoid(x) on [-12, 12]: relu 2.7e-3 (1.8e-4 on [-4, 4]); PUMA 0.0719
+(at x = 4); symmetric 0.0335.  Protocol vs twin: PUMA and symmetric a few ulp; relu at most
+1 + sum_k |c_k| (k - 1) 2^-8 = 26 ulp (b^k's k - 1 truncations at f + 8 bits, each off by one
+ulp, times its coefficient), 5 ulp measured.
+Cost (relu), per element: segment bits [x < 0], [x < -T], [x > T] (one comparison: 10
+rounds, 3 * 47.5 = 142.5 bytes per party), then 8 products truncated from their 3-out-of-3
+components (|x|'s and the powers b^2 .. b^8, in levels of 2 rounds; 64 bytes each summed over
+the parties), one truncation for G (48) and one bit product for the asymptotes (24): 584
+bytes over the parties, 337.2 per party with the comparison; 19 critical-path rounds
+(PUMA's: 262.5 bytes, 21 rounds; tests check both).
+Cost (PUMA): segment bits (10 rounds, 3 * 47.5 = 142.5 bytes), powers x^2 | x^4 | x^6 (3
+levels of one product truncated from its components, 2 rounds each, 3 products: 64 bytes),
+one truncation for both polynomials (2 rounds, 32 bytes), selection (1 round, 24 bytes):
+262.5 bytes per element per party, 21 critical-path rounds.
+Cost (symmetric): 95 + 64 + 16 + 16 = 191 bytes, 19 critical-path rounds (measured).
 """
 
 from __future__ import annotations
 
 import torch
 
-from veil.mpc.arith import ArithShare
-from veil.protocols.approx._common import FRAC_BITS, linear_combination, products, quantize
+from veil.mpc.arith import ArithShare, cat
+from veil.protocols.approx._common import (
+    FRAC_BITS,
+    encoded_coefficients,
+    linear_combination,
+    products,
+    quantize,
+    with_frac,
+)
 from veil.protocols.approx._piecewise import (
     segment_bits,
     select,
@@ -49,6 +78,25 @@ from veil.protocols.approx._piecewise import (
     symmetric_select,
     symmetric_select_twin,
 )
+from veil.protocols.comparison import less_than
+
+SILU_RELU_BOUND = 8.0
+SILU_RELU_SCALE_BITS = 3
+"""b = |x| / 2^3 lies in [0, 1] on [-T, T]."""
+POWER_EXTRA_BITS = 8
+"""The powers of b carry f + 8 fractional bits (values <= 1, so products stay below 2^(2f + 16))."""
+# G on [0, 1]: coefficients of b, b^2, ..., b^8 and the constant.
+SILU_RELU = (
+    4.020705179729314,
+    -16.2711936466899,
+    -2.213755600662198,
+    142.45073608473828,
+    -376.35848057274814,
+    459.67688743322987,
+    -279.70576813027964,
+    68.40556527346314,
+)
+SILU_RELU_CONSTANT = -0.00018303393757967967
 
 SILU_BOUNDS = (-8.0, -4.0, 4.0)
 # Q on [-8, -4): coefficients of x, x^2 and the constant.
@@ -61,15 +109,31 @@ SILU_SYMMETRIC_BOUND = 5.0
 # E(x^2) on [-5, 5] plus x/2: coefficients of x, x^2, x^4, x^6 and the constant.
 SILU_SYMMETRIC = (0.5, 0.21099913255441075, -0.007965792174430242, 0.0001388975712446311)
 SILU_SYMMETRIC_CONSTANT = 0.020496548463330284
-VARIANTS = ("puma", "symmetric")
+VARIANTS = ("relu", "puma", "symmetric")
+
+
+def _relu_twin(x: torch.Tensor, frac_bits: int | None) -> torch.Tensor:
+    """Float twin of :func:`_relu_silu`."""
+    power_bits = None if frac_bits is None else frac_bits + POWER_EXTRA_BITS
+    b = x.abs() / 2**SILU_RELU_SCALE_BITS
+    b2 = quantize(b * b, power_bits)
+    b3, b4 = quantize(b2 * b, power_bits), quantize(b2 * b2, power_bits)
+    high = [quantize(b4 * low, power_bits) for low in (b, b2, b3, b4)]
+    coeffs = encoded_coefficients(SILU_RELU, power_bits)
+    g = quantize(sum(c * t for c, t in zip(coeffs, (b, b2, b3, b4, *high))), frac_bits)
+    relu = x.clamp(min=0)
+    t = quantize(torch.tensor(SILU_RELU_BOUND, dtype=torch.float64), frac_bits)
+    return torch.where(x.abs() > t, relu, relu - (g + SILU_RELU_CONSTANT))
 
 
 def silu_twin(
-    x: torch.Tensor, variant: str = "puma", frac_bits: int | None = FRAC_BITS
+    x: torch.Tensor, variant: str = "relu", frac_bits: int | None = FRAC_BITS
 ) -> torch.Tensor:
     """Float twin of :func:`silu`."""
     _check(variant)
     x = x.to(torch.float64)
+    if variant == "relu":
+        return _relu_twin(x, frac_bits)
     x2 = quantize(x * x, frac_bits)
     x4 = quantize(x2 * x2, frac_bits)
     x6 = quantize(x4 * x2, frac_bits)
@@ -89,10 +153,38 @@ def _check(variant: str) -> None:
         raise ValueError(f"unknown SiLU variant {variant!r}: expected one of {VARIANTS}")
 
 
-def silu(x: ArithShare, variant: str = "puma") -> ArithShare:
+def _over_scale(v: ArithShare, power_bits: int) -> ArithShare:
+    """v / 2^SILU_RELU_SCALE_BITS with ``power_bits`` fractional bits: a local shift of the ring
+    elements (exact), no truncation."""
+    shift = power_bits - v.frac_bits - SILU_RELU_SCALE_BITS
+    return with_frac(with_frac(v, 0) * (1 << shift), power_bits)
+
+
+def _relu_silu(x: ArithShare) -> ArithShare:
+    """relu(x) - G(|x| / 8) inside [-T, T], relu(x) outside (see the module docstring)."""
+    f = x.party.fxp.frac_bits
+    power_bits = f + POWER_EXTRA_BITS
+    t = SILU_RELU_BOUND
+    stacked = cat([x.unsqueeze(0), (x + t).unsqueeze(0), (t - x).unsqueeze(0)], dim=0)
+    bits = less_than(stacked, 0)
+    negative, outside = bits[0], bits[1] + bits[2]
+    signed_b = _over_scale(x, power_bits)
+    negative_x, b2 = products([(negative, x), (signed_b, signed_b)], out_frac=[f, power_bits])
+    relu = x - negative_x
+    b = _over_scale(relu - negative_x, power_bits)
+    b3, b4 = products([(b2, b), (b2, b2)], out_frac=[power_bits] * 2)
+    high = products([(b4, low) for low in (b, b2, b3, b4)], out_frac=[power_bits] * 4)
+    g = linear_combination((b, b2, b3, b4, *high), SILU_RELU, SILU_RELU_CONSTANT)
+    (g_outside,) = products([(outside, g)])
+    return relu - g + g_outside
+
+
+def silu(x: ArithShare, variant: str = "relu") -> ArithShare:
     """SiLU of a secret fixed-point tensor (see the module docstring)."""
     _check(variant)
     with x.party.comm.scope("silu"):
+        if variant == "relu":
+            return _relu_silu(x)
         symmetric = variant == "symmetric"
         bits = (
             symmetric_bits(x, SILU_SYMMETRIC_BOUND) if symmetric else segment_bits(x, SILU_BOUNDS)

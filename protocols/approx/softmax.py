@@ -1,8 +1,8 @@
 """Softmax over the last dimension with an optional public mask.
 
 Formula (PUMA, arXiv 2307.12533 §4.2): z = x - max(x) (tree of comparisons), e = exp(z)
-(:mod:`veil.protocols.approx.exp`, quadratic base, t = 5, clipped below -14), s = sum(e), one
-reciprocal per row (:mod:`veil.protocols.approx.reciprocal`, on [1, 2^ceil(log2(n+1))), result
+(:mod:`veil.protocols.approx.exp`, quadratic base, t = 6 = SOFTMAX_SQUARINGS, clipped below
+-14), s = sum(e), one reciprocal per row (:mod:`veil.protocols.approx.reciprocal`, on [1, 2^ceil(log2(n+1))), result
 with 6 extra fractional bits), softmax = e * (1/s).  The last squaring of exp is left
 untruncated (2f bits) and truncated together with the final product: one truncation
 per element fewer.
@@ -12,15 +12,16 @@ mask, so masked probabilities are exactly 0.  Every row needs at least one kept 
 
 Valid range: |x| < 2^20 for the logits (comparisons and the mask offset stay in range).
 Error vs torch.softmax (measured, f = 18, rows of 128 logits ~ N(0, 3^2), plain and
-causal-masked, 12x128x128): 3.9e-3 max abs (bound 1e-2; PUMA's t = 5 linear exp: 6.4e-2);
-protocol vs twin about 3e-5.  See :mod:`veil.protocols.approx.exp` for the exp trade-off table.
-Cost per party, 12x128x128 (benchmarks/nonlinear.py): 121 critical-path rounds, 49.21 MB,
-of which the max tree 10.8 MB (77 rounds; no argmax one-hot, see ``row_max``), exp's clip
-(comparison and multiplexer) 10.9 MB, exp's 6 products 22.5 MB (5 truncated from their
-3-out-of-3 components, 21.3 bytes each, and the last one left untruncated, 8 bytes), the
-final product 4.2 MB, the per-row sum and reciprocal 0.7 MB.  SPU's PUMA: 160 send steps,
-47.0 MB (ours: 4.7% more bytes, 39 fewer rounds); the two comparisons per element
-(47.5 bytes each, protocols/comparison.py) come to 18.6 MB of ours.
+causal-masked, 12x128x128): 9.1e-4 max abs (t = 5: 3.9e-3; bound 1e-2; PUMA's t = 5 linear
+exp: 6.4e-2); protocol vs twin about 6e-5.  See :mod:`veil.protocols.approx.exp` for the exp
+trade-off table.
+Cost per party, 12x128x128 (benchmarks/nonlinear.py): 123 critical-path rounds, 53.40 MB
+(t = 5: 121 rounds, 49.21 MB), of which the max tree 10.8 MB (77 rounds; no argmax one-hot,
+see ``row_max``), exp's clip (comparison and multiplexer) 10.9 MB, exp's 7 products 26.7 MB
+(6 truncated from their 3-out-of-3 components, 21.3 bytes each, the last one left
+untruncated, 8 bytes), the final product 4.2 MB, the per-row sum and reciprocal 0.7 MB.
+SPU's PUMA: 160 send steps, 47.0 MB (ours: 13.6% more bytes, 37 fewer rounds); the two
+comparisons per element (47.5 bytes each, protocols/comparison.py) come to 18.6 MB of ours.
 Trading robustness for bytes, ``clip=None`` (exp valid for x - max >= -50
 at t = 5, or >= -120 with ``squarings=6``, garbage below) costs 38.3 MB and 110 rounds
 (t = 5) or 42.5 MB and 112 rounds (t = 6, error 9e-4): only for logits with a known spread.
@@ -34,7 +35,7 @@ import torch
 
 from veil.mpc.arith import ArithShare
 from veil.protocols.approx._common import FRAC_BITS, products, quantize, row_max, with_frac
-from veil.protocols.approx.exp import DEFAULT_SQUARINGS, EXP_CLIP, exp, exp_twin
+from veil.protocols.approx.exp import EXP_CLIP, exp, exp_twin
 from veil.protocols.approx.reciprocal import reciprocal, reciprocal_twin
 from veil.protocols.truncation import truncate
 
@@ -43,6 +44,11 @@ MASK_OFFSET = float(2**20)
 RECIPROCAL_EXTRA_BITS = 6
 """1/s carries f + 6 bits (at f = 18: e with 2f bits times 1/s stays below 2^60)."""
 PRODUCT_BITS = 60
+SOFTMAX_SQUARINGS = 6
+"""exp's squarings inside softmax: t = 6 (one product more than exp's default t = 5) cuts the
+softmax error 4x (9.2e-4 instead of 3.9e-3 on N(0, 3^2) rows) and SmolLM2's worst logit error
+from 0.13 to 0.06 once SiLU is accurate (benchmarks/RESULTS.md), for 24 bytes and 3 rounds
+per element."""
 
 
 def _plan(f: int) -> tuple[bool, int]:
@@ -61,7 +67,7 @@ def _row_window(n: int) -> tuple[int, int]:
 def softmax_twin(
     x: torch.Tensor,
     mask: torch.Tensor | None = None,
-    squarings: int = DEFAULT_SQUARINGS,
+    squarings: int = SOFTMAX_SQUARINGS,
     base: str = "quadratic",
     clip: float | None = EXP_CLIP,
     frac_bits: int | None = FRAC_BITS,
@@ -84,7 +90,7 @@ def softmax_twin(
 def softmax(
     x: ArithShare,
     mask: torch.Tensor | None = None,
-    squarings: int = DEFAULT_SQUARINGS,
+    squarings: int = SOFTMAX_SQUARINGS,
     base: str = "quadratic",
     clip: float | None = EXP_CLIP,
 ) -> ArithShare:

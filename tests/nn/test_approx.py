@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.smollm2_steps import TEST_PROMPTS, step_errors
 from veil.nn.backend import ApproxBackend, ExactBackend
 from veil.nn.bert import BertModel, normalize, sentence_embedding
 from veil.nn.demo import SMOLLM2_NORM_HEADROOM_BITS, chat_ids
@@ -44,3 +45,21 @@ def test_smollm2_greedy_on_puma_twins_matches_exact(smollm2, prompt):
     twins = ApproxBackend.puma(norm_headroom_bits=SMOLLM2_NORM_HEADROOM_BITS)
     approx = generate(model, twins, ids, max_new_tokens=12)
     assert torch.equal(torch.cat(exact), torch.cat(approx))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(
+    "prompt", [TEST_PROMPTS[0], *(pytest.param(p, marks=pytest.mark.slow) for p in TEST_PROMPTS[1:])]
+)
+def test_smollm2_logits_on_puma_twins_within_0_1_at_every_step(smollm2, prompt):
+    """Issue 11's bound: last-position logits max abs error <= 0.1 at each of 8 greedy steps
+    (teacher-forced on the exact tokens; measured worst 0.059 over these prompts, 1.18 with
+    PUMA's SiLU and a 5-squaring softmax)."""
+    hf, tokenizer = smollm2
+    model = LlamaForCausalLM.from_hf(hf)
+    ids = chat_ids(tokenizer, prompt)
+    steps = 8
+    sequence = torch.cat([ids, torch.stack(generate(model, ExactBackend(), ids, steps), 1)], 1)
+    twins = ApproxBackend.puma(norm_headroom_bits=SMOLLM2_NORM_HEADROOM_BITS)
+    errors = step_errors(model(ExactBackend(), sequence)[0], model(twins, sequence)[0], ids.shape[1], steps)
+    assert errors.max() <= 0.1, errors

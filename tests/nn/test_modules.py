@@ -110,8 +110,8 @@ def test_approx_backend_calls_its_twins_and_keeps_the_dtype():
 
 
 def test_puma_backend_is_close_to_exact_on_typical_inputs():
-    """Range: N(0, 2^2) activations; bounds: the twins' documented errors (SiLU's 0.072 at x = 4
-    and GeLU's 0.02 at the segment joins; 5e-3 for the rest)."""
+    """Range: N(0, 2^2) activations; bounds: the twins' documented errors (SiLU's 2.7e-3 at
+    |x| = 8, GeLU's 0.02 at the segment joins; 5e-3 for the rest)."""
     torch.manual_seed(0)
     exact, puma = ExactBackend(), ApproxBackend.puma()
     x = torch.randn(4, 16, 32) * 2
@@ -122,7 +122,7 @@ def test_puma_backend_is_close_to_exact_on_typical_inputs():
         ("layernorm", (x, w, b, 1e-5), 5e-3),
         ("rmsnorm", (x, w, 1e-6), 5e-3),
         ("gelu", (x,), 0.02),
-        ("silu", (x,), 0.072),
+        ("silu", (x,), 2.7e-3),
         ("tanh", (x,), 5e-3),
     ]:
         error = (getattr(puma, name)(*args) - getattr(exact, name)(*args)).abs().max()

@@ -3,12 +3,13 @@
 - all-MiniLM-L6-v2: mean-pooled, normalised sentence embeddings from private inference
   have cosine >= 0.999 with Hugging Face's, for each of 8 varied sentences.
 - SmolLM2-135M-Instruct: the first 8 greedily generated tokens under private inference
-  equal plaintext greedy generation; the last-position logits' max abs error is reported.
+  equal plaintext greedy generation; the last-position logits' max abs error is <= 0.1
+  (issue 11; measured 0.05-0.06 on the float twins, plus ~1e-3 of protocol error).
   One prompt runs by default (a bounded subset for CI); the other three are marked slow.
 
 A greedy step whose two best plaintext logits are nearly tied cannot be reproduced by any
-approximation (the private logits differ from float by ~0.5 at the last position), so the
-prompts must keep every step's top-2 gap >= MIN_TOP2_GAP; the test checks that
+approximation (the private logits differ from float by up to ~0.06 at the last position), so
+the prompts must keep every step's top-2 gap >= MIN_TOP2_GAP; the test checks that
 precondition instead of assuming it.  "What is 12 times 7?" breaks it (a 0.007 tie at step
 7): there the private run follows the float twins of the approximations token for token,
 which the last test checks.
@@ -78,6 +79,7 @@ def _private_smollm2_matches(smollm2, prompt: str) -> None:
           f"private {tokens.tolist()} vs plaintext {expected.tolist()}")
     assert torch.equal(tokens, expected)
     assert logits.argmax() == plain_logits.argmax()
+    assert error <= 0.1, f"prompt {prompt!r}: last-position logits max abs error {error:.3e}"
 
 
 @torch.no_grad()
