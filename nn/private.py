@@ -370,6 +370,7 @@ def check_token_ids(ids: torch.Tensor, vocab: int) -> None:
 def import_hf(hf_model: Any) -> Module:
     """Our model for a ``transformers`` model, by its class name."""
     from veil.nn.bert import BertForSequenceClassification, BertModel
+    from veil.nn.gemma3 import Gemma3ForCausalLM
     from veil.nn.gpt2 import GPT2LMHeadModel
     from veil.nn.llama import LlamaForCausalLM
 
@@ -378,6 +379,7 @@ def import_hf(hf_model: Any) -> Module:
         "BertForSequenceClassification": BertForSequenceClassification.from_hf,
         "GPT2LMHeadModel": GPT2LMHeadModel.from_hf,
         "LlamaForCausalLM": LlamaForCausalLM.from_hf,
+        "Gemma3ForCausalLM": Gemma3ForCausalLM.from_hf,
     }
     name = type(hf_model).__name__
     if name not in families:
