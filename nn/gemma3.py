@@ -112,6 +112,23 @@ def gemma_norm(hf_norm: torch.nn.Module, eps: float) -> RMSNorm:
     return RMSNorm(1.0 + detached(hf_norm.weight), eps)
 
 
+class WideGainRMSNorm(RMSNorm):
+    """RMSNorm whose gain is a separate product after the norm.
+
+    Gemma-3-270M's post-norm gains reach ~900 and write elements up to ~2e4 into the
+    residual stream, beyond the output range of the norm protocol's fused gain (|y| < 1024,
+    see :mod:`veil.protocols.approx.layernorm`); a plain product of the normalised row
+    (|y| <= sqrt(n)) and the gain allows |y| < 2^26, for one more truncation.
+    """
+
+    def __call__(self, ops: Backend, x: TensorLike) -> TensorLike:
+        return ops.rmsnorm(x, None, self.eps) * self.weight
+
+    @classmethod
+    def from_hf(cls, hf_norm: torch.nn.Module, eps: float) -> WideGainRMSNorm:
+        return cls(1.0 + detached(hf_norm.weight), eps)
+
+
 class GeGLU(Module):
     """Gemma feed-forward: ``down(gelu(gate(x)) * up(x))``, gate and up fused into one matmul."""
 
@@ -223,7 +240,7 @@ class Block(Module):
     @classmethod
     def from_hf(cls, hf_layer: Gemma3DecoderLayer, config: Gemma3Config, layer_type: str) -> Block:
         """The pre-norms' gains are folded into the projections they feed; the post-norms
-        feed the residual stream, so they keep theirs."""
+        feed the residual stream, so they keep theirs (wide: they are large)."""
         a, m = hf_layer.self_attn, hf_layer.mlp
         eps = config.rms_norm_eps
         attn_norm, qkv = fold_gain(
@@ -237,10 +254,10 @@ class Block(Module):
         return cls(
             attn_norm=attn_norm,
             attn=QKNormAttention.from_hf(a, config, qkv),
-            post_attn_norm=gemma_norm(hf_layer.post_attention_layernorm, eps),
+            post_attn_norm=WideGainRMSNorm.from_hf(hf_layer.post_attention_layernorm, eps),
             mlp_norm=mlp_norm,
             mlp=GeGLU(gate_up, Linear.from_torch(m.down_proj), config.gelu_approximate),
-            post_mlp_norm=gemma_norm(hf_layer.post_feedforward_layernorm, eps),
+            post_mlp_norm=WideGainRMSNorm.from_hf(hf_layer.post_feedforward_layernorm, eps),
             layer_type=layer_type,
         )
 
@@ -323,6 +340,6 @@ class Gemma3ForCausalLM(Module):
             blocks=[
                 Block.from_hf(layer, config, kind) for layer, kind in zip(m.layers, config.layer_types)
             ],
-            norm=gemma_norm(m.norm, config.rms_norm_eps),
+            norm=WideGainRMSNorm.from_hf(m.norm, config.rms_norm_eps),
             lm_head=None if tied else Linear.from_torch(hf_model.lm_head),
         )
