@@ -184,3 +184,15 @@ def test_private_greedy_generation_matches_plaintext():
         ids = torch.cat([ids, top.indices[:1][None]], dim=1)
     assert min(gaps) > 2 * MPC_LOGIT_ERROR, f"near-tie in plaintext: {gaps}"
     assert torch.equal(private.generate(prompt, max_new_tokens=steps).output, ids[:, -steps:])
+
+
+def test_other_gemma_architectures_are_still_refused_before_sharing():
+    """Gemma 2 has the same parameter names; it must not be taken for Gemma 3."""
+    hf = transformers.Gemma2ForCausalLM(
+        transformers.Gemma2Config(
+            vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=1, head_dim=8, intermediate_size=32,
+        )
+    )
+    with pytest.raises(ValueError, match="unsupported model class Gemma2ForCausalLM; supported: .*Gemma3ForCausalLM"):
+        import_hf(hf)
