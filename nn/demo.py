@@ -24,7 +24,6 @@ from veil.nn.bert import BertModel, normalize, sentence_embedding
 from veil.nn.gemma3 import Gemma3ForCausalLM
 from veil.nn.generate import generate
 from veil.nn.llama import LlamaForCausalLM
-from veil.nn.private import NORM_HEADROOM_BITS
 from veil.nn.progress import Progress
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -187,7 +186,7 @@ class DecoderDemo:
 
 DECODERS = {
     "smollm2": DecoderDemo("SmolLM2-135M", load_smollm2, LlamaForCausalLM, SMOLLM2_NORM_HEADROOM_BITS),
-    "gemma3": DecoderDemo("Gemma-3-270M", load_gemma3, Gemma3ForCausalLM, NORM_HEADROOM_BITS["Gemma3ForCausalLM"]),
+    "gemma3": DecoderDemo("Gemma-3-270M", load_gemma3, Gemma3ForCausalLM, 0),
 }
 
 

@@ -107,13 +107,17 @@ def _rope_bases(hf_config: transformers.Gemma3TextConfig) -> dict[str, float]:
     return bases
 
 
-def gemma_norm(hf_norm: torch.nn.Module, eps: float) -> RMSNorm:
-    """Gemma stores RMSNorm gains as offsets from 1."""
-    return RMSNorm(1.0 + detached(hf_norm.weight), eps)
+RESIDUAL_NORM_INPUT_SCALE = 2.0**-4
+"""What the norms reading the residual stream scale their rows by first.  Gemma-3-270M's
+residual rows reach sum(x^2) ~ 2^33.3, over the norm protocol's S < 2^26; at 2^-4 they
+are under 2^25.3.  (The protocol's global ``headroom_bits`` would do the same to every norm,
+and the attention and MLP outputs that the post-norms read are small, sum(x^2) down to
+~2^3, which 4 bits would push below the rsqrt window.)"""
 
 
-class WideGainRMSNorm(RMSNorm):
-    """RMSNorm whose gain is a separate product after the norm.
+class GemmaRMSNorm(RMSNorm):
+    """RMSNorm of ``x * input_scale`` (eps scaled to match: the same function in float),
+    then the gain, if any, as a separate product.
 
     Gemma-3-270M's post-norm gains reach ~900 and write elements up to ~2e4 into the
     residual stream, beyond the output range of the norm protocol's fused gain (|y| < 1024,
@@ -121,12 +125,26 @@ class WideGainRMSNorm(RMSNorm):
     (|y| <= sqrt(n)) and the gain allows |y| < 2^26, for one more truncation.
     """
 
+    def __init__(self, weight: TensorLike | None, eps: float, input_scale: float = 1.0):
+        super().__init__(weight, eps)
+        self.input_scale = input_scale
+
     def __call__(self, ops: Backend, x: TensorLike) -> TensorLike:
-        return ops.rmsnorm(x, None, self.eps) * self.weight
+        if self.input_scale != 1.0:
+            x = x * self.input_scale
+        y = ops.rmsnorm(x, None, self.eps * self.input_scale**2)
+        return y if self.weight is None else y * self.weight
 
     @classmethod
-    def from_hf(cls, hf_norm: torch.nn.Module, eps: float) -> WideGainRMSNorm:
-        return cls(1.0 + detached(hf_norm.weight), eps)
+    def from_hf(cls, hf_norm: torch.nn.Module, eps: float, input_scale: float = 1.0) -> GemmaRMSNorm:
+        """Gemma stores RMSNorm gains as offsets from 1."""
+        return cls(1.0 + detached(hf_norm.weight), eps, input_scale)
+
+
+def residual_norm_into(hf_norm: torch.nn.Module, linear: Linear, eps: float) -> tuple[GemmaRMSNorm, Linear]:
+    """A pre-norm of the residual stream with its gain folded into the Linear it feeds."""
+    folded, linear = fold_gain(GemmaRMSNorm.from_hf(hf_norm, eps), linear)
+    return GemmaRMSNorm(None, folded.eps, RESIDUAL_NORM_INPUT_SCALE), linear
 
 
 class GeGLU(Module):
@@ -210,12 +228,12 @@ class Block(Module):
 
     def __init__(
         self,
-        attn_norm: RMSNorm,
+        attn_norm: GemmaRMSNorm,
         attn: QKNormAttention,
-        post_attn_norm: RMSNorm,
-        mlp_norm: RMSNorm,
+        post_attn_norm: GemmaRMSNorm,
+        mlp_norm: GemmaRMSNorm,
         mlp: GeGLU,
-        post_mlp_norm: RMSNorm,
+        post_mlp_norm: GemmaRMSNorm,
         layer_type: str,
     ):
         self.attn_norm = attn_norm
@@ -240,24 +258,22 @@ class Block(Module):
     @classmethod
     def from_hf(cls, hf_layer: Gemma3DecoderLayer, config: Gemma3Config, layer_type: str) -> Block:
         """The pre-norms' gains are folded into the projections they feed; the post-norms
-        feed the residual stream, so they keep theirs (wide: they are large)."""
+        feed the residual stream, so they keep theirs (a separate product: they are large)."""
         a, m = hf_layer.self_attn, hf_layer.mlp
         eps = config.rms_norm_eps
-        attn_norm, qkv = fold_gain(
-            gemma_norm(hf_layer.input_layernorm, eps),
-            Linear.from_torch(a.q_proj, a.k_proj, a.v_proj),
+        attn_norm, qkv = residual_norm_into(
+            hf_layer.input_layernorm, Linear.from_torch(a.q_proj, a.k_proj, a.v_proj), eps
         )
-        mlp_norm, gate_up = fold_gain(
-            gemma_norm(hf_layer.pre_feedforward_layernorm, eps),
-            Linear.from_torch(m.gate_proj, m.up_proj),
+        mlp_norm, gate_up = residual_norm_into(
+            hf_layer.pre_feedforward_layernorm, Linear.from_torch(m.gate_proj, m.up_proj), eps
         )
         return cls(
             attn_norm=attn_norm,
             attn=QKNormAttention.from_hf(a, config, qkv),
-            post_attn_norm=WideGainRMSNorm.from_hf(hf_layer.post_attention_layernorm, eps),
+            post_attn_norm=GemmaRMSNorm.from_hf(hf_layer.post_attention_layernorm, eps),
             mlp_norm=mlp_norm,
             mlp=GeGLU(gate_up, Linear.from_torch(m.down_proj), config.gelu_approximate),
-            post_mlp_norm=WideGainRMSNorm.from_hf(hf_layer.post_feedforward_layernorm, eps),
+            post_mlp_norm=GemmaRMSNorm.from_hf(hf_layer.post_feedforward_layernorm, eps),
             layer_type=layer_type,
         )
 
@@ -272,7 +288,7 @@ class Gemma3ForCausalLM(Module):
         embed: Embedding,
         embed_scale: float,
         blocks: list[Block],
-        norm: RMSNorm,
+        norm: GemmaRMSNorm,
         lm_head: Linear | None,
     ):
         self.config = config
@@ -340,6 +356,6 @@ class Gemma3ForCausalLM(Module):
             blocks=[
                 Block.from_hf(layer, config, kind) for layer, kind in zip(m.layers, config.layer_types)
             ],
-            norm=WideGainRMSNorm.from_hf(m.norm, config.rms_norm_eps),
+            norm=GemmaRMSNorm.from_hf(m.norm, config.rms_norm_eps, RESIDUAL_NORM_INPUT_SCALE),
             lm_head=None if tied else Linear.from_torch(hf_model.lm_head),
         )

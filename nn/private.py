@@ -108,10 +108,10 @@ class MPCBackend:
         return onehot, argmax_protocol.onehot_index(onehot)
 
 
-NORM_HEADROOM_BITS = {"LlamaForCausalLM": 2, "Gemma3ForCausalLM": 4}
+NORM_HEADROOM_BITS = {"LlamaForCausalLM": 2}
 """Default norm headroom per model family: LLaMA-family residual streams carry outliers
-(SmolLM2's first position reaches |x| ~ 25,000, a row sum of squares ~ 2^29; Gemma-3-270M's
-rows reach 2^33.3)."""
+(SmolLM2's first position reaches |x| ~ 25,000, a row sum of squares ~ 2^29).  Gemma 3
+scales only its residual norms' rows (:data:`veil.nn.gemma3.RESIDUAL_NORM_INPUT_SCALE`)."""
 
 
 @dataclass
