@@ -309,11 +309,7 @@ class Gemma3ForCausalLM(Module):
         last_only: bool = False,
         progress: Progress | None = None,
     ) -> TensorLike:
-        """Next-token logits for tokens given as ids (batch, seq) or one-hot (batch, seq, vocab).
-
-        Returns (batch, seq, vocab), or (batch, vocab) for the last position only when
-        ``last_only``.  With a ``cache`` the tokens continue the cached sequence.
-        """
+        """Next-token logits, called as :class:`veil.nn.generate.CausalLM` describes."""
         x = self.embed(ops, input_ids) if onehot is None else self.embed.from_onehot(ops, onehot)
         # The table stays unscaled: the tied LM head reads it as it is.
         x = x * self.embed_scale

@@ -580,7 +580,7 @@ def test_gemma3_share_and_infer_cli(served, tmp_path, capsys) -> None:
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
             output_scores=True, return_dict_in_generate=True,
         )
-    gaps = [float(s[0].topk(2).values.diff().abs()) for s in plain.scores]
+    gaps = [float(scores[0].topk(2).values.diff().abs()) for scores in plain.scores]
     assert min(gaps) > 0.01, f"near-tie in plaintext: {gaps}"
     common = ["--config", str(served.directory / "cluster.toml")]
     owner = ["--cert", str(served.directory / "owner.pem"), "--key", str(served.directory / "owner.key")]
