@@ -185,8 +185,11 @@ class DecoderDemo:
 
 
 DECODERS = {
-    "smollm2": DecoderDemo("SmolLM2-135M", load_smollm2, LlamaForCausalLM, SMOLLM2_NORM_HEADROOM_BITS),
-    "gemma3": DecoderDemo("Gemma-3-270M", load_gemma3, Gemma3ForCausalLM, 0),
+    # The loaders are looked up when called, so that tests can replace them.
+    "smollm2": DecoderDemo(
+        "SmolLM2-135M", lambda: load_smollm2(), LlamaForCausalLM, SMOLLM2_NORM_HEADROOM_BITS
+    ),
+    "gemma3": DecoderDemo("Gemma-3-270M", lambda: load_gemma3(), Gemma3ForCausalLM, 0),
 }
 
 
