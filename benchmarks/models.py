@@ -3,6 +3,7 @@
     python -m benchmarks.models bert       # BERT-base, seq 128, seeded random weights
     python -m benchmarks.models gpt2       # GPT-2 base, 32 tokens in, 1 out
     python -m benchmarks.models smollm2    # SmolLM2-135M: 32-token text prompt + 8 generated
+    python -m benchmarks.models gemma3     # Gemma-3-270M: 16-token chat prompt + 4 generated
     python -m benchmarks.models bert --layers 2 --seq 32   # smaller, for a quick look
     python -m benchmarks.models decode     # GPT-2 base: seconds per new token vs prompt length
 
@@ -166,6 +167,21 @@ def bench_smollm2(args) -> None:
 
     hf, tokenizer = load_smollm2()
     ids = tokenizer(SMOLLM2_TEXT, return_tensors="pt")["input_ids"][:, : args.seq]
+    bench_generation(args, "SmolLM2-135M", "smollm2", hf, tokenizer, ids)
+
+
+@torch.no_grad()
+def bench_gemma3(args) -> None:
+    """Gemma-3-270M on a chat prompt: its 262,144-entry vocabulary makes the LM head, the
+    secret argmax and the one-hot embedding of each new token the large part."""
+    from veil.nn.demo import DEFAULT_PROMPT, chat_ids, load_gemma3
+
+    hf, tokenizer = load_gemma3()
+    bench_generation(args, "Gemma-3-270M", "gemma3", hf, tokenizer, chat_ids(tokenizer, DEFAULT_PROMPT))
+
+
+def bench_generation(args, title: str, plot_as: str, hf, tokenizer, ids: torch.Tensor) -> None:
+    """Private greedy generation of ``args.new_tokens`` after ``ids``, beside plaintext."""
     new = args.new_tokens
     plain_s, expected = timed(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
                                                   do_sample=False)[0, ids.shape[1]:], repeats=2)
@@ -174,10 +190,10 @@ def bench_smollm2(args) -> None:
     share_s = time.perf_counter() - start
     result = pm.generate(ids, max_new_tokens=new)
     ours = result.output[0].tolist()
-    report(f"SmolLM2-135M: {ids.shape[1]}-token prompt + {new} generated", plain_s, share_s, result,
+    report(f"{title}: {ids.shape[1]}-token prompt + {new} generated", plain_s, share_s, result,
            [f"generated ids equal plaintext greedy: {ours == expected.tolist()} ({ours} vs {expected.tolist()})",
             f"continuation: {tokenizer.decode(ours)!r}"], hf.config.num_hidden_layers,
-           "smollm2" if args.plot else None)
+           plot_as if args.plot else None)
 
 
 @torch.no_grad()
@@ -213,21 +229,22 @@ def bench_decode(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=["bert", "gpt2", "smollm2", "decode"])
+    parser.add_argument("model", choices=["bert", "gpt2", "smollm2", "gemma3", "decode"])
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--seq", type=int, default=None)
-    parser.add_argument("--new-tokens", type=int, default=None, help="smollm2: 8; decode: 3")
+    parser.add_argument("--new-tokens", type=int, default=None, help="smollm2: 8; gemma3: 4; decode: 3")
     parser.add_argument("--prompt-lengths", default="8,16,32,64", help="decode: comma-separated")
     parser.add_argument("--device", default="cpu", help="torch device of the shares: cpu, cuda")
     parser.add_argument("--plot", action="store_true", help="also write PNG plots (bench extra)")
     args = parser.parse_args(argv)
     if args.seq is None:
-        args.seq = {"bert": 128, "gpt2": 32, "smollm2": 32, "decode": 0}[args.model]
+        args.seq = {"bert": 128, "gpt2": 32, "smollm2": 32, "gemma3": 0, "decode": 0}[args.model]
     if args.new_tokens is None:
-        args.new_tokens = 3 if args.model == "decode" else 8
+        args.new_tokens = {"decode": 3, "gemma3": 4}.get(args.model, 8)
     print(f"torch threads: {torch.get_num_threads()}")
-    benches = {"bert": bench_bert, "gpt2": bench_gpt2, "smollm2": bench_smollm2, "decode": bench_decode}
+    benches = {"bert": bench_bert, "gpt2": bench_gpt2, "smollm2": bench_smollm2, "gemma3": bench_gemma3,
+               "decode": bench_decode}
     benches[args.model](args)
     return 0
 

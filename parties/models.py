@@ -48,7 +48,13 @@ WEIGHT_PREFIX = "w:"
 """Input names of weights: ``w:<dotted parameter name>`` (uploaded as the parts
 ``s:<k>:w:<name>`` and ``c:<k>:w:<name>`` of :mod:`veil.mpc.seeded`)."""
 
-FAMILIES = ("BertModel", "BertForSequenceClassification", "GPT2LMHeadModel", "LlamaForCausalLM")
+FAMILIES = (
+    "BertModel",
+    "BertForSequenceClassification",
+    "GPT2LMHeadModel",
+    "LlamaForCausalLM",
+    "Gemma3ForCausalLM",
+)
 MAX_NEW_TOKENS = 256
 
 

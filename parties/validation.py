@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 IDS = "input_ids"
 ENCODERS = ("BertModel", "BertForSequenceClassification")
-DECODERS = ("GPT2LMHeadModel", "LlamaForCausalLM")
+DECODERS = ("GPT2LMHeadModel", "LlamaForCausalLM", "Gemma3ForCausalLM")
 TASK_FAMILIES = {
     EMBED_PROGRAM: ("BertModel",),
     LOGITS_PROGRAM: FAMILIES,

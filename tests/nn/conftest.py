@@ -121,3 +121,19 @@ def greedy_uncached() -> Callable[..., torch.Tensor]:
     The reference for the KV-cache generation; token ids are public here.
     """
     return _greedy_uncached
+
+
+def _plaintext_greedy(hf, ids: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, list[float]]:
+    out = hf.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+        output_scores=True, return_dict_in_generate=True,
+    )
+    gaps = [float(step[0].topk(2).values.diff().abs()) for step in out.scores]
+    return out.sequences[0, ids.shape[1] :], gaps
+
+
+@pytest.fixture(scope="session")
+def plaintext_greedy() -> Callable[..., tuple[torch.Tensor, list[float]]]:
+    """Hugging Face greedy tokens (new, for batch row 0) and each step's top-2 logit gap:
+    private greedy decoding can only be held to plaintext where no step nearly ties."""
+    return _plaintext_greedy
