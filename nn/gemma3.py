@@ -34,6 +34,7 @@ from veil.nn.modules import (
     fold_gain,
     gelu_form,
 )
+from veil.nn.padding import check_unpadded
 from veil.nn.progress import Progress, tracked
 
 if TYPE_CHECKING:
@@ -308,8 +309,12 @@ class Gemma3ForCausalLM(Module):
         cache: KVCache | None = None,
         last_only: bool = False,
         progress: Progress | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> TensorLike:
-        """Next-token logits, called as :class:`veil.nn.generate.CausalLM` describes."""
+        """Next-token logits, called as :class:`veil.nn.generate.CausalLM` describes.
+
+        ``attention_mask`` may only be all ones (:func:`veil.nn.padding.check_unpadded`)."""
+        check_unpadded(attention_mask, type(self).__name__)
         x = self.embed(ops, input_ids) if onehot is None else self.embed.from_onehot(ops, onehot)
         # The table stays unscaled: the tied LM head reads it as it is.
         x = x * self.embed_scale

@@ -20,6 +20,19 @@ from collections.abc import Sequence
 
 import torch
 
+UNPADDED_FAMILIES = ("Gemma3ForCausalLM",)
+"""Decoders that take prompts of one length per request: Gemma 3's local layers keep only
+the last ``sliding_window - 1`` keys, and padding inside that window is not handled yet."""
+
+
+def check_unpadded(attention_mask: torch.Tensor | None, family: str) -> None:
+    """Refuse a mask with padding for a family in :data:`UNPADDED_FAMILIES`, naming both."""
+    if attention_mask is not None and not bool(torch.as_tensor(attention_mask).bool().all()):
+        raise ValueError(
+            f"{family} takes prompts of one length per request: left-padded batches (an "
+            "attention_mask with zeros) are not supported for it yet"
+        )
+
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), each (batch, longest), for prompts of different lengths."""

@@ -35,7 +35,7 @@ from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.kernel_choice import synchronize
 from veil.nn.generate import sampling_options
 from veil.nn.modules import Module
-from veil.nn.padding import as_batch, check_left_padded
+from veil.nn.padding import UNPADDED_FAMILIES, as_batch, check_left_padded, check_unpadded
 from veil.nn.progress import Progress
 from veil.protocols.approx import argmax as argmax_protocol
 from veil.protocols.approx import embedding as embedding_protocol
@@ -347,6 +347,9 @@ class PrivateModel:
         input_ids, attention_mask = as_batch(input_ids, attention_mask)
         if attention_mask is not None:
             attention_mask = check_left_padded(attention_mask, torch.as_tensor(input_ids).shape)
+            family = type(self._shared).__name__
+            if family in UNPADDED_FAMILIES:
+                check_unpadded(attention_mask, family)
         steps = len(self._shared.blocks) * max_new_tokens
         result = self.run(
             _generate_program,

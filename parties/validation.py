@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from veil.nn.generate import Sampling
-from veil.nn.padding import check_left_padded
+from veil.nn.padding import UNPADDED_FAMILIES, check_left_padded, check_unpadded
 from veil.parties.models import (
     CALLER_OPTION,
     EMBED_PROGRAM,
@@ -211,7 +211,7 @@ def check_task(
                 raise RequestInvalid(f"option {flag!r} must be true or false, got {options[flag]!r}")
         if options.get(STOPPABLE_OPTION) == "true" and options.get(STREAM_OPTION) != "true":
             raise RequestInvalid("a stoppable request must stream (the client stops listening)")
-        _left_padded(options, (batch, seq))
+        _left_padded(options, (batch, seq), spec.family)
     if positions > spec.max_positions:
         raise RequestInvalid(
             f"{positions} positions ({seq} ids"
@@ -335,13 +335,16 @@ def _public_array(
             raise RequestInvalid(f"option {key!r} row {int(empty[0])} masks every position")
 
 
-def _left_padded(options: Mapping[str, str], shape: tuple[int, int]) -> None:
+def _left_padded(options: Mapping[str, str], shape: tuple[int, int], family: str) -> None:
     """A decoder batch's public mask: 0/1 of the ids' shape, each row left padded."""
     if "attention_mask" not in options:
         return
     _public_array(options, "attention_mask", shape, 0, 2)
+    mask = torch.tensor(json.loads(options["attention_mask"]))
     try:
-        check_left_padded(torch.tensor(json.loads(options["attention_mask"])), shape)
+        check_left_padded(mask, shape)
+        if family in UNPADDED_FAMILIES:
+            check_unpadded(mask, family)
     except ValueError as exc:
         raise RequestInvalid(f"option 'attention_mask': {exc}") from None
 

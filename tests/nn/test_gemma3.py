@@ -9,6 +9,7 @@ different RoPE bases, query_pre_attn_scalar different from head_dim, GQA.
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -196,3 +197,21 @@ def test_other_gemma_architectures_are_still_refused_before_sharing():
     )
     with pytest.raises(ValueError, match="unsupported model class Gemma2ForCausalLM; supported: .*Gemma3ForCausalLM"):
         import_hf(hf)
+
+
+def test_left_padded_batches_are_refused_before_any_work():
+    """Gemma 3's local layers keep a window of keys that padding would shift: a padded
+    batch is refused naming the family, in process and by the parties' validation."""
+    from veil.nn.padding import left_pad
+    from veil.nn.private import PrivateModel
+    from veil.parties.models import GENERATE_PROGRAM
+    from veil.parties.validation import ModelSpec, RequestInvalid, check_task
+
+    hf = tiny_gemma3(seed=0)
+    ids, mask = left_pad([[1, 2, 3], [4, 5]])
+    with pytest.raises(ValueError, match="Gemma3ForCausalLM takes prompts of one length"):
+        PrivateModel.from_hf(hf).generate(ids, 2, attention_mask=mask)
+    spec = ModelSpec.from_config("Gemma3ForCausalLM", hf.config.to_json_string())
+    options = {"model": "g", "max_new_tokens": "2", "attention_mask": json.dumps(mask.tolist())}
+    with pytest.raises(RequestInvalid, match="one length per request"):
+        check_task(GENERATE_PROGRAM, options, {"input_ids": (tuple(ids.shape), 0)}, spec)
