@@ -481,4 +481,4 @@ def _forward_program(model, ops, input_ids, progress, **public):
 def _generate_program(model, ops, input_ids, max_new_tokens, sampling, attention_mask, progress):
     from veil.nn.generate import generate
 
-    return generate(model, ops, input_ids, max_new_tokens, progress, sampling, attention_mask)
+    return generate(model, ops, input_ids, max_new_tokens, progress, sampling, attention_mask=attention_mask)
