@@ -155,25 +155,6 @@ def linear_combination(
     return truncate(with_frac(acc, term_bits + coeff_bits), shift) + constant
 
 
-def truncate_together(parts: Sequence[tuple[ArithShare, int]]) -> list[ArithShare]:
-    """Truncate each share by its own number of bits, all in one call (2 rounds).
-
-    Each share is first scaled up (locally, exactly) to the largest shift M, so a share
-    truncated by m must satisfy |ring value| * 2^(M - m) < 2^62.  A shift of 0 is a no-op.
-    """
-    if all(m == 0 for _, m in parts):
-        return [x for x, _ in parts]
-    top = max(m for _, m in parts)
-    flat = cat([(with_frac(x, 0) * (1 << (top - m))).reshape(-1) for x, m in parts])
-    cut = truncate(with_frac(flat, top), top)
-    out, start = [], 0
-    for x, m in parts:
-        n = x.numel()
-        out.append(with_frac(cut[start : start + n], x.frac_bits - m).reshape(*x.shape))
-        start += n
-    return out
-
-
 TOURNAMENT_BUDGET_BYTES = 4 << 20
 """Comparison bytes per party that one :func:`row_max` may spend on an all-pairs tournament
 (one comparison depth) over whole rows: short rows with few rows, as when decoding one
