@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import threading
@@ -138,6 +139,8 @@ class Dealt:
         A value on the ``meta`` device has a shape and no data (a model built for a dry run,
         :mod:`veil.nn.estimate`): its components are uninitialised, which costs no dealing.
         """
+        if isinstance(value, Dealt):  # dealt already (e.g. read back from the parties' stores)
+            return value
         if value.device.type == "meta":
             frac = fxp.frac_bits if value.is_floating_point() else 0
             return cls(torch.empty(4, *value.shape, dtype=torch.int64, device=device), frac)
@@ -243,6 +246,11 @@ class PrivateModel:
         self._shared = model.map_params(lambda t: Dealt.of(t, self.fxp, device))
         self._lock = threading.Lock()
 
+    @contextlib.contextmanager
+    def _party_model(self, party: mpc.Party) -> Iterator[Module]:
+        """This party's model for one request (a streamed model loads its weights meanwhile)."""
+        yield self._model_at(party)
+
     def _model_at(self, party: mpc.Party) -> Module:
         """This party's copy of the model: the same structure, holding only its own pairs."""
         dealt = {id(p): p for _, p in self._shared.named_params()}
@@ -269,14 +277,13 @@ class PrivateModel:
         public = public or {}
 
         def party_program(party: mpc.Party):
-            model = self._model_at(party)
             ops = MPCBackend(party, self.norm_headroom_bits)
             shares = {name: d.at(party) for name, d in inputs.items()}
             log = None
             if party.rank == 0:
                 log = LayerLog(party, Progress(*progress) if progress is not None else None)
             start = time.perf_counter()
-            with party.comm.scope("inference"):
+            with self._party_model(party) as model, party.comm.scope("inference"):
                 out = program(model, ops, **shares, **public, progress=log)
             synchronize(party.device)  # kernels may still be queued on a GPU
             wall = time.perf_counter() - start

@@ -1,10 +1,18 @@
 """One party's weight shares on disk, so that a restarted party loses nothing.
 
 Each party has its own store directory (mode 0o700, files 0o600).  A model lives in a
-directory of its own: one ``.npy`` file per parameter (raw int64 pairs of shape
-(2, ...), so a later reader can memory-map a layer at a time) and ``manifest.json``
-with the model's public metadata (whatever the serving layer keeps: family, config,
-headroom bits, ...) and each parameter's file, shape and fractional bits.
+directory of its own: ``manifest.json`` with the model's public metadata (whatever the
+serving layer keeps: family, config, headroom bits, ...) and each parameter's shape,
+fractional bits and where its two components are.  A parameter is stored either
+
+- as its pair: one ``.npy`` file of raw int64 (2, ...) (:meth:`ModelWriter.put`), or
+- seed-compressed, as it was dealt (:mod:`veil.mpc.seeded`, :meth:`ModelWriter.put_payload`):
+  a seeded component is its 16-byte AES key (in the manifest, which is why the manifest
+  is owner-only key material), a data component one int64 ``.npy`` file.  Party 0 stores
+  32 bytes per weight, parties 1 and 2 eight bytes per element: half the pair form.
+
+Files are memory-mapped, so a reader can take one parameter at a time
+(:class:`StoredModel`, what a party streaming a model larger than memory reads from).
 
 Writing is all or nothing: :meth:`ShareStore.begin_model` returns a writer that fills
 a hidden temporary directory; :meth:`ModelWriter.commit` renames it into place in one
@@ -28,6 +36,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from veil.mpc.prg import AesPrg
+from veil.mpc.seeded import Payload
 
 _MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
@@ -57,16 +68,31 @@ class ModelWriter:
         if param in self._params:
             raise StoreError(f"parameter {param!r} written twice for model {self._name!r}")
         filename = f"{len(self._params):06d}.npy"
-        path = self._dir / filename
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-        with os.fdopen(fd, "wb") as sink:
-            np.save(sink, pair.detach().cpu().contiguous().numpy())
-            sink.flush()
-            os.fsync(sink.fileno())
+        _write_array(self._dir / filename, pair)
         self._params[param] = {
             "file": filename,
             "shape": list(pair.shape[1:]),
             "frac_bits": int(frac_bits),
+        }
+
+    def put_payload(self, param: str, payload: Payload, shape: tuple[int, ...]) -> None:
+        """Write one parameter as dealt seed-compressed: seeds inline, data components as files."""
+        if param in self._params:
+            raise StoreError(f"parameter {param!r} written twice for model {self._name!r}")
+        parts = []
+        for component, part in zip(payload.components, payload.parts, strict=True):
+            if isinstance(part, bytes):
+                parts.append({"component": component, "seed": part.hex()})
+                continue
+            if part.dtype != torch.int64 or tuple(part.shape) != tuple(shape):
+                raise StoreError(f"component {component} of {param!r} must be int64 of shape {shape}")
+            filename = f"{len(self._params):06d}-{component}.npy"
+            _write_array(self._dir / filename, part)
+            parts.append({"component": component, "file": filename})
+        self._params[param] = {
+            "shape": list(shape),
+            "frac_bits": int(payload.frac_bits),
+            "parts": parts,
         }
 
     def commit(self) -> None:
@@ -116,16 +142,14 @@ class ShareStore:
         return list(self._manifest(name)["params"])
 
     def load(self, name: str, param: str) -> tuple[torch.Tensor, int]:
-        """(pair, frac_bits) of one parameter, memory-mapped (pages load on first use)."""
+        """(pair, frac_bits) of one parameter; a stored pair is memory-mapped (pages load on
+        first use), a seed-compressed one expanded."""
+        return self.reader(name).load(param)
+
+    def reader(self, name: str) -> StoredModel:
+        """Model ``name`` as committed now, read a parameter at a time."""
         directory = self._latest(name)
-        entry = json.loads((directory / _MANIFEST).read_text())["params"].get(param)
-        if entry is None:
-            raise StoreError(f"model {name!r} has no parameter {param!r} in {directory}")
-        # Copy-on-write: a computation writing into the tensor never changes the file.
-        array = np.load(directory / entry["file"], mmap_mode="c")
-        if array.dtype != np.int64 or list(array.shape) != [2, *entry["shape"]]:
-            raise StoreError(f"{directory / entry['file']} does not hold {param!r} as written")
-        return torch.from_numpy(array), entry["frac_bits"]
+        return StoredModel(directory, json.loads((directory / _MANIFEST).read_text()))
 
     def delete(self, name: str) -> None:
         for directory, manifest in self._manifests().items():
@@ -155,6 +179,69 @@ class ShareStore:
         for directory, manifest in self._manifests().items():
             if manifest["name"] == name and directory != keep:
                 shutil.rmtree(directory, ignore_errors=True)
+
+
+class StoredModel:
+    """One committed model of a store: its manifest read once, its parameters on demand."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any]):
+        self.directory = directory
+        self.meta = dict(manifest["meta"])
+        self._params: dict[str, dict[str, Any]] = manifest["params"]
+
+    @property
+    def params(self) -> list[str]:
+        """Parameter names in the order they were written."""
+        return list(self._params)
+
+    def shape(self, param: str) -> tuple[int, ...]:
+        return tuple(self._entry(param)["shape"])
+
+    def frac_bits(self, param: str) -> int:
+        return int(self._entry(param)["frac_bits"])
+
+    def load(self, param: str) -> tuple[torch.Tensor, int]:
+        """(pair, frac_bits); a stored pair is memory-mapped copy-on-write (a computation
+        writing into it never changes the file), a seed-compressed one expanded."""
+        entry = self._entry(param)
+        if "parts" in entry:
+            return self.load_pair(param), int(entry["frac_bits"])
+        array = np.load(self.directory / entry["file"], mmap_mode="c")
+        if array.dtype != np.int64 or list(array.shape) != [2, *entry["shape"]]:
+            raise StoreError(f"{self.directory / entry['file']} does not hold {param!r} as written")
+        return torch.from_numpy(array), entry["frac_bits"]
+
+    def load_pair(self, param: str) -> torch.Tensor:
+        """A fresh (2, ...) int64 pair in memory: data components copied from their files,
+        seeded ones expanded by AES-CTR into place (no buffer beside the pair)."""
+        entry = self._entry(param)
+        if "parts" not in entry:
+            return self.load(param)[0].clone()
+        pair = torch.empty((2, *entry["shape"]), dtype=torch.int64)
+        for slot, part in enumerate(entry["parts"]):
+            if "seed" in part:
+                AesPrg(bytes.fromhex(part["seed"])).fill_int64(pair[slot])
+                continue
+            array = np.load(self.directory / part["file"], mmap_mode="r")
+            if array.dtype != np.int64 or list(array.shape) != entry["shape"]:
+                raise StoreError(f"{self.directory / part['file']} does not hold {param!r} as written")
+            np.copyto(pair[slot].numpy(), array)
+            del array  # unmap now: the pages leave this process's resident set
+        return pair
+
+    def _entry(self, param: str) -> dict[str, Any]:
+        entry = self._params.get(param)
+        if entry is None:
+            raise StoreError(f"model in {self.directory} has no parameter {param!r}")
+        return entry
+
+
+def _write_array(path: Path, tensor: torch.Tensor) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    with os.fdopen(fd, "wb") as sink:
+        np.save(sink, tensor.detach().cpu().contiguous().numpy())
+        sink.flush()
+        os.fsync(sink.fileno())
 
 
 def _write_private(path: Path, data: bytes) -> None:
