@@ -6,6 +6,7 @@
     python -m benchmarks.models gemma3     # Gemma-3-270M: 16-token chat prompt + 4 generated
     python -m benchmarks.models bert --layers 2 --seq 32   # smaller, for a quick look
     python -m benchmarks.models decode     # GPT-2 base: seconds per new token vs prompt length
+    python -m benchmarks.models llama7b    # LLaMA-7B, weight shares streamed (benchmarks/llama7b.py)
 
 ``--plot`` also writes PNG plots (matplotlib, the ``bench`` extra) into benchmarks/plots/:
 where time, bytes and rounds go by protocol, per-token decode time against prompt length,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import time
 
 import torch
@@ -228,8 +230,13 @@ def bench_decode(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["llama7b"]:  # its own options (streamed weights, modes)
+        from benchmarks.llama7b import main as llama7b
+
+        return llama7b(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=["bert", "gpt2", "smollm2", "gemma3", "decode"])
+    parser.add_argument("model", choices=["bert", "gpt2", "smollm2", "gemma3", "decode", "llama7b"])
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--seq", type=int, default=None)

@@ -44,9 +44,11 @@ weight, gate+up, is a 1.4 GB pair, so one is loaded while the other is used)."""
 
 
 class PairSource(Protocol):
-    """Where one party's pairs come from: ``load_pair(name)`` -> int64 (2, *shape)."""
+    """Where one party's pairs come from: ``load_pair(name, out)`` -> int64 (2, *shape),
+    written into ``out`` when given (a free buffer of that size).  A source may also have
+    ``end_request()``, called when the party's request ends."""
 
-    def load_pair(self, param: str) -> torch.Tensor: ...
+    def load_pair(self, param: str, out: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ class StreamedPrivateModel(PrivateModel):
     def _party_model(self, party: mpc.Party) -> Iterator[Module]:
         source = self._sources[party.rank]
         prefetcher = Prefetcher(
-            lambda index: source.load_pair(self._specs[index].name),
+            lambda index, buffer: source.load_pair(self._specs[index].name, buffer),
             [spec.nbytes for spec in self._specs],
             self._budget,
             name=f"party{party.rank}-weights",
@@ -159,5 +161,8 @@ class StreamedPrivateModel(PrivateModel):
         try:
             yield local
         finally:
+            end_request = getattr(source, "end_request", None)
+            if end_request is not None:
+                end_request()
             prefetcher.close()
             self.prefetch_stats[party.rank] = prefetcher.stats

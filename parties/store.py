@@ -188,6 +188,10 @@ class StoredModel:
         self.directory = directory
         self.meta = dict(manifest["meta"])
         self._params: dict[str, dict[str, Any]] = manifest["params"]
+        self.expand_s = 0.0
+        """Seconds :meth:`load_pair` spent expanding seeds (AES-CTR)."""
+        self.read_s = 0.0
+        """Seconds :meth:`load_pair` spent copying data components from their files."""
 
     @property
     def params(self) -> list[str]:
@@ -211,22 +215,27 @@ class StoredModel:
             raise StoreError(f"{self.directory / entry['file']} does not hold {param!r} as written")
         return torch.from_numpy(array), entry["frac_bits"]
 
-    def load_pair(self, param: str) -> torch.Tensor:
-        """A fresh (2, ...) int64 pair in memory: data components copied from their files,
-        seeded ones expanded by AES-CTR into place (no buffer beside the pair)."""
+    def load_pair(self, param: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The (2, ...) int64 pair in memory, in ``out`` if given (an int64 buffer of as many
+        elements, reused) or fresh: data components copied from their files, seeded ones
+        expanded by AES-CTR into place."""
         entry = self._entry(param)
+        pair = _pair_buffer(entry["shape"], out)
         if "parts" not in entry:
-            return self.load(param)[0].clone()
-        pair = torch.empty((2, *entry["shape"]), dtype=torch.int64)
+            pair.copy_(self.load(param)[0])
+            return pair
         for slot, part in enumerate(entry["parts"]):
+            start = time.perf_counter()
             if "seed" in part:
                 AesPrg(bytes.fromhex(part["seed"])).fill_int64(pair[slot])
+                self.expand_s += time.perf_counter() - start
                 continue
             array = np.load(self.directory / part["file"], mmap_mode="r")
             if array.dtype != np.int64 or list(array.shape) != entry["shape"]:
                 raise StoreError(f"{self.directory / part['file']} does not hold {param!r} as written")
             np.copyto(pair[slot].numpy(), array)
             del array  # unmap now: the pages leave this process's resident set
+            self.read_s += time.perf_counter() - start
         return pair
 
     def _entry(self, param: str) -> dict[str, Any]:
@@ -234,6 +243,15 @@ class StoredModel:
         if entry is None:
             raise StoreError(f"model in {self.directory} has no parameter {param!r}")
         return entry
+
+
+def _pair_buffer(shape: list[int], out: torch.Tensor | None) -> torch.Tensor:
+    size = 2 * int(np.prod(shape, dtype=np.int64))
+    if out is None:
+        return torch.empty((2, *shape), dtype=torch.int64)
+    if out.dtype != torch.int64 or out.numel() != size or not out.is_contiguous():
+        raise StoreError(f"a buffer for a pair of shape {shape} must be {size} contiguous int64")
+    return out if list(out.shape) == [2, *shape] else out.view(2, *shape)
 
 
 def _write_array(path: Path, tensor: torch.Tensor) -> None:

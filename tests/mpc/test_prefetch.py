@@ -10,13 +10,18 @@ import torch
 
 from veil.mpc.prefetch import Prefetcher
 
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 SIZES = [800, 1600, 800, 2400, 800]  # int64 elements x 8
 
 
 def _loader(alive: dict, peak: list, lock: threading.Lock, fail_at: int | None = None):
-    def load(index: int) -> torch.Tensor:
+    def load(index: int, buffer: torch.Tensor | None) -> torch.Tensor:
         if index == fail_at:
             raise OSError(f"store file of weight {index} is unreadable")
+        if buffer is not None:
+            assert buffer.numel() * 8 == SIZES[index]
+            return buffer.fill_(index)  # reused: already counted alive
         tensor = torch.full((SIZES[index] // 8,), index, dtype=torch.int64)
         key = id(tensor)
         with lock:
@@ -77,3 +82,29 @@ def test_close_releases_everything() -> None:
 
     gc.collect()
     assert alive == {}
+
+
+def test_released_buffers_are_reused_unless_a_view_of_them_survives() -> None:
+    fresh = []
+
+    def load(index: int, buffer: torch.Tensor | None) -> torch.Tensor:
+        if buffer is None:
+            fresh.append(index)
+            buffer = torch.empty(100, dtype=torch.int64)
+        return buffer.fill_(index)
+
+    prefetcher = Prefetcher(load, [800] * 4, budget_bytes=1600)
+    try:
+        for index in (0, 1, 2, 3, 0):
+            assert int(prefetcher.get(index)[0]) == index
+        warm = len(fresh)
+        for _ in range(2):
+            for index in (1, 2, 3, 0):
+                assert int(prefetcher.get(index)[0]) == index
+        assert len(fresh) == warm  # once warm, every load reuses a released tensor
+        kept = prefetcher.get(0)[10:20]  # the model keeps a view of weight 0
+        for index in (1, 2, 3, 0, 1, 2, 3):
+            assert int(prefetcher.get(index)[0]) == index
+        assert torch.equal(kept, torch.zeros(10, dtype=torch.int64))  # never overwritten
+    finally:
+        prefetcher.close()
