@@ -130,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
                 type=Path,
                 help="this party's share store (default: <config dir>/store-party<rank>)",
             )
+            cmd.add_argument(
+                "--weight-budget-mib",
+                type=int,
+                help="memory for a request's weights, streamed from the store: the one in use "
+                "plus those loaded ahead (MiB; default 3072)",
+            )
         cmd.add_argument("--device", default="cpu", help="torch device for the shares")
         cmd.add_argument(
             "--insecure",
@@ -161,6 +167,11 @@ def _parser() -> argparse.ArgumentParser:
     share.add_argument("--model", required=True, help="the name clients will use")
     share.add_argument(
         "--hf", required=True, help="minilm, smollm2, gemma3 (bundled) or a transformers model directory"
+    )
+    share.add_argument(
+        "--part-mib",
+        type=int,
+        help="send the weights in requests of at most this much data per party (MiB; default 256)",
     )
     share.set_defaults(handler=_share)
 
@@ -327,6 +338,7 @@ def _launch(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from veil.mpc.communicator import PeerError
+    from veil.nn.streamed import DEFAULT_BUDGET_BYTES
     from veil.parties.config import ConfigError, load_config
     from veil.parties.durable import DurableModelStore
     from veil.parties.models import check_request, model_programs
@@ -345,7 +357,10 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_config(args.config, insecure=True if args.insecure else None)
         spec = config.party(args.rank)
         root = args.store or Path(args.config).parent / f"store-party{args.rank}"
-        store = DurableModelStore(ShareStore(root))
+        budget = DEFAULT_BUDGET_BYTES if args.weight_budget_mib is None else args.weight_budget_mib << 20
+        if budget < 1:
+            raise ValueError("--weight-budget-mib must be at least 1")
+        store = DurableModelStore(ShareStore(root), budget_bytes=budget)
         restored = store.restore()
         programs = model_programs(store) | dict(_named_program(e) for e in args.program)
         if args.queue_size < 1:
@@ -374,6 +389,7 @@ def _serve(args: argparse.Namespace) -> int:
             device=args.device,
             check=lambda program, options: check_request(store, program, options),
             model_owner=store.owner,
+            session_owner=store.sessions.owner,
             validate=lambda program, options, inputs: validate_request(
                 store, program, options, inputs
             ),
@@ -422,7 +438,12 @@ def _share(args: argparse.Namespace) -> int:
     try:
         files = _client_files(args, config, owner=True)
         with VeilClient(config, *files, run_timeout=args.timeout) as client:
-            count = client.share_model(args.model, hf_model, show_progress=True)
+            count = client.share_model(
+                args.model,
+                hf_model,
+                show_progress=True,
+                part_bytes=None if args.part_mib is None else args.part_mib << 20,
+            )
             cost = client.last_cost
     except (InferenceError, ConfigError) as exc:
         print(f"veil share: {explain(exc, config, args.config)}", file=sys.stderr)
