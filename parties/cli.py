@@ -134,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
                 "--weight-budget-mib",
                 type=int,
                 help="memory for a request's weights, streamed from the store: the one in use "
-                "plus those loaded ahead (MiB; default 3072)",
+                "plus those loaded ahead (MiB; 0: one weight at a time; default 3072)",
             )
         cmd.add_argument("--device", default="cpu", help="torch device for the shares")
         cmd.add_argument(
@@ -358,8 +358,8 @@ def _serve(args: argparse.Namespace) -> int:
         spec = config.party(args.rank)
         root = args.store or Path(args.config).parent / f"store-party{args.rank}"
         budget = DEFAULT_BUDGET_BYTES if args.weight_budget_mib is None else args.weight_budget_mib << 20
-        if budget < 1:
-            raise ValueError("--weight-budget-mib must be at least 1")
+        if budget < 0:
+            raise ValueError("--weight-budget-mib must be 0 (one weight at a time) or more")
         store = DurableModelStore(ShareStore(root), budget_bytes=budget)
         restored = store.restore()
         programs = model_programs(store) | dict(_named_program(e) for e in args.program)
