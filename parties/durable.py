@@ -21,13 +21,11 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-import torch
-
 from veil.mpc.seeded import Payload
 from veil.nn.streamed import DEFAULT_BUDGET_BYTES
-from veil.parties.models import ModelError, ModelStore, ServedModel, build_structure
+from veil.parties.models import ModelError, ModelStore, ServedModel
 from veil.parties.store import ShareStore
-from veil.parties.stored_models import StoredServedModel, stored_skeleton
+from veil.parties.stored_models import StoredServedModel, stored_skeleton, weightless_structure
 
 _WEIGHTS = "module"
 
@@ -48,7 +46,7 @@ class DurableModelStore(ModelStore):
         names = self.shares.models()
         for name in names:
             meta = self.shares.meta(name)
-            structure = build_structure(meta["family"], meta["config_json"])
+            structure = weightless_structure(meta["family"], meta["config_json"])
             self._serve(name, ServedModel(**meta, module=structure))
         return names
 
@@ -71,10 +69,7 @@ class _StoreShare:
     """A share under way into the store: an uncommitted :class:`~veil.parties.store.ModelWriter`."""
 
     def __init__(self, store: DurableModelStore, name: str, model: ServedModel):
-        self._store, self._name = store, name
-        # Only the structure's shapes are needed until the commit: drop its random weights.
-        model.module.map_params(lambda value: torch.empty_like(value, device="meta"))
-        self._model = model
+        self._store, self._name, self._model = store, name, model
         self._writer = store.shares.begin_model(name, _public_meta(model))
 
     def put(self, param: str, payload: Payload, shape: tuple[int, ...]) -> None:

@@ -44,9 +44,9 @@ from veil.parties.models import (
     ModelStore,
     ServedModel,
     attach_shares,
-    build_structure,
     unique_params,
 )
+from veil.parties.stored_models import weightless_structure
 
 SESSION_OPTION = "session"
 PART_OPTION = "part"
@@ -197,7 +197,7 @@ class ShareSessions:
         if missing:
             raise ShareError(f"options {missing} are required to share a model")
         public = {key: options.get(key, "") for key in _PUBLIC}
-        structure = build_structure(public["family"], public["config"])
+        structure = weightless_structure(public["family"], public["config"])
         expected = {name: tuple(value.shape) for name, value in unique_params(structure).items()}
         headroom = int(public["norm_headroom_bits"] or "0")
         model = ServedModel(

@@ -24,11 +24,24 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
+
 from veil.mpc.party import Party
 from veil.nn.modules import Module
 from veil.nn.streamed import DEFAULT_BUDGET_BYTES, WeightSpec, party_weights
-from veil.parties.models import ServedModel, unique_params
+from veil.parties.models import ServedModel, build_structure, unique_params
 from veil.parties.store import StoredModel, StoreError
+
+
+def weightless_structure(family: str, config_json: str) -> Module:
+    """:func:`~veil.parties.models.build_structure` with its random weights dropped for meta
+    tensors: the names and shapes a party checks received weights against, without their
+    memory once built.  Building still allocates the random float weights (4 bytes per
+    parameter) for as long as it takes: the meta device cannot build it, because the public
+    tables our import computes (RoPE frequencies, Gemma 3's embedding scale) would be meta
+    tensors too."""
+    structure = build_structure(family, config_json)
+    return structure.map_params(lambda value: torch.empty_like(value, device="meta"))
 
 
 def stored_skeleton(structure: Module, source: StoredModel) -> Module:

@@ -14,11 +14,18 @@ from veil.mpc.seeded import deal_seeded
 from veil.mpc.sharing import deal, reconstruct
 from veil.nn.private import import_hf
 from veil.parties.durable import DurableModelStore
-from veil.parties.models import LOGITS_PROGRAM, ModelStore, model_programs, unique_params
+from veil.parties.models import (
+    LOGITS_PROGRAM,
+    ModelStore,
+    build_structure,
+    model_programs,
+    unique_params,
+)
 from veil.parties.share_sessions import check_part_options, part_options, plan_parts
 from veil.parties.store import ShareStore
+from veil.parties.stored_models import weightless_structure
 
-from .test_models import EMBED_BOUND_SIM
+from .test_models import EMBED_BOUND_SIM, tiny_bert, tiny_gpt2
 from .test_stored_serving import IDS, tiny_llama
 
 
@@ -93,3 +100,17 @@ def test_served_from_the_store_equals_resident_and_loaders_close_even_on_failure
     with pytest.raises(Exception, match="loading weight"):
         _logits(stored)
     assert _loaders() == []
+
+
+@pytest.mark.parametrize("make", [tiny_bert, tiny_gpt2, tiny_llama], ids=lambda f: f.__name__)
+def test_a_party_checks_shares_against_a_structure_without_weight_memory(make) -> None:
+    """The structure a party keeps while a share is under way: the same names and shapes as
+    with random weights, every weight a meta tensor (no memory)."""
+    hf = make()
+    family, config = type(hf).__name__, hf.config.to_json_string(use_diff=False)
+    light = unique_params(weightless_structure(family, config))
+    full = unique_params(build_structure(family, config))
+    assert {n: tuple(v.shape) for n, v in light.items()} == {
+        n: tuple(v.shape) for n, v in full.items()
+    }
+    assert all(v.device.type == "meta" for v in light.values())
