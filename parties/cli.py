@@ -357,7 +357,8 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_config(args.config, insecure=True if args.insecure else None)
         spec = config.party(args.rank)
         root = args.store or Path(args.config).parent / f"store-party{args.rank}"
-        budget = DEFAULT_BUDGET_BYTES if args.weight_budget_mib is None else args.weight_budget_mib << 20
+        mib = args.weight_budget_mib
+        budget = DEFAULT_BUDGET_BYTES if mib is None else mib << 20
         if budget < 0:
             raise ValueError("--weight-budget-mib must be 0 (one weight at a time) or more")
         store = DurableModelStore(ShareStore(root), budget_bytes=budget)

@@ -414,6 +414,7 @@ class VeilClient:
         party holds more than one part before storing it; the last part commits.
         """
         from veil.nn.private import NORM_HEADROOM_BITS, import_hf
+        from veil.nn.progress import Progress, tracked
         from veil.parties.models import FAMILIES, SHARE_PROGRAM, WEIGHT_PREFIX, unique_params
         from veil.parties.share_sessions import SHARE_PART_BYTES, part_options, plan_parts
 
@@ -430,10 +431,9 @@ class VeilClient:
             "config": hf_model.config.to_json_string(use_diff=False),
             "norm_headroom_bits": str(norm_headroom_bits),
         }
-        from veil.nn.progress import Progress, tracked
-
         progress = Progress(len(params), "sharing weights") if show_progress else None
-        parts = plan_parts({n: v.numel() for n, v in params.items()}, part_bytes or SHARE_PART_BYTES)
+        sizes = {n: v.numel() for n, v in params.items()}
+        parts = plan_parts(sizes, SHARE_PART_BYTES if part_bytes is None else part_bytes)
         session = uuid.uuid4().hex
         for index, names in enumerate(parts):
             weights = ((WEIGHT_PREFIX + n, params[n].detach().float()) for n in names)

@@ -121,7 +121,9 @@ class _Session:
     def commit(self) -> None:
         missing = sorted(set(self.expected) - self.received)
         if missing:
-            raise ShareError(f"the share ended without weights {missing[:5]} ({len(missing)} missing)")
+            raise ShareError(
+                f"the share ended without weights {missing[:5]} ({len(missing)} missing)"
+            )
         self.target.commit()
 
 
@@ -165,7 +167,9 @@ class ShareSessions:
             return f"part {part} of share session {session_id!r} changes {changed}"
         return None
 
-    def receive(self, store: ModelStore, options: Mapping[str, str], payloads: dict[str, Payload]) -> None:
+    def receive(
+        self, store: ModelStore, options: Mapping[str, str], payloads: dict[str, Payload]
+    ) -> None:
         """Append one part's weights (by parameter name) and commit after the last part."""
         why = self.check(options)
         if why is not None:

@@ -47,7 +47,12 @@ from veil.parties.models import (
     ModelError,
     ModelStore,
 )
-from veil.parties.share_sessions import LAST_OPTION, PART_OPTION, SESSION_OPTION, check_part_options
+from veil.parties.share_sessions import (
+    LAST_OPTION,
+    PART_OPTION,
+    SESSION_OPTION,
+    check_part_options,
+)
 from veil.parties.step_streams import STREAM_OPTION
 
 if TYPE_CHECKING:
@@ -63,9 +68,8 @@ TASK_FAMILIES = {
 }
 """Which families each task runs on (embed mean-pools hidden states; generate needs a head)."""
 OPTIONS = {
-    SHARE_PROGRAM: frozenset(
-        {"model", "family", "config", "norm_headroom_bits", SESSION_OPTION, PART_OPTION, LAST_OPTION}
-    ),
+    SHARE_PROGRAM: frozenset({"model", "family", "config", "norm_headroom_bits"})
+    | {SESSION_OPTION, PART_OPTION, LAST_OPTION},
     EMBED_PROGRAM: frozenset({"model", "attention_mask", "token_type_ids"}),
     LOGITS_PROGRAM: frozenset({"model"}),
     GENERATE_PROGRAM: frozenset(

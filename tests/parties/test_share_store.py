@@ -148,7 +148,8 @@ def test_a_part_out_of_order_or_from_another_identity_is_refused(tmp_path) -> No
     assert "expects part 1, got part 2" in store.sessions.check(
         options | part_options("abcdef12", 2, last=True)
     )
-    assert "no open share session" in store.sessions.check(options | part_options("0123abcd", 1, True))
+    unknown = options | part_options("0123abcd", 1, last=True)
+    assert "no open share session" in store.sessions.check(unknown)
     with pytest.raises(ShareError, match="without weights"):
         store.sessions.receive(store, later, {})  # the commit needs every weight
     assert store.sessions.owner("abcdef12") is None and store.names() == []

@@ -18,27 +18,20 @@ from veil.parties.client import InferenceError, VeilClient
 from veil.parties.config import load_config
 
 from .test_cli import assert_ports_free, free_ports, veil
+from .test_model_store import tiny_models
 from .test_models import EMBED_BOUND_SIM
 
 TIMEOUT = 8.0
 START_SECONDS = 120.0  # three processes importing torch on a loaded 2-core machine
-PART_BYTES = 24 << 10  # the tiny model's ~75 KB per party go in several parts
-IDS = torch.tensor([[3, 17, 42, 8, 60]])
+PART_BYTES = 8 << 10  # the tiny model's ~25 KB per party go in several parts
+IDS = torch.tensor([[3, 17, 42, 8, 29]])
 _PART_DONE = re.compile(r"party 0: request \w+ veil\.share_model ok")
 
 
 def tiny_llama() -> transformers.LlamaForCausalLM:
+    config = tiny_models()[2].config
+    config.tie_word_embeddings = True  # the head reads the embedding's stored weight
     torch.manual_seed(3)
-    config = transformers.LlamaConfig(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=80,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        tie_word_embeddings=True,  # the head reads the embedding's stored weight
-    )
     return transformers.LlamaForCausalLM(config).eval()
 
 
