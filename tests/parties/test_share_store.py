@@ -153,3 +153,22 @@ def test_a_part_out_of_order_or_from_another_identity_is_refused(tmp_path) -> No
     with pytest.raises(ShareError, match="without weights"):
         store.sessions.receive(store, later, {})  # the commit needs every weight
     assert store.sessions.owner("abcdef12") is None and store.names() == []
+
+
+def test_an_idle_share_is_abandoned_when_another_begins(tmp_path, monkeypatch) -> None:
+    hf = tiny_models()[1].eval()
+    store = DurableModelStore(ShareStore(tmp_path))
+    options = {
+        "model": "gpt",
+        "family": "GPT2LMHeadModel",
+        "config": hf.config.to_json_string(use_diff=False),
+    }
+    store.sessions.receive(store, options | part_options("abcdef12", 0, last=False), {})
+    hidden = [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert len(hidden) == 1
+    monkeypatch.setattr("veil.parties.share_sessions.SESSION_IDLE_SECONDS", -1.0)
+    store.sessions.receive(store, options | part_options("0123abcd", 0, last=False), {})
+    assert not hidden[0].exists()
+    assert "no open share session" in store.sessions.check(
+        options | part_options("abcdef12", 1, last=True)
+    )
