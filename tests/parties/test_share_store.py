@@ -75,6 +75,15 @@ def test_existing_directory_is_made_owner_only(tmp_path) -> None:
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
 
 
+def _gpt_options(hf) -> dict[str, str]:
+    """The public options of a share of ``hf`` as model "gpt"."""
+    return {
+        "model": "gpt",
+        "family": type(hf).__name__,
+        "config": hf.config.to_json_string(use_diff=False),
+    }
+
+
 def _share_in_parts(stores, hf, parts: int, commit: bool = True) -> dict[str, list]:
     """Share ``hf`` into the three parties' stores in ``parts`` share requests (each party's
     program, called directly); returns every weight's three payloads."""
@@ -82,12 +91,7 @@ def _share_in_parts(stores, hf, parts: int, commit: bool = True) -> dict[str, li
         params = unique_params(import_hf(hf))
     names = list(params)
     groups = [names[i::parts] for i in range(parts)]  # out of order on purpose
-    options = {
-        "model": "gpt",
-        "family": type(hf).__name__,
-        "config": hf.config.to_json_string(use_diff=False),
-        "norm_headroom_bits": "2",
-    }
+    options = _gpt_options(hf) | {"norm_headroom_bits": "2"}
     dealt = {name: deal_seeded(value.detach().float()) for name, value in params.items()}
     for index, group in enumerate(groups if commit else groups[:-1]):
         placed = options | part_options("5e55104", index, last=index == parts - 1)
@@ -135,12 +139,7 @@ def test_a_share_cut_short_leaves_no_model_and_nothing_on_disk_after_restart(tmp
 def test_a_part_out_of_order_or_from_another_identity_is_refused(tmp_path) -> None:
     hf = tiny_models()[1].eval()
     store = DurableModelStore(ShareStore(tmp_path))
-    options = {
-        "model": "gpt",
-        "family": "GPT2LMHeadModel",
-        "config": hf.config.to_json_string(use_diff=False),
-        CALLER_OPTION: "owner",
-    }
+    options = _gpt_options(hf) | {CALLER_OPTION: "owner"}
     store.sessions.receive(store, options | part_options("abcdef12", 0, last=False), {})
     assert store.sessions.owner("abcdef12") == "owner"
     later = options | part_options("abcdef12", 1, last=True)
@@ -158,11 +157,7 @@ def test_a_part_out_of_order_or_from_another_identity_is_refused(tmp_path) -> No
 def test_an_idle_share_is_abandoned_when_another_begins(tmp_path, monkeypatch) -> None:
     hf = tiny_models()[1].eval()
     store = DurableModelStore(ShareStore(tmp_path))
-    options = {
-        "model": "gpt",
-        "family": "GPT2LMHeadModel",
-        "config": hf.config.to_json_string(use_diff=False),
-    }
+    options = _gpt_options(hf)
     store.sessions.receive(store, options | part_options("abcdef12", 0, last=False), {})
     hidden = [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     assert len(hidden) == 1
