@@ -435,10 +435,13 @@ class VeilClient:
         sizes = {n: v.numel() for n, v in params.items()}
         parts = plan_parts(sizes, SHARE_PART_BYTES if part_bytes is None else part_bytes)
         session = uuid.uuid4().hex
+        total: RequestCost | None = None
         for index, names in enumerate(parts):
             weights = ((WEIGHT_PREFIX + n, params[n].detach().float()) for n in names)
             placed = options | part_options(session, index, last=index == len(parts) - 1)
             self.api.infer(SHARE_PROGRAM, tracked(weights, progress), placed, seeded=True)
+            total = self.api.last_cost if total is None else total.then(self.api.last_cost)
+        self.api.last_cost = total  # what the whole share cost, every part
         return len(params)
 
     @property

@@ -13,6 +13,7 @@ from veil.mpc.arith import ArithShare
 from veil.mpc.seeded import deal_seeded
 from veil.mpc.sharing import deal, reconstruct
 from veil.nn.private import import_hf
+from veil.parties.costs import RequestCost
 from veil.parties.durable import DurableModelStore
 from veil.parties.models import (
     LOGITS_PROGRAM,
@@ -24,9 +25,26 @@ from veil.parties.models import (
 from veil.parties.share_sessions import check_part_options, part_options, plan_parts
 from veil.parties.store import ShareStore
 from veil.parties.stored_models import weightless_structure
+from veil.proto import veil_pb2
 
 from .test_models import EMBED_BOUND_SIM, tiny_bert, tiny_gpt2
 from .test_stored_serving import IDS, tiny_llama
+
+
+def test_the_cost_of_a_share_in_parts_adds_its_parts() -> None:
+    def cost(wall: float, scale: int) -> RequestCost:
+        return RequestCost(
+            wall,
+            tuple(
+                veil_pb2.PartyCost(seconds=wall, bytes_sent=scale * r, send_steps=scale, depth=2)
+                for r in range(3)
+            ),
+        )
+
+    total = cost(1.0, 10).then(cost(2.5, 1))
+    assert total.wall_s == 3.5
+    assert [p.bytes_sent for p in total.parties] == [0, 11, 22]
+    assert (total.send_steps, total.depth) == (11, 4)
 
 
 def test_parts_stay_within_the_byte_budget_in_order() -> None:
