@@ -124,17 +124,17 @@ def _parser() -> argparse.ArgumentParser:
                 default=16,
                 help="requests waiting at a party before new ones are refused",
             )
-        if name == "serve":
-            cmd.add_argument(
-                "--store",
-                type=Path,
-                help="this party's share store (default: <config dir>/store-party<rank>)",
-            )
             cmd.add_argument(
                 "--weight-budget-mib",
                 type=int,
                 help="memory for a request's weights, streamed from the store: the one in use "
                 "plus those loaded ahead (MiB; 0: one weight at a time; default 3072)",
+            )
+        if name == "serve":
+            cmd.add_argument(
+                "--store",
+                type=Path,
+                help="this party's share store (default: <config dir>/store-party<rank>)",
             )
         cmd.add_argument("--device", default="cpu", help="torch device for the shares")
         cmd.add_argument(
@@ -325,6 +325,8 @@ def _launch(args: argparse.Namespace) -> int:
     if args.serve:
         extra = [f"--program={spec}" for spec in args.program]
         extra += ["--queue-size", str(args.queue_size)]
+        if args.weight_budget_mib is not None:
+            extra += ["--weight-budget-mib", str(args.weight_budget_mib)]
     else:
         extra = ["--run", args.run]
     extra += ["--device", args.device] + (["--insecure"] if args.insecure else [])

@@ -125,3 +125,19 @@ def test_llama_shared_in_parts_is_served_from_the_stores_after_a_restart(tmp_pat
         plain = hf(IDS).logits.double()
     assert torch.equal(served.argmax(-1), plain.argmax(-1))
     assert_ports_free(path)
+
+
+def test_launch_passes_the_weight_budget_to_its_serving_parties(tmp_path, monkeypatch) -> None:
+    from veil.parties.cli import main
+
+    assert main(["certs", "--out", str(tmp_path)]) == 0
+    seen: list[list[str]] = []
+    monkeypatch.setattr(
+        "veil.parties.launch.launch", lambda config, extra, **kw: seen.append(extra)
+    )
+    config = str(tmp_path / "cluster.toml")
+    main(["launch", "--config", config, "--serve", "--weight-budget-mib", "64"])
+    main(["launch", "--config", config, "--serve"])
+    flag = seen[0].index("--weight-budget-mib")
+    assert seen[0][flag + 1] == "64"
+    assert "--weight-budget-mib" not in seen[1]  # each party's own default
