@@ -147,22 +147,35 @@ class StreamedPrivateModel(PrivateModel):
     @contextlib.contextmanager
     def _party_model(self, party: mpc.Party) -> Iterator[Module]:
         source = self._sources[party.rank]
-        prefetcher = Prefetcher(
-            lambda index, buffer: source.load_pair(self._specs[index].name, buffer),
-            [spec.nbytes for spec in self._specs],
-            self._budget,
-            name=f"party{party.rank}-weights",
-        )
-        specs = {id(p): p for _, p in self._shared.named_params()}
-        local = copy.deepcopy(self._shared, memo=dict(specs))
-        local.map_params(
-            lambda spec: StreamedShare(party, prefetcher, spec.index, spec.shape, spec.frac_bits)
-        )
-        try:
-            yield local
-        finally:
-            end_request = getattr(source, "end_request", None)
-            if end_request is not None:
-                end_request()
-            prefetcher.close()
-            self.prefetch_stats[party.rank] = prefetcher.stats
+        with party_weights(self._shared, party, source, self._budget) as (local, prefetcher):
+            try:
+                yield local
+            finally:
+                self.prefetch_stats[party.rank] = prefetcher.stats
+
+
+@contextlib.contextmanager
+def party_weights(
+    skeleton: Module, party: mpc.Party, source: PairSource, budget_bytes: int
+) -> Iterator[tuple[Module, Prefetcher]]:
+    """Party ``party``'s copy of ``skeleton`` holding :class:`StreamedShare` weights read from
+    ``source`` by a prefetcher within ``budget_bytes``, and that prefetcher (closed on exit)."""
+    specs = specs_in_order(skeleton)
+    prefetcher = Prefetcher(
+        lambda index, buffer: source.load_pair(specs[index].name, buffer).to(party.device),
+        [spec.nbytes for spec in specs],
+        budget_bytes,
+        name=f"party{party.rank}-weights",
+    )
+    shared = {id(p): p for _, p in skeleton.named_params()}
+    local = copy.deepcopy(skeleton, memo=dict(shared))
+    local.map_params(
+        lambda spec: StreamedShare(party, prefetcher, spec.index, spec.shape, spec.frac_bits)
+    )
+    try:
+        yield local, prefetcher
+    finally:
+        end_request = getattr(source, "end_request", None)
+        if end_request is not None:
+            end_request()
+        prefetcher.close()

@@ -14,6 +14,8 @@ alike and one corrupted party cannot grant what the others refuse.
   records with the model; the caller's identity travels to the program in the options
   (:func:`Authz.stamp`), so it is also part of what the three parties check they agree on.
   There is no delete program yet; a delete would be one more model-writing program here.
+  A model shared in parts (:mod:`veil.parties.share_sessions`) takes, for every part and
+  the commit, the identity that opened its share session.
 - **A request belongs to its creator**: the identity of its first Upload or Run, at
   every party.  Upload, Run and Fetch of that request id by anyone else are refused,
   so knowing an id (every party sees every id) grants nothing.  The refusal reveals
@@ -31,17 +33,26 @@ import grpc
 from veil.parties import tls
 from veil.parties.config import ClusterConfig
 from veil.parties.models import CALLER_OPTION, SHARE_PROGRAM
+from veil.parties.share_sessions import SESSION_OPTION
 
 ModelOwner = Callable[[str], "str | None"]
 """``model_owner(name)``: the identity that shared model ``name`` here, or None."""
+SessionOwner = Callable[[str], "str | None"]
+"""``session_owner(id)``: the identity that opened share session ``id`` here, or None."""
 
 
 class Authz:
     """The access rules of one party's client API (see the module docstring)."""
 
-    def __init__(self, config: ClusterConfig, model_owner: ModelOwner | None = None):
+    def __init__(
+        self,
+        config: ClusterConfig,
+        model_owner: ModelOwner | None = None,
+        session_owner: SessionOwner | None = None,
+    ):
         self.config = config
         self.model_owner = model_owner
+        self.session_owner = session_owner
         self._users = {
             *config.clients,
             *config.owners,
@@ -94,6 +105,14 @@ class Authz:
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{caller!r} may not replace model {model!r}: it belongs to {current!r}",
+            )
+        session = options.get(SESSION_OPTION)
+        opener = self.session_owner(session) if session and self.session_owner else None
+        if opener is not None and opener != caller:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{caller!r} may not add to or commit share session {session!r} of model "
+                f"{model!r}: it belongs to {opener!r}",
             )
 
     def claim(

@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
                 default=16,
                 help="requests waiting at a party before new ones are refused",
             )
+            cmd.add_argument(
+                "--weight-budget-mib",
+                type=int,
+                help="memory for a request's weights, streamed from the store: the one in use "
+                "plus those loaded ahead (MiB; 0: one weight at a time; default 3072)",
+            )
         if name == "serve":
             cmd.add_argument(
                 "--store",
@@ -161,6 +167,11 @@ def _parser() -> argparse.ArgumentParser:
     share.add_argument("--model", required=True, help="the name clients will use")
     share.add_argument(
         "--hf", required=True, help="minilm, smollm2, gemma3 (bundled) or a transformers model directory"
+    )
+    share.add_argument(
+        "--part-mib",
+        type=int,
+        help="send the weights in requests of at most this much data per party (MiB; default 256)",
     )
     share.set_defaults(handler=_share)
 
@@ -314,6 +325,8 @@ def _launch(args: argparse.Namespace) -> int:
     if args.serve:
         extra = [f"--program={spec}" for spec in args.program]
         extra += ["--queue-size", str(args.queue_size)]
+        if args.weight_budget_mib is not None:
+            extra += ["--weight-budget-mib", str(args.weight_budget_mib)]
     else:
         extra = ["--run", args.run]
     extra += ["--device", args.device] + (["--insecure"] if args.insecure else [])
@@ -327,6 +340,7 @@ def _launch(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from veil.mpc.communicator import PeerError
+    from veil.nn.streamed import DEFAULT_BUDGET_BYTES
     from veil.parties.config import ConfigError, load_config
     from veil.parties.durable import DurableModelStore
     from veil.parties.models import check_request, model_programs
@@ -345,7 +359,11 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_config(args.config, insecure=True if args.insecure else None)
         spec = config.party(args.rank)
         root = args.store or Path(args.config).parent / f"store-party{args.rank}"
-        store = DurableModelStore(ShareStore(root))
+        mib = args.weight_budget_mib
+        budget = DEFAULT_BUDGET_BYTES if mib is None else mib << 20
+        if budget < 0:
+            raise ValueError("--weight-budget-mib must be 0 (one weight at a time) or more")
+        store = DurableModelStore(ShareStore(root), budget_bytes=budget)
         restored = store.restore()
         programs = model_programs(store) | dict(_named_program(e) for e in args.program)
         if args.queue_size < 1:
@@ -374,6 +392,7 @@ def _serve(args: argparse.Namespace) -> int:
             device=args.device,
             check=lambda program, options: check_request(store, program, options),
             model_owner=store.owner,
+            session_owner=store.sessions.owner,
             validate=lambda program, options, inputs: validate_request(
                 store, program, options, inputs
             ),
@@ -422,7 +441,12 @@ def _share(args: argparse.Namespace) -> int:
     try:
         files = _client_files(args, config, owner=True)
         with VeilClient(config, *files, run_timeout=args.timeout) as client:
-            count = client.share_model(args.model, hf_model, show_progress=True)
+            count = client.share_model(
+                args.model,
+                hf_model,
+                show_progress=True,
+                part_bytes=None if args.part_mib is None else args.part_mib << 20,
+            )
             cost = client.last_cost
     except (InferenceError, ConfigError) as exc:
         print(f"veil share: {explain(exc, config, args.config)}", file=sys.stderr)

@@ -399,6 +399,7 @@ class VeilClient:
         hf_model: Any,
         norm_headroom_bits: int | None = None,
         show_progress: bool = False,
+        part_bytes: int | None = None,
     ) -> int:
         """Secret-share a ``transformers`` model's weights to the parties under ``name``.
 
@@ -408,9 +409,14 @@ class VeilClient:
         each party expands them into its pair.  The class name and config (public)
         travel as options.
         ``show_progress`` draws a bar over the weights as they are dealt and sent.
+        The weights go in parts of at most ``part_bytes`` of data per party (default
+        :data:`~veil.parties.share_sessions.SHARE_PART_BYTES`), one request each, so no
+        party holds more than one part before storing it; the last part commits.
         """
         from veil.nn.private import NORM_HEADROOM_BITS, import_hf
+        from veil.nn.progress import Progress, tracked
         from veil.parties.models import FAMILIES, SHARE_PROGRAM, WEIGHT_PREFIX, unique_params
+        from veil.parties.share_sessions import SHARE_PART_BYTES, part_options, plan_parts
 
         family = type(hf_model).__name__
         if family not in FAMILIES:
@@ -425,12 +431,17 @@ class VeilClient:
             "config": hf_model.config.to_json_string(use_diff=False),
             "norm_headroom_bits": str(norm_headroom_bits),
         }
-        weights = ((WEIGHT_PREFIX + n, value.detach().float()) for n, value in params.items())
-        if show_progress:
-            from veil.nn.progress import Progress, tracked
-
-            weights = tracked(weights, Progress(len(params), "sharing weights"))
-        self.api.infer(SHARE_PROGRAM, weights, options, seeded=True)
+        progress = Progress(len(params), "sharing weights") if show_progress else None
+        sizes = {n: v.numel() for n, v in params.items()}
+        parts = plan_parts(sizes, SHARE_PART_BYTES if part_bytes is None else part_bytes)
+        session = uuid.uuid4().hex
+        total: RequestCost | None = None
+        for index, names in enumerate(parts):
+            weights = ((WEIGHT_PREFIX + n, params[n].detach().float()) for n in names)
+            placed = options | part_options(session, index, last=index == len(parts) - 1)
+            self.api.infer(SHARE_PROGRAM, tracked(weights, progress), placed, seeded=True)
+            total = self.api.last_cost if total is None else total.then(self.api.last_cost)
+        self.api.last_cost = total  # what the whole share cost, every part
         return len(params)
 
     @property

@@ -28,6 +28,19 @@ class RequestCost:
     def send_steps(self) -> int:
         return max(p.send_steps for p in self.parties)
 
+    def then(self, later: RequestCost) -> RequestCost:
+        """This request followed by ``later`` (a share in parts): times, bytes and rounds add."""
+        parties = tuple(
+            veil_pb2.PartyCost(
+                seconds=a.seconds + b.seconds,
+                bytes_sent=a.bytes_sent + b.bytes_sent,
+                send_steps=a.send_steps + b.send_steps,
+                depth=a.depth + b.depth,
+            )
+            for a, b in zip(self.parties, later.parties, strict=True)
+        )
+        return RequestCost(self.wall_s + later.wall_s, parties)
+
     def summary(self) -> str:
         sent = ", ".join(f"P{i} {p.bytes_sent / 1e6:.1f} MB" for i, p in enumerate(self.parties))
         return (

@@ -8,7 +8,8 @@ request's options: the ``transformers`` class name (from a fixed allow-list, nev
 importable path) and its config as JSON.  Each party rebuilds the model *structure*
 from that config alone -- a randomly initialised ``transformers`` model of the same
 class, imported with :func:`veil.nn.private.import_hf` -- and then replaces every
-parameter by the pair it received, checking that names and shapes match exactly.
+parameter by the pair it received, checking that names and shapes match exactly.  A large
+model travels in several requests of bounded size (:mod:`veil.parties.share_sessions`).
 
 The programs of :func:`model_programs` run requests on a stored model with
 :class:`veil.nn.private.MPCBackend`; inputs and outputs stay shares, so no party opens the
@@ -17,20 +18,25 @@ token ids, an activation or a result.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from veil import mpc
 from veil.mpc.arith import ArithShare
 from veil.mpc.party import Party
-from veil.mpc.seeded import Payload, expand
+from veil.mpc.seeded import Payload
 from veil.nn.modules import Module
+from veil.parties.request_scope import hold, scoped
+
+if TYPE_CHECKING:
+    from veil.parties.share_sessions import ShareTarget
 
 SHARE_PROGRAM = "veil.share_model"
 EMBED_PROGRAM = "veil.embed"
@@ -89,6 +95,10 @@ class ServedModel:
         local = copy.deepcopy(self.module, memo=dict(held))
         return local.map_params(lambda h: h.at(party))
 
+    def open(self, party: Party) -> contextlib.AbstractContextManager[Module]:
+        """This party's model for one request (a stored model streams its weights meanwhile)."""
+        return contextlib.nullcontext(self.at(party))
+
 
 def build_structure(family: str, config_json: str) -> Module:
     """Our model for a ``transformers`` class and config, with random (public) weights."""
@@ -129,20 +139,6 @@ def _check_names(expected: dict[str, Any], got: dict[str, Any]) -> None:
         )
 
 
-def expand_weights(structure: Module, payloads: dict[str, Payload]) -> dict[str, HeldShare]:
-    """Each seed-compressed weight expanded into this party's pair, at the config's shape."""
-    expected = unique_params(structure)
-    _check_names(expected, payloads)
-    shares = {}
-    for name, payload in payloads.items():
-        try:
-            pair = expand(payload, expected[name].shape)
-        except ValueError as exc:
-            raise ModelError(f"weight {name!r}: {exc} (from the config)") from None
-        shares[name] = HeldShare(pair, payload.frac_bits)
-    return shares
-
-
 def attach_shares(structure: Module, shares: dict[str, HeldShare]) -> Module:
     """Replace every parameter of ``structure`` by its received share (names, shapes checked)."""
     expected = unique_params(structure)
@@ -161,8 +157,18 @@ class ModelStore:
     """The models this party serves, by name (thread-safe; replaced atomically)."""
 
     def __init__(self) -> None:
+        from veil.parties.share_sessions import ShareSessions
+
         self._models: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
+        self.sessions = ShareSessions()
+
+    def begin_share(self, name: str, model: ServedModel) -> ShareTarget:
+        """Where the weights of ``model`` (its ``module``: the structure) go while a share
+        is under way; here they are kept in memory, expanded, until the share commits."""
+        from veil.parties.share_sessions import MemoryShare
+
+        return MemoryShare(self, name, model)
 
     def put(self, name: str, model: ServedModel) -> None:
         """Store ``model``; replacing one takes its owner (checked again here, atomically,
@@ -204,19 +210,12 @@ def model_programs(store: ModelStore) -> dict[str, Program]:
     """The built-in programs over ``store``: share a model, embed, logits, generate."""
 
     def share_model(party: Party, inputs: dict[str, Payload], options: dict[str, str]):
-        name = _option(options, "model")
-        family = _option(options, "family")
-        config_json = _option(options, "config")
-        headroom = int(options.get("norm_headroom_bits", "0"))
         payloads = {}
         for key, value in inputs.items():
             if not isinstance(value, Payload):
                 raise ModelError(f"weight {key!r} must be uploaded seed-compressed")
             payloads[key[len(WEIGHT_PREFIX) :]] = value
-        structure = build_structure(family, config_json)
-        module = attach_shares(structure, expand_weights(structure, payloads))
-        owner = options.get(CALLER_OPTION)
-        store.put(name, ServedModel(family, config_json, headroom, module, owner))
+        store.sessions.receive(store, options, payloads)
         return {}
 
     def embed(party: Party, inputs: dict[str, ArithShare], options: dict[str, str]):
@@ -253,13 +252,14 @@ def model_programs(store: ModelStore) -> dict[str, Program]:
         data = torch.tensor(list(text.encode()), dtype=torch.int64)
         return {"info": ArithShare.from_ring_public(party, data, 0)}
 
-    return {
+    programs = {
         SHARE_PROGRAM: share_model,
         INFO_PROGRAM: info,
         EMBED_PROGRAM: embed,
         LOGITS_PROGRAM: logits,
         GENERATE_PROGRAM: generate,
     }
+    return {name: scoped(program) for name, program in programs.items()}
 
 
 STOPPABLE_OPTION = "stoppable"
@@ -283,6 +283,8 @@ def streamed_steps(party: Party, options: dict[str, str]):
 
 def check_request(store: ModelStore, program: str, options: dict[str, str]) -> str | None:
     """Why this party cannot run a model request (None if it can): checked before running."""
+    if program == SHARE_PROGRAM:
+        return store.sessions.check(options)
     if program not in (EMBED_PROGRAM, LOGITS_PROGRAM, GENERATE_PROGRAM, INFO_PROGRAM):
         return None
     name = options.get("model", "")
@@ -300,7 +302,7 @@ def _prepare(
     ids = inputs.get("input_ids")
     if not isinstance(ids, ArithShare) or ids.frac_bits != 0 or ids.ndim != 2:
         raise ModelError("input_ids must be integer shares of shape (batch, seq)")
-    return served.at(party), MPCBackend(party, served.norm_headroom_bits), ids
+    return hold(served.open(party)), MPCBackend(party, served.norm_headroom_bits), ids
 
 
 def _option(options: dict[str, str], key: str) -> str:

@@ -48,7 +48,7 @@ from veil.mpc.fixedpoint import FixedPoint
 from veil.mpc.party import Party
 from veil.mpc.seeded import Payload, check_part, gather, is_part
 from veil.parties.agreement import NO_RUN, NOT_READY, READY, RequestRefused, agree
-from veil.parties.authz import Authz, ModelOwner
+from veil.parties.authz import Authz, ModelOwner, SessionOwner
 from veil.parties.config import ClusterConfig
 from veil.parties.grpc_comm import GrpcCommunicator, bounded, connect_party
 from veil.parties.retry import Backoff
@@ -133,6 +133,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         on_event: Callable[[str], None] | None = None,
         recover: bool = True,
         model_owner: ModelOwner | None = None,
+        session_owner: SessionOwner | None = None,
     ):
         self.config = config
         self.programs = dict(programs)
@@ -142,7 +143,7 @@ class InferenceService(veil_pb2_grpc.InferenceServicer):
         self.on_request = on_request
         self.on_event = on_event
         self.recover = recover
-        self.authz = Authz(config, model_owner)
+        self.authz = Authz(config, model_owner, session_owner)
         self.limits = UploadLimits(config.upload_limit_per_client, config.upload_limit_per_party)
         self.recoveries = 0  # how often the links were rebuilt after a failure
         self.party: Party | None = None
@@ -572,7 +573,7 @@ def start_serving(
     """Connect party ``rank`` to its peers and serve ``programs`` to clients (non-blocking).
 
     ``service_options`` go to :class:`InferenceService` (``check``, ``queue_size``,
-    ``on_request``, ``model_owner``).
+    ``on_request``, ``model_owner``, ``session_owner``).
     """
     service = InferenceService(config, programs, **service_options)
     comm = connect_party(config, rank, device=device, add_services=service.add_to)

@@ -47,6 +47,12 @@ from veil.parties.models import (
     ModelError,
     ModelStore,
 )
+from veil.parties.share_sessions import (
+    LAST_OPTION,
+    PART_OPTION,
+    SESSION_OPTION,
+    check_part_options,
+)
 from veil.parties.step_streams import STREAM_OPTION
 
 if TYPE_CHECKING:
@@ -62,7 +68,8 @@ TASK_FAMILIES = {
 }
 """Which families each task runs on (embed mean-pools hidden states; generate needs a head)."""
 OPTIONS = {
-    SHARE_PROGRAM: frozenset({"model", "family", "config", "norm_headroom_bits"}),
+    SHARE_PROGRAM: frozenset({"model", "family", "config", "norm_headroom_bits"})
+    | {SESSION_OPTION, PART_OPTION, LAST_OPTION},
     EMBED_PROGRAM: frozenset({"model", "attention_mask", "token_type_ids"}),
     LOGITS_PROGRAM: frozenset({"model"}),
     GENERATE_PROGRAM: frozenset(
@@ -146,6 +153,9 @@ def check_share(options: Mapping[str, str], inputs: Mapping[str, InputSpec]) -> 
             f"unsupported model family {options['family']!r}; supported: {', '.join(FAMILIES)}"
         )
     ModelSpec.from_config(options["family"], options["config"])
+    malformed = check_part_options(options)
+    if malformed is not None:
+        raise RequestInvalid(malformed)
     headroom = _integer(options, "norm_headroom_bits", "0")
     if not 0 <= headroom <= MAX_NORM_HEADROOM_BITS:
         raise RequestInvalid(

@@ -63,6 +63,7 @@ def cluster(tmp_path_factory):
             model_programs(store) | {"square_plus": square_plus},
             check=partial(check_request, store),
             model_owner=store.owner,
+            session_owner=store.sessions.owner,
         )
         for store in stores
     ]
@@ -107,6 +108,43 @@ def test_only_owners_share_and_replacing_takes_the_owner(cluster) -> None:
     assert all(store.get("bert") is not model for store, model in zip(stores, shared))
     assert {store.owner("bert") for store in stores} == {"owner"}
     assert {store.owner("special") for store in stores} == {"owner2"}
+
+
+def test_only_the_opener_of_a_share_session_adds_parts_to_it_or_commits_it(cluster) -> None:
+    """A model shared in parts: another owner (who may share models of its own) can neither
+    append a part to the open session nor commit it; its opener finishes it untouched."""
+    from veil.nn.private import import_hf
+    from veil.parties.models import SHARE_PROGRAM, WEIGHT_PREFIX, unique_params
+    from veil.parties.share_sessions import part_options
+
+    config, _, stores = cluster
+    hf = tiny_bert()
+    with torch.no_grad():
+        params = unique_params(import_hf(hf))
+    names = list(params)
+    session = uuid.uuid4().hex
+    options = {
+        "model": "in-parts",
+        "family": "BertModel",
+        "config": hf.config.to_json_string(use_diff=False),
+    }
+
+    def send(who: str, index: int, group: list[str], last: bool) -> None:
+        weights = [(WEIGHT_PREFIX + n, params[n].detach().float()) for n in group]
+        placed = options | part_options(session, index, last)
+        with as_(config, who) as api:
+            api.infer(SHARE_PROGRAM, weights, placed, seeded=True)
+
+    half = len(names) // 2
+    send("owner", 0, names[:half], last=False)
+    for last in (False, True):  # append a part; commit with the rest
+        with pytest.raises(InferenceError, match="'owner2' may not add to or commit") as info:
+            send("owner2", 1, names[half:], last)
+        assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert "it belongs to 'owner'" in str(info.value)
+    assert not any(store.has("in-parts") for store in stores)
+    send("owner", 1, names[half:], last=True)
+    assert {store.owner("in-parts") for store in stores} == {"owner"}
 
 
 def test_a_request_belongs_to_the_client_that_created_it(cluster) -> None:

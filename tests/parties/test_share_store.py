@@ -7,9 +7,14 @@ import stat
 import pytest
 import torch
 
+from veil.mpc.seeded import deal_seeded, expand
+from veil.nn.private import import_hf
+from veil.nn.streamed import WeightSpec
 from veil.parties.durable import DurableModelStore
-from veil.parties.models import HeldShare, ServedModel, attach_shares, build_structure
+from veil.parties.models import CALLER_OPTION, unique_params
+from veil.parties.share_sessions import ShareError, part_options
 from veil.parties.store import ShareStore, StoreError
+from veil.parties.stored_models import StoredServedModel
 
 from .test_model_store import tiny_models
 
@@ -70,24 +75,95 @@ def test_existing_directory_is_made_owner_only(tmp_path) -> None:
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
 
 
-def test_durable_store_serves_a_model_again_after_restart(tmp_path) -> None:
-    hf = tiny_models()[1].eval()  # GPT-2 (tied embeddings)
-    config = hf.config.to_json_string(use_diff=False)
-    structure = build_structure("GPT2LMHeadModel", config)
-    shares = {
-        name: HeldShare(_pair(tuple(value.shape), i), 18)
-        for i, (name, value) in enumerate(dict(structure.named_params()).items())
+def _gpt_options(hf) -> dict[str, str]:
+    """The public options of a share of ``hf`` as model "gpt"."""
+    return {
+        "model": "gpt",
+        "family": type(hf).__name__,
+        "config": hf.config.to_json_string(use_diff=False),
     }
-    model = ServedModel("GPT2LMHeadModel", config, 2, attach_shares(structure, shares))
-    DurableModelStore(ShareStore(tmp_path)).put("gpt", model)
-    restarted = DurableModelStore(ShareStore(tmp_path))
-    assert restarted.restore() == ["gpt"]
-    again = restarted.get("gpt")
-    assert (again.family, again.config_json, again.norm_headroom_bits) == (
-        "GPT2LMHeadModel",
-        config,
-        2,
+
+
+def _share_in_parts(stores, hf, parts: int, commit: bool = True) -> dict[str, list]:
+    """Share ``hf`` into the three parties' stores in ``parts`` share requests (each party's
+    program, called directly); returns every weight's three payloads."""
+    with torch.no_grad():
+        params = unique_params(import_hf(hf))
+    names = list(params)
+    groups = [names[i::parts] for i in range(parts)]  # out of order on purpose
+    options = _gpt_options(hf) | {"norm_headroom_bits": "2"}
+    dealt = {name: deal_seeded(value.detach().float()) for name, value in params.items()}
+    for index, group in enumerate(groups if commit else groups[:-1]):
+        placed = options | part_options("5e55104", index, last=index == parts - 1)
+        for rank, store in enumerate(stores):
+            store.sessions.receive(store, placed, {n: dealt[n][rank] for n in group})
+    return dealt
+
+
+def test_durable_store_keeps_what_was_dealt_and_serves_it_again_after_restart(tmp_path) -> None:
+    hf = tiny_models()[1].eval()  # GPT-2 (tied embeddings)
+    roots = [tmp_path / f"p{r}" for r in range(3)]
+    stores = [DurableModelStore(ShareStore(root)) for root in roots]
+    dealt = _share_in_parts(stores, hf, parts=3)
+    assert all(store.names() == ["gpt"] for store in stores)
+    # Party 0 stores seeds only; parties 1 and 2 one component per weight, never the pair.
+    assert list(roots[0].rglob("*.npy")) == []
+    elements = sum(payloads[1].parts[1].numel() for payloads in dealt.values())
+    for root in roots[1:]:
+        assert sum(p.stat().st_size for p in root.rglob("*.npy")) < 8 * elements + 256 * len(dealt)
+    for rank, root in enumerate(roots):
+        restarted = DurableModelStore(ShareStore(root))
+        assert restarted.restore() == ["gpt"]
+        again = restarted.get("gpt")
+        assert isinstance(again, StoredServedModel)
+        assert (again.family, again.norm_headroom_bits) == ("GPT2LMHeadModel", 2)
+        specs = dict(again.module.named_params())
+        assert all(isinstance(spec, WeightSpec) for spec in specs.values())  # nothing resident
+        for name, payloads in dealt.items():
+            want = expand(payloads[rank], specs[name].shape)
+            assert torch.equal(again.source.load_pair(name), want), name
+
+
+def test_a_share_cut_short_leaves_no_model_and_nothing_on_disk_after_restart(tmp_path) -> None:
+    hf = tiny_models()[1].eval()
+    roots = [tmp_path / f"p{r}" for r in range(3)]
+    stores = [DurableModelStore(ShareStore(root)) for root in roots]
+    _share_in_parts(stores, hf, parts=3, commit=False)  # the owner stops before the last part
+    assert all(store.names() == [] for store in stores)
+    assert any(roots[1].iterdir())  # the uncommitted parts are on disk, hidden
+    for root in roots:
+        assert DurableModelStore(ShareStore(root)).restore() == []
+        assert list(root.iterdir()) == []
+
+
+def test_a_part_out_of_order_or_from_another_identity_is_refused(tmp_path) -> None:
+    hf = tiny_models()[1].eval()
+    store = DurableModelStore(ShareStore(tmp_path))
+    options = _gpt_options(hf) | {CALLER_OPTION: "owner"}
+    store.sessions.receive(store, options | part_options("abcdef12", 0, last=False), {})
+    assert store.sessions.owner("abcdef12") == "owner"
+    later = options | part_options("abcdef12", 1, last=True)
+    assert "it belongs to 'owner'" in store.sessions.check(later | {CALLER_OPTION: "owner2"})
+    assert "expects part 1, got part 2" in store.sessions.check(
+        options | part_options("abcdef12", 2, last=True)
     )
-    before = dict(model.module.named_params())
-    for name, held in again.module.named_params():
-        assert torch.equal(held.pair, before[name].pair) and held.frac_bits == 18
+    unknown = options | part_options("0123abcd", 1, last=True)
+    assert "no open share session" in store.sessions.check(unknown)
+    with pytest.raises(ShareError, match="without weights"):
+        store.sessions.receive(store, later, {})  # the commit needs every weight
+    assert store.sessions.owner("abcdef12") is None and store.names() == []
+
+
+def test_an_idle_share_is_abandoned_when_another_begins(tmp_path, monkeypatch) -> None:
+    hf = tiny_models()[1].eval()
+    store = DurableModelStore(ShareStore(tmp_path))
+    options = _gpt_options(hf)
+    store.sessions.receive(store, options | part_options("abcdef12", 0, last=False), {})
+    hidden = [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert len(hidden) == 1
+    monkeypatch.setattr("veil.parties.share_sessions.SESSION_IDLE_SECONDS", -1.0)
+    store.sessions.receive(store, options | part_options("0123abcd", 0, last=False), {})
+    assert not hidden[0].exists()
+    assert "no open share session" in store.sessions.check(
+        options | part_options("abcdef12", 1, last=True)
+    )
