@@ -14,7 +14,9 @@ columns add critical-path rounds x RTT (1 ms LAN, 40 ms WAN) to the measured wal
 
 For each model and rate it prints the deployed and the in-memory wall time, their ratio,
 bytes sent per party and critical-path rounds (from the parties' logs; they must equal the
-in-memory counters), and the network estimates.  Namespaces, interfaces and processes are
+in-memory counters), and the network estimates.  Each party process gets its share of the
+cores for PyTorch's threads (:mod:`veil.parties.host_threads`), as ``veil launch`` gives it;
+the in-memory simulation keeps PyTorch's default (all cores, shared by its three parties).  Namespaces, interfaces and processes are
 removed whatever happens (normal end, an error, Ctrl-C or SIGTERM).  Without root (or
 without ``ip``), it says so and falls back to loopback.
 """
@@ -37,6 +39,7 @@ import torch
 
 from benchmarks.grpc_e2e import REPO, Case, Cluster, Row, in_memory, minilm_case, over_grpc
 from benchmarks.harness import NETWORKS
+from veil.parties.host_threads import THREADS_VARIABLE, shared_host_env
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -136,7 +139,7 @@ class NamespacedCluster(Cluster):
                 command = ["ip", "netns", "exec", ns, sys.executable, "-m", "veil.parties.cli",
                            "serve", "--config", str(self.config_path), "--rank", str(rank)]
                 self.procs.append(subprocess.Popen(
-                    command, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
+                    command, env={**shared_host_env(), "PYTHONPATH": str(REPO)}, cwd=REPO,
                     stdout=sink, stderr=subprocess.STDOUT,
                 ))
 
@@ -245,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cannot create network namespaces ({exc}); falling back to loopback",
                   file=sys.stderr)
             args.loopback = True
-    print(f"torch threads: {torch.get_num_threads()}; load average: {os.getloadavg()}")
+    print(f"torch threads: {torch.get_num_threads()} in memory, "
+          f"{shared_host_env()[THREADS_VARIABLE]} per party process; "
+          f"load average: {os.getloadavg()}")
     return run(args)
 
 

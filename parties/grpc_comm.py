@@ -44,7 +44,7 @@ from veil.mpc.communicator import WORLD_SIZE, Communicator, PeerError, PeerTimeo
 from veil.parties import tls
 from veil.parties.admission import DEFAULT_CLIENT_CALLS, Admission, server_threads
 from veil.parties.config import ClusterConfig, ConfigError
-from veil.parties.wire import Reassembler, WireError, tensor_chunks
+from veil.parties.wire import Reassembler, WireError, decode_chunk, encoded_chunks
 from veil.proto import veil_pb2, veil_pb2_grpc
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class GrpcCommunicator(Communicator):
             interceptors=[admission],
             options=tls.SERVER_OPTIONS,
         )
-        veil_pb2_grpc.add_PartyLinkServicer_to_server(_LinkServicer(self), self._server)
+        self._server.add_generic_rpc_handlers((_link_handler(_LinkServicer(self)),))
         if add_services is not None:
             add_services(self._server)
         bind_host = spec.host if _loopback(spec.host) else "::"
@@ -364,8 +364,11 @@ class _OutgoingStream:
         self.dst = dst
         self._count = count
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        stub = veil_pb2_grpc.PartyLinkStub(channel)
-        self._call = stub.Stream.future(self._requests(), wait_for_ready=True)
+        # Requests are serialized TensorChunks already (see ``_requests``).
+        stream = channel.stream_unary(
+            LINK_METHOD, response_deserializer=veil_pb2.StreamSummary.FromString
+        )
+        self._call = stream.future(self._requests(), wait_for_ready=True)
 
     def put(self, tensor: torch.Tensor, *, sender: int, seq: int, tag: str, clock: int) -> None:
         self._queue.put((tensor, sender, seq, tag, clock))
@@ -401,18 +404,32 @@ class _OutgoingStream:
                 raise PeerError(self.dst, "link was cancelled") from None
             raise PeerError(self.dst, "link already closed")
 
-    def _requests(self) -> Iterator[veil_pb2.TensorChunk]:
+    def _requests(self) -> Iterator[bytes]:
         while True:
             item = self._queue.get()
             if item is None:
                 return
             if isinstance(item, veil_pb2.TensorChunk):
-                yield item
+                yield item.SerializeToString()
                 continue
             tensor, sender, seq, tag, clock = item
-            for chunk in tensor_chunks(tensor, sender=sender, seq=seq, tag=tag, clock=clock):
-                self._count(chunk.ByteSize())
+            for chunk in encoded_chunks(tensor, sender=sender, seq=seq, tag=tag, clock=clock):
+                self._count(len(chunk))
                 yield chunk
+
+
+LINK_METHOD = "/veil.PartyLink/Stream"
+
+
+def _link_handler(servicer: _LinkServicer) -> grpc.GenericRpcHandler:
+    """PartyLink.Stream with chunks parsed by :func:`~veil.parties.wire.decode_chunk`, which
+    leaves the data in the received bytes (the generated code would copy it twice)."""
+    handler = grpc.stream_unary_rpc_method_handler(
+        servicer.Stream,
+        request_deserializer=decode_chunk,
+        response_serializer=veil_pb2.StreamSummary.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler("veil.PartyLink", {"Stream": handler})
 
 
 class _LinkServicer(veil_pb2_grpc.PartyLinkServicer):

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from veil.mpc.communicator import WORLD_SIZE
+from veil.parties.host_threads import shared_host_env
 
 _POLL_SECONDS = 0.1
 _STOP_GRACE_SECONDS = 5.0
@@ -75,6 +76,7 @@ def launch(config: str, extra: list[str], command: str = "party", restarts: int 
     def start(rank: int) -> subprocess.Popen:
         return subprocess.Popen(
             party_command(config, rank, extra, command),
+            env=shared_host_env(),  # three parties, one host: a share of the cores each
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - the launcher runs no threads
         )
 

@@ -6,18 +6,30 @@ gRPC's 4 MB default message limit), every chunk repeating the header so a
 receiver can check each one before trusting it.  Anything inconsistent raises
 :class:`WireError`; the transport turns that into a ``PeerError`` naming the
 sender.
+
+The party link moves most bytes, so it skips protobuf for the payload (the bytes on the
+wire are still a serialized TensorChunk): :func:`encoded_chunks` writes the header with
+protobuf and appends the data field itself, copying the tensor once, straight into the
+message (protobuf would copy it three times: ``tobytes``, into the message, out of it);
+:func:`decode_chunk` parses the header and leaves the data as a view into the received
+bytes, which the :class:`Reassembler` copies once into the tensor's own buffer.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from veil.proto import veil_pb2
 
 CHUNK_BYTES = 1 << 20
+DATA_FIELD = veil_pb2.TensorChunk.DESCRIPTOR.fields_by_name["data"].number
+_DATA_KEY = bytes([DATA_FIELD << 3 | 2])  # field number and wire type 2 (length-delimited)
+SMALL_CHUNK_BYTES = 1 << 14
+"""Below this, protobuf's parser and its copy of the data beat parsing fields in Python."""
 MAX_TENSOR_BYTES = 16 << 30  # refuse absurd headers at once
 MAX_DIMS = 32
 
@@ -52,17 +64,17 @@ def dtype_name(dtype: torch.dtype) -> str:
         raise TypeError(f"cannot send tensors of dtype {dtype}") from None
 
 
-def tensor_chunks(
-    tensor: torch.Tensor, *, sender: int = 0, seq: int = 0, tag: str = "", clock: int = 0
-) -> Iterator[veil_pb2.TensorChunk]:
-    """Split ``tensor`` (any device) into chunks; the bytes are copied once, into protobuf."""
+def _pieces(
+    tensor: torch.Tensor, *, sender: int, seq: int, tag: str, clock: int
+) -> Iterator[tuple[veil_pb2.TensorChunk, memoryview]]:
+    """``tensor`` cut into chunk headers (no data) and views of its bytes, one per chunk."""
     name = dtype_name(tensor.dtype)
     shape = list(tensor.shape)
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     raw = memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
     count = max(1, math.ceil(len(raw) / CHUNK_BYTES))
     for index in range(count):
-        yield veil_pb2.TensorChunk(
+        header = veil_pb2.TensorChunk(
             sender=sender,
             seq=seq,
             tag=tag,
@@ -70,9 +82,108 @@ def tensor_chunks(
             shape=shape,
             chunk_index=index,
             chunk_count=count,
-            data=raw[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES].tobytes(),
             clock=clock,
         )
+        yield header, raw[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
+
+
+def tensor_chunks(
+    tensor: torch.Tensor, *, sender: int = 0, seq: int = 0, tag: str = "", clock: int = 0
+) -> Iterator[veil_pb2.TensorChunk]:
+    """Split ``tensor`` (any device) into chunks; the bytes are copied once, into protobuf."""
+    for header, piece in _pieces(tensor, sender=sender, seq=seq, tag=tag, clock=clock):
+        header.data = piece.tobytes()
+        yield header
+
+
+def encoded_chunks(
+    tensor: torch.Tensor, *, sender: int = 0, seq: int = 0, tag: str = "", clock: int = 0
+) -> Iterator[bytes]:
+    """The serialized TensorChunks of :func:`tensor_chunks`, each made with one copy."""
+    for header, piece in _pieces(tensor, sender=sender, seq=seq, tag=tag, clock=clock):
+        yield encode_chunk(header, piece)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_chunk(header: veil_pb2.TensorChunk, data: memoryview | bytes) -> bytes:
+    """``header`` serialized with ``data`` as its data field (which ``header`` must lack).
+
+    Protobuf parsers accept fields in any order, so appending the field is the same
+    message as setting it; the data is copied once, by the join.
+    """
+    if not len(data):
+        return header.SerializeToString()
+    return b"".join((header.SerializeToString(), _DATA_KEY, _varint(len(data)), data))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A received TensorChunk: its other fields in ``header``, its data a view of the wire bytes."""
+
+    header: veil_pb2.TensorChunk
+    data: memoryview
+
+    def __getattr__(self, name: str):
+        return getattr(self.header, name)
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(raw) or shift > 63:
+            raise WireError("truncated or overlong varint in a chunk")
+        byte = raw[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+_FIXED_WIDTH = {1: 8, 5: 4}  # wire types 1 and 5: fixed 64- and 32-bit fields
+
+
+def decode_chunk(raw: bytes) -> Chunk:
+    """Parse a serialized TensorChunk without copying its data (a foreign field order is fine)."""
+    if len(raw) < SMALL_CHUNK_BYTES:
+        header = veil_pb2.TensorChunk.FromString(raw)
+        data = memoryview(header.data)
+        header.ClearField("data")
+        return Chunk(header, data)
+    view = memoryview(raw)
+    header_parts: list[memoryview] = []
+    data = memoryview(b"")
+    pos = 0
+    while pos < len(raw):
+        start = pos
+        key, pos = _read_varint(raw, pos)
+        kind = key & 7
+        if kind == 0:
+            _, pos = _read_varint(raw, pos)
+        elif kind == 2:
+            size, pos = _read_varint(raw, pos)
+            if pos + size > len(raw):
+                raise WireError("a chunk's field runs past its end")
+            if key >> 3 == DATA_FIELD:
+                data = view[pos : pos + size]  # the last occurrence wins, as in protobuf
+                pos += size
+                continue
+            pos += size
+        elif kind in _FIXED_WIDTH:
+            pos += _FIXED_WIDTH[kind]
+        else:
+            raise WireError(f"unsupported protobuf wire type {kind} in a chunk")
+        header_parts.append(view[start:pos])
+    if pos != len(raw):
+        raise WireError("a chunk's last field runs past its end")
+    return Chunk(veil_pb2.TensorChunk.FromString(b"".join(header_parts)), data)
 
 
 class Reassembler:
@@ -91,7 +202,7 @@ class Reassembler:
     def in_progress(self) -> bool:
         return self._header is not None
 
-    def add(self, chunk: veil_pb2.TensorChunk) -> torch.Tensor | None:
+    def add(self, chunk: veil_pb2.TensorChunk | Chunk) -> torch.Tensor | None:
         """Feed one chunk; return the tensor once its last chunk has arrived."""
         if self._header is None:
             self._start(chunk)
@@ -116,7 +227,7 @@ class Reassembler:
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
 
-    def _start(self, chunk: veil_pb2.TensorChunk) -> None:
+    def _start(self, chunk: veil_pb2.TensorChunk | Chunk) -> None:
         if chunk.dtype not in DTYPES:
             raise WireError(f"unknown dtype {chunk.dtype!r}")
         if len(chunk.shape) > MAX_DIMS or any(d < 0 for d in chunk.shape):
@@ -132,10 +243,10 @@ class Reassembler:
                 f"{nbytes}-byte tensor announced in {chunk.chunk_count} chunks, "
                 f"expected {expected_chunks}"
             )
-        self._header = chunk
+        self._header = chunk.header if isinstance(chunk, Chunk) else chunk  # not the data
         self._expected = nbytes
 
-    def _check_continuation(self, chunk: veil_pb2.TensorChunk) -> None:
+    def _check_continuation(self, chunk: veil_pb2.TensorChunk | Chunk) -> None:
         header = self._header
         assert header is not None
         expected_index = len(self._buffer) // CHUNK_BYTES

@@ -50,6 +50,7 @@ from collections.abc import Callable
 import torch
 
 from veil.mpc.arith import ArithShare
+from veil.mpc.batched import Inbox, Outbox
 from veil.mpc.party import Party
 
 HALF_RING = 1 << 63
@@ -152,47 +153,52 @@ def _truncate(party: Party, term: Callable[[int, slice], torch.Tensor | None], n
     shifts = [m[part] if isinstance(m, torch.Tensor) else m for part, _ in parts]
     state: list[dict[str, torch.Tensor]] = []
     # Round 1: H deals rb, rc to B (and, fused, sends z_H masked to A and B); A and B send
-    # their masked terms to each other.
+    # their masked terms to each other.  A party's messages to a peer travel as one.
+    outbox = Outbox(comm)
     for (part, role), shift in zip(parts, shifts):
         k = part.stop - part.start
         if role == ROLE_H:
             r_a = party.random_next((k,))  # the A-H key
             r = r_a + party.random_prev((k,))  # plus r_B from the B-H key
             rb_a, rc_a = party.random_next((k,)), party.random_next((k,))
-            comm.send(party.prev_rank, torch.stack((_msb(r) - rb_a, ((r & LOW63) >> shift) - rc_a)))
+            outbox.add(party.prev_rank, torch.stack((_msb(r) - rb_a, ((r & LOW63) >> shift) - rc_a)))
             if fused:
                 z_h = term(role, part)
-                comm.send(party.next_rank, z_h + party.random_prev((k,)))  # z_H + t_B to A
-                comm.send(party.prev_rank, z_h + party.random_next((k,)))  # z_H + t_A to B
+                outbox.add(party.next_rank, z_h + party.random_prev((k,)))  # z_H + t_B to A
+                outbox.add(party.prev_rank, z_h + party.random_next((k,)))  # z_H + t_A to B
             state.append({})
         elif role == ROLE_A:
             own = term(role, part) + party.random_prev((k,))
             rb, rc = party.random_prev((k,)), party.random_prev((k,))
             t = party.random_prev((k,)) if fused else 0  # t_A: cancels H's mask at B
-            comm.send(party.next_rank, own - t)
+            outbox.add(party.next_rank, own - t)
             state.append({"own": own, "rb": rb, "rc": rc})
         else:
             own = term(role, part) + party.random_next((k,))
             t = party.random_next((k,)) if fused else 0  # t_B: cancels H's mask at A
-            comm.send(party.prev_rank, own - t)
+            outbox.add(party.prev_rank, own - t)
             state.append({"own": own})
+    outbox.send()
     # A and B open c = x + 2^62 + r and compute their 2-out-of-2 shares y of the result.
+    inbox = Inbox(comm, device)
     for (part, role), shift, st in zip(parts, shifts, state):
         if role == ROLE_H:
             continue
+        k = part.stop - part.start
         peer, helper = (party.next_rank, party.prev_rank) if role == ROLE_A else (party.prev_rank, party.next_rank)
         if role == ROLE_B:
-            st["rb"], st["rc"] = comm.recv(helper).to(device)
-        c = st["own"] + comm.recv(peer).to(device)
+            st["rb"], st["rc"] = inbox.take(helper, 2 * k).reshape(2, k)
+        c = st["own"] + inbox.take(peer, k)
         if fused:
-            c = c + comm.recv(helper).to(device)
+            c = c + inbox.take(helper, k)
         c_top = _msb(c)
         top_weight = _pow2(63 - shift)
         y = st["rb"] * (1 - 2 * c_top) * top_weight - st["rc"]
         if role == ROLE_A:
             y = y + c_top * top_weight + ((c & LOW63) >> shift) - _pow2(62 - shift)
         st["y"] = y
-    # Round 2: back to replicated, components (u, w, v) with w = y_A + y_B - u - v.
+    # Round 2: back to replicated, components (u, w, v) with w = y_A + y_B - u - v.  A
+    # party is A on one third and B on another: one message to each peer already.
     out = torch.empty(2, n, dtype=torch.int64, device=device)
     for (part, role), st in zip(parts, state):
         k = part.stop - part.start

@@ -85,3 +85,29 @@ def test_fused_truncation_refuses_a_shift_outside_the_range(run):
 
     with pytest.raises(ValueError, match="0..61"):
         run(lambda p: truncate_product(p, torch.zeros(3, dtype=torch.int64), torch.tensor([0, 62, 1]), 62))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["truncate", "truncate_product"])
+def test_truncation_sends_one_message_per_peer_per_round(fused, rng):
+    """Each party sends one message to each peer in each of the 2 rounds (4 in all), with
+    the bytes of the protocol (16, or 64/3 fused, per element per party in total)."""
+    from veil.protocols.multiplication import local_product
+    from veil.protocols.truncation import truncate_product
+
+    n = 300
+    x = torch.randint(-2**20, 2**20, (n,), generator=rng)
+
+    def fn(party):
+        xs = mpc.share(party, x, 0)
+        xs.frac_bits = BITS
+        party.comm.reset_counters()
+        if fused:
+            truncate_product(party, local_product(xs.data, xs.data), BITS, 2 * BITS)
+        else:
+            truncate(xs, BITS)
+        return party.comm.stats.total("trunc")
+
+    traffic = mpc.simulate(fn)
+    assert [t.messages_sent for t in traffic] == [4, 4, 4]
+    assert [t.rounds for t in traffic] == [2, 2, 2]
+    assert sum(t.bytes_sent for t in traffic) == n * 8 * (8 if fused else 6)
