@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=LLAMA_7B.n_layer)
     parser.add_argument("--settings", default="4,8", help="prompt lengths for n -> 1 (comma-separated)")
-    parser.add_argument("--new-tokens", type=int, default=4, help="then generate this many from the last prompt")
+    parser.add_argument("--new-tokens", type=int, default=4, help="then generate this many tokens")
+    parser.add_argument("--generate-from", type=int, default=None,
+                        help="prompt length of the generation (default: the last setting's)")
     parser.add_argument("--mode", choices=["auto", "store", "regenerate"], default="auto")
     parser.add_argument("--store", type=Path, default=None, help="store root (default: a temporary directory)")
     parser.add_argument("--budget-gb", type=float, default=DEFAULT_BUDGET_BYTES / 2**30,
@@ -222,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"next token {int(want.argmax())}, private {token} "
                   f"({'identical' if token == int(want.argmax()) else 'DIFFERENT'}); max logit error {error:.3e} "
                   f"(top-2 gap {float(top2[0] - top2[1]):.3f})")
+        if args.generate_from is not None:
+            ids = torch.randint(0, config.vocab_size, (1, args.generate_from), generator=prompts)
         if args.new_tokens and ids is not None:
             before = sources.seconds()
             with PeakRss() as rss:

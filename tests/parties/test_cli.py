@@ -120,7 +120,7 @@ def test_launch_tears_down_when_one_party_fails(cluster_dir, tmp_path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "party 1 gives up" in err and "stopping the others" in err
-    assert time.monotonic() - start < 30  # not the parties' 60 s sleep
+    assert time.monotonic() - start < 50  # not the parties' 60 s sleep (slack for a loaded machine)
     assert_gone(pid_dir)
     assert_ports_free(cluster_dir / "cluster.toml")
 
