@@ -67,13 +67,36 @@ class Payload:
         return sum(len(p) if isinstance(p, bytes) else 8 * p.numel() for p in self.parts)
 
 
+DEAL_CHUNK = 1 << 22
+"""Elements encoded and masked at a time by :func:`deal_seeded` (32 MiB of int64)."""
+
+
 def deal_seeded(value: torch.Tensor, fxp: FixedPoint | None = None) -> list[Payload]:
-    """Each party's payload of a fresh sharing of ``value`` (float: fixed point; int: ring)."""
-    ring, frac = encode_for_dealing(value, fxp)
+    """Each party's payload of a fresh sharing of ``value`` (float: fixed point; int: ring).
+
+    Works through ``value`` in pieces of :data:`DEAL_CHUNK` elements, the two keystreams
+    continuing across pieces (the same x_0, x_1 as one ``random_int64`` of the whole
+    shape): besides ``value``, only x_2 (8 bytes per element) and one piece's buffers are
+    ever allocated, so the owner of a large weight (an embedding of 131 M elements) does
+    not need five copies of it.  A value outside the fixed-point range raises before
+    anything is returned.
+    """
+    value = torch.as_tensor(value)
+    flat = value.reshape(-1)
     seeds = {k: new_key() for k in SEEDED_COMPONENTS}
-    masks = [AesPrg(seeds[k]).random_int64(ring.shape) for k in SEEDED_COMPONENTS]
-    last = ring - masks[0] - masks[1]
-    component: dict[int, Part] = {**seeds, 2: last}
+    streams = [AesPrg(seeds[k]) for k in SEEDED_COMPONENTS]
+    last = torch.empty(flat.shape, dtype=torch.int64)
+    masks = torch.empty(2, min(DEAL_CHUNK, flat.numel()), dtype=torch.int64)
+    frac = 0
+    for start in range(0, flat.numel(), DEAL_CHUNK):
+        piece, frac = encode_for_dealing(flat[start : start + DEAL_CHUNK], fxp)
+        n = piece.numel()
+        out = last[start : start + n]
+        torch.sub(piece, streams[0].fill_int64(masks[0, :n]), out=out)
+        out.sub_(streams[1].fill_int64(masks[1, :n]))
+    if not flat.numel():
+        frac = encode_for_dealing(flat, fxp)[1]
+    component: dict[int, Part] = {**seeds, 2: last.reshape(value.shape)}
     return [Payload(i, (component[i], component[(i + 1) % 3]), frac) for i in range(3)]
 
 

@@ -47,6 +47,16 @@ class Module:
             for name, value in child.named_params():
                 yield f"{prefix}.{name}", value
 
+    def unique_params(self) -> dict[str, TensorLike]:
+        """Parameters by their first dotted name; a tied parameter appears once."""
+        seen: set[int] = set()
+        params = {}
+        for name, value in self.named_params():
+            if id(value) not in seen:
+                seen.add(id(value))
+                params[name] = value
+        return params
+
     def modules(self) -> Iterator[Module]:
         """This module and every submodule, each once (even if reachable twice)."""
         seen: set[int] = set()
@@ -301,7 +311,7 @@ class Attention(Module):
     @classmethod
     def from_projections(cls, qkv: Linear, out: Linear, shape: AttentionShape) -> Attention:
         """From plaintext projections, folding the score scale into the query columns."""
-        scale = torch.ones(qkv.weight.shape[1])
+        scale = torch.ones(qkv.weight.shape[1], dtype=qkv.weight.dtype, device=qkv.weight.device)
         scale[: shape.n_head * shape.head_dim] = 1.0 / math.sqrt(shape.head_dim)
         bias = None if qkv.bias is None else qkv.bias * scale
         return cls(Linear(qkv.weight * scale, bias), out, shape)

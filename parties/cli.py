@@ -427,6 +427,7 @@ def _client_files(args: argparse.Namespace, config, owner: bool = False) -> tupl
 
 
 def _share(args: argparse.Namespace) -> int:
+    from veil.nn.lazy_import import LazyCheckpoint, has_checkpoint
     from veil.parties.cli_errors import explain
     from veil.parties.cli_inputs import load_hf
     from veil.parties.client import InferenceError, VeilClient
@@ -434,7 +435,13 @@ def _share(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config, insecure=True if args.insecure else None)
-        hf_model, _ = load_hf(args.hf, tokenizer=False)
+        if has_checkpoint(args.hf):  # read layer by layer: the owner never holds the model
+            hf_model = LazyCheckpoint(args.hf)
+            params, family = hf_model.parameter_count, hf_model.family
+            print(f"reading {args.hf} one layer at a time ({len(hf_model.groups())} groups)")
+        else:
+            hf_model, _ = load_hf(args.hf, tokenizer=False)
+            params, family = sum(p.numel() for p in hf_model.parameters()), type(hf_model).__name__
     except (ConfigError, ValueError, OSError) as exc:
         print(f"veil share: {exc}", file=sys.stderr)
         return 2
@@ -451,10 +458,7 @@ def _share(args: argparse.Namespace) -> int:
     except (InferenceError, ConfigError) as exc:
         print(f"veil share: {explain(exc, config, args.config)}", file=sys.stderr)
         return 1
-    params = sum(p.numel() for p in hf_model.parameters())
-    print(
-        f"shared {type(hf_model).__name__} {args.model!r}: {count} weights, {params:,} parameters"
-    )
+    print(f"shared {family} {args.model!r}: {count} weights, {params:,} parameters")
     print(f"share: {cost.summary()}")
     return 0
 

@@ -36,7 +36,9 @@ DESCRIPTIONS = {
     ),
     "share": (
         "Model owner: secret-share a transformers model's weights to the serving parties "
-        "under a name; each party receives only its own shares."
+        "under a name; each party receives only its own shares. A directory of "
+        "*.safetensors or pytorch_model*.bin weights is read one layer at a time, so the "
+        "model may be larger than this machine's memory."
     ),
     "infer": (
         "Client: tokenize here, secret-share the token ids, run a task on a shared model "

@@ -403,6 +403,9 @@ class VeilClient:
     ) -> int:
         """Secret-share a ``transformers`` model's weights to the parties under ``name``.
 
+        ``hf_model`` is a loaded ``transformers`` model, or a
+        :class:`~veil.nn.lazy_import.LazyCheckpoint` for a model read from its checkpoint one
+        layer at a time (larger than the owner's memory).
         Returns the number of weight tensors sent.  The weights are dealt seed-compressed
         (:mod:`veil.mpc.seeded`): party 0 receives two 16-byte seeds per weight and no
         weight data, parties 1 and 2 a seed and one component (8 bytes per parameter);
@@ -413,36 +416,46 @@ class VeilClient:
         :data:`~veil.parties.share_sessions.SHARE_PART_BYTES`), one request each, so no
         party holds more than one part before storing it; the last part commits.
         """
+        from veil.nn.lazy_import import LazyCheckpoint
         from veil.nn.private import NORM_HEADROOM_BITS, import_hf
         from veil.nn.progress import Progress, tracked
         from veil.parties.models import FAMILIES, SHARE_PROGRAM, WEIGHT_PREFIX, unique_params
-        from veil.parties.share_sessions import SHARE_PART_BYTES, part_options, plan_parts
+        from veil.parties.share_sessions import SHARE_PART_BYTES, part_options, stream_parts
 
-        family = type(hf_model).__name__
+        if isinstance(hf_model, LazyCheckpoint):
+            family, config_json = hf_model.family, hf_model.config_json
+            count, weights = len(hf_model.shapes), hf_model.weights()
+        else:
+            family, config_json = type(hf_model).__name__, None
         if family not in FAMILIES:
             raise ValueError(f"unsupported model class {family}; supported: {', '.join(FAMILIES)}")
-        with torch.no_grad():
-            params = unique_params(import_hf(hf_model))
+        if config_json is None:
+            with torch.no_grad():
+                params = unique_params(import_hf(hf_model))
+            config_json = hf_model.config.to_json_string(use_diff=False)
+            count = len(params)
+            weights = ((n, v.detach().float()) for n, v in params.items())
         if norm_headroom_bits is None:
             norm_headroom_bits = NORM_HEADROOM_BITS.get(family, 0)
         options = {
             "model": name,
             "family": family,
-            "config": hf_model.config.to_json_string(use_diff=False),
+            "config": config_json,
             "norm_headroom_bits": str(norm_headroom_bits),
         }
-        progress = Progress(len(params), "sharing weights") if show_progress else None
-        sizes = {n: v.numel() for n, v in params.items()}
-        parts = plan_parts(sizes, SHARE_PART_BYTES if part_bytes is None else part_bytes)
+        progress = Progress(count, "sharing weights") if show_progress else None
+        parts = stream_parts(
+            tracked(weights, progress), SHARE_PART_BYTES if part_bytes is None else part_bytes
+        )
         session = uuid.uuid4().hex
         total: RequestCost | None = None
-        for index, names in enumerate(parts):
-            weights = ((WEIGHT_PREFIX + n, params[n].detach().float()) for n in names)
-            placed = options | part_options(session, index, last=index == len(parts) - 1)
-            self.api.infer(SHARE_PROGRAM, tracked(weights, progress), placed, seeded=True)
+        for index, (part, last) in enumerate(parts):
+            named = ((WEIGHT_PREFIX + n, v) for n, v in part)
+            placed = options | part_options(session, index, last=last)
+            self.api.infer(SHARE_PROGRAM, named, placed, seeded=True)
             total = self.api.last_cost if total is None else total.then(self.api.last_cost)
         self.api.last_cost = total  # what the whole share cost, every part
-        return len(params)
+        return count
 
     @property
     def last_cost(self) -> RequestCost | None:

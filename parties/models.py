@@ -100,11 +100,13 @@ class ServedModel:
         return contextlib.nullcontext(self.at(party))
 
 
-def build_structure(family: str, config_json: str) -> Module:
-    """Our model for a ``transformers`` class and config, with random (public) weights."""
+def build_structure(family: str, config_json: str, meta: bool = False) -> Module:
+    """Our model for a ``transformers`` class and config, with random (public) weights,
+    or with every weight a ``meta`` tensor (names and shapes, no memory) for ``meta``."""
     import transformers
     from transformers import CONFIG_MAPPING
 
+    from veil.nn.lazy_import import parameters_on_meta
     from veil.nn.private import import_hf
 
     if family not in FAMILIES:
@@ -116,18 +118,17 @@ def build_structure(family: str, config_json: str) -> Module:
         raise ModelError(f"invalid model config: {exc}") from None
     hf_class = getattr(transformers, family)
     with torch.no_grad():
-        return import_hf(hf_class(config).eval())
+        if not meta:
+            return import_hf(hf_class(config).eval())
+        with parameters_on_meta():
+            hf_model = hf_class(config).eval()
+        hf_model.tie_weights()
+        return import_hf(hf_model).map_params(lambda v: torch.empty_like(v, device="meta"))
 
 
 def unique_params(module: Module) -> dict[str, Any]:
     """Parameters by their first dotted name; a tied parameter appears once."""
-    seen: set[int] = set()
-    params = {}
-    for name, value in module.named_params():
-        if id(value) not in seen:
-            seen.add(id(value))
-            params[name] = value
-    return params
+    return module.unique_params()
 
 
 def _check_names(expected: dict[str, Any], got: dict[str, Any]) -> None:

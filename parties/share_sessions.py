@@ -3,7 +3,7 @@
 A model larger than memory cannot travel in one request: every party would hold all of its
 weights at once (a request's inputs stay in memory until it runs).  The owner therefore
 sends the weights in *parts*, each an ordinary :data:`~veil.parties.models.SHARE_PROGRAM`
-request of bounded size (:func:`plan_parts`), naming a *share session* in its options:
+request of bounded size (:func:`stream_parts`), naming a *share session* in its options:
 
 - ``session``: a random id the owner draws for this share;
 - ``part``: 0, 1, 2, ... in order;
@@ -30,7 +30,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -249,19 +249,29 @@ def check_part_options(options: Mapping[str, str]) -> str | None:
     return None
 
 
-def plan_parts(sizes: Mapping[str, int], part_bytes: int) -> list[list[str]]:
-    """Weight names grouped, in order, into parts of at most ``part_bytes`` of component data
-    (``sizes``: elements per weight, 8 bytes each); a larger weight travels alone."""
-    parts: list[list[str]] = []
-    used = part_bytes
-    for name, elements in sizes.items():
-        nbytes = 8 * elements
-        if used + nbytes > part_bytes:
-            parts.append([])
-            used = 0
-        parts[-1].append(name)
+def stream_parts(
+    weights: Iterable[tuple[str, torch.Tensor]], part_bytes: int
+) -> Iterator[tuple[list[tuple[str, torch.Tensor]], bool]]:
+    """``(part, is_last)``: weights grouped, in order, into parts of at most ``part_bytes`` of
+    component data (8 bytes per element); a larger weight travels alone.
+
+    Reads ``weights`` lazily, one part ahead (to know which part is the last), so a source
+    that reads its weights layer by layer is never held whole: at most two parts at a time.
+    """
+    ahead: list[tuple[str, torch.Tensor]] | None = None
+    current: list[tuple[str, torch.Tensor]] = []
+    used = 0
+    for name, value in weights:
+        nbytes = 8 * value.numel()
+        if current and used + nbytes > part_bytes:
+            if ahead is not None:
+                yield ahead, False
+            ahead, current, used = current, [], 0
+        current.append((name, value))
         used += nbytes
-    return parts or [[]]
+    if ahead is not None:
+        yield ahead, False
+    yield current, True
 
 
 def part_options(session_id: str, part: int, last: bool) -> dict[str, str]:

@@ -24,8 +24,6 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
-
 from veil.mpc.party import Party
 from veil.nn.modules import Module
 from veil.nn.streamed import DEFAULT_BUDGET_BYTES, WeightSpec, party_weights
@@ -34,14 +32,11 @@ from veil.parties.store import StoredModel, StoreError
 
 
 def weightless_structure(family: str, config_json: str) -> Module:
-    """:func:`~veil.parties.models.build_structure` with its random weights dropped for meta
-    tensors: the names and shapes a party checks received weights against, without their
-    memory once built.  Building still allocates the random float weights (4 bytes per
-    parameter) for as long as it takes: the meta device cannot build it, because the public
-    tables our import computes (RoPE frequencies, Gemma 3's embedding scale) would be meta
-    tensors too."""
-    structure = build_structure(family, config_json)
-    return structure.map_params(lambda value: torch.empty_like(value, device="meta"))
+    """:func:`~veil.parties.models.build_structure` with every weight a meta tensor: the
+    names and shapes a party checks received weights against, built without allocating
+    them (the Hugging Face parameters are created on meta, its public tables such as RoPE
+    frequencies or Gemma 3's embedding scale stay real; :mod:`veil.nn.lazy_import`)."""
+    return build_structure(family, config_json, meta=True)
 
 
 def stored_skeleton(structure: Module, source: StoredModel) -> Module:

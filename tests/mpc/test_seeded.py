@@ -28,6 +28,35 @@ def test_expanded_pairs_reconstruct_exactly_and_overlap(shape, seed) -> None:
     assert torch.equal(reconstruct(pairs, payloads[0].frac_bits), value)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 5, 64])
+def test_dealing_in_pieces_gives_the_same_sharing(monkeypatch, chunk) -> None:
+    """Pieces of any size (5 elements = 40 bytes: not a whole number of AES blocks) continue
+    both keystreams exactly, so the parties' whole-tensor expansion still opens to x."""
+    from veil.mpc import seeded
+
+    monkeypatch.setattr(seeded, "DEAL_CHUNK", chunk)
+    fxp = FixedPoint()
+    for value in (torch.randn(3, 7, dtype=torch.float32), torch.randint(0, 1000, (4, 6))):
+        payloads = deal_seeded(value, fxp)
+        pairs = [expand(p, value.shape) for p in payloads]
+        frac = payloads[0].frac_bits
+        opened = reconstruct(pairs, frac, fxp) if frac else reconstruct(pairs, 0)
+        ring = fxp.encode(value) if value.is_floating_point() else value
+        assert torch.equal(pairs[0][0] + pairs[0][1] + pairs[1][1], ring)
+        assert torch.allclose(opened.double(), value.double(), atol=2**-fxp.frac_bits)
+
+
+def test_a_value_out_of_range_is_refused_even_in_a_later_piece(monkeypatch) -> None:
+    from veil.mpc import seeded
+    from veil.mpc.fixedpoint import FixedPointRangeError
+
+    monkeypatch.setattr(seeded, "DEAL_CHUNK", 4)
+    value = torch.zeros(10)
+    value[9] = 2.0**50
+    with pytest.raises(FixedPointRangeError, match="outside the fixed-point range"):
+        deal_seeded(value, FixedPoint())
+
+
 def test_fixed_point_values_reconstruct() -> None:
     fxp = FixedPoint()
     value = torch.randn(4, 7, dtype=torch.float64)

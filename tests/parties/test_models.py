@@ -596,7 +596,7 @@ def test_gemma3_share_and_infer_cli(served, tmp_path, capsys) -> None:
     common = ["--config", str(served.directory / "cluster.toml")]
     owner = ["--cert", str(served.directory / "owner.pem"), "--key", str(served.directory / "owner.key")]
     assert main(["share", *common, *owner, "--model", "gemma", "--hf", str(tmp_path / "gemma")]) == 0
-    capsys.readouterr()
+    assert "one layer at a time (3 groups)" in capsys.readouterr().out  # embeddings, 2 layers
     args = ["infer", *common, "--model", "gemma", "--task", "generate", "--ids", "1,5,9,20,3,7"]
     assert main([*args, "--max-new-tokens", "3"]) == 0
     expected = plain.sequences[:, ids.shape[1] :].tolist()

@@ -22,7 +22,7 @@ from veil.parties.models import (
     model_programs,
     unique_params,
 )
-from veil.parties.share_sessions import check_part_options, part_options, plan_parts
+from veil.parties.share_sessions import check_part_options, part_options, stream_parts
 from veil.parties.store import ShareStore
 from veil.parties.stored_models import weightless_structure
 from veil.proto import veil_pb2
@@ -49,10 +49,26 @@ def test_the_cost_of_a_share_in_parts_adds_its_parts() -> None:
 
 def test_parts_stay_within_the_byte_budget_in_order() -> None:
     sizes = {"a": 10, "b": 20, "c": 5, "big": 100, "d": 1}
-    parts = plan_parts(sizes, part_bytes=8 * 30)
-    assert parts == [["a", "b"], ["c"], ["big"], ["d"]]  # "big" alone: larger than a part
-    assert [n for part in parts for n in part] == list(sizes)
-    assert plan_parts({}, 64) == [[]]
+    parts = list(stream_parts(((n, torch.zeros(k)) for n, k in sizes.items()), part_bytes=8 * 30))
+    names = [([n for n, _ in part], last) for part, last in parts]
+    # "big" alone: larger than a part; only the final part is the last.
+    assert names == [(["a", "b"], False), (["c"], False), (["big"], False), (["d"], True)]
+    assert list(stream_parts(iter([]), 64)) == [([], True)]
+
+
+def test_parts_read_their_weights_at_most_two_parts_ahead() -> None:
+    read: list[str] = []
+
+    def weights():
+        for name in "abcdef":
+            read.append(name)
+            yield name, torch.zeros(30)
+
+    parts = stream_parts(weights(), part_bytes=8 * 30)
+    first, last = next(parts)
+    assert ([n for n, _ in first], last) == (["a"], False)
+    assert read == ["a", "b", "c"]  # part "b" held back until part "c" began
+    assert [last for _, last in parts] == [False] * 4 + [True]
 
 
 @pytest.mark.parametrize(
@@ -132,3 +148,27 @@ def test_a_party_checks_shares_against_a_structure_without_weight_memory(make) -
         n: tuple(v.shape) for n, v in full.items()
     }
     assert all(v.device.type == "meta" for v in light.values())
+
+
+def test_the_weightless_structure_of_a_large_model_is_built_without_its_weights() -> None:
+    """A LLaMA config of 1.1 G parameters (4.4 GB as float32), built in a fresh process: the
+    party's peak RSS stays far below the weights (the interpreter, torch and transformers
+    take about 0.5 GB), so a party can open a share of a model larger than its memory."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, transformers\n"
+        "from veil.parties.stored_models import weightless_structure\n"
+        "c = transformers.LlamaConfig(vocab_size=1 << 18, hidden_size=2048, num_hidden_layers=8,"
+        " num_attention_heads=16, intermediate_size=5504, tie_word_embeddings=False)\n"
+        "s = weightless_structure('LlamaForCausalLM', c.to_json_string(use_diff=False))\n"
+        "print(sum(v.numel() for v in s.unique_params().values()),"
+        " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    ).stdout.split()
+    params, peak_kib = int(out[-2]), int(out[-1])
+    assert params > 1.1e9
+    assert peak_kib * 1024 < 4 * params / 3  # under a third of the float32 weights

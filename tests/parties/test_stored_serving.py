@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 
+from veil.nn.lazy_import import LazyCheckpoint
 from veil.nn.private import PrivateModel
 from veil.parties.client import InferenceError, VeilClient
 from veil.parties.config import load_config
@@ -92,9 +93,11 @@ def test_llama_shared_in_parts_is_served_from_the_stores_after_a_restart(tmp_pat
     def client(name: str) -> VeilClient:
         return VeilClient(config, tmp_path / f"{name}.pem", tmp_path / f"{name}.key")
 
-    def share() -> None:
+    hf.save_pretrained(tmp_path / "checkpoint")
+
+    def share() -> None:  # read layer by layer, as the owner of a model larger than memory
         with client("owner") as owner:
-            owner.share_model("tiny", hf, part_bytes=PART_BYTES)
+            owner.share_model("tiny", LazyCheckpoint(tmp_path / "checkpoint"), part_bytes=PART_BYTES)
 
     parties = _start(path, logs)
     try:
