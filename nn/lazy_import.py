@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,25 +119,44 @@ class _Absent(torch.Tensor):
         return super().__torch_function__(func, types, args, kwargs)
 
 
+_ORIGINAL_REGISTER = torch.nn.Module.register_parameter
+_on_meta = threading.local()  # .depth > 0 while this thread is inside parameters_on_meta
+_patch_lock = threading.Lock()
+_patch_users = 0
+
+
+def _register_on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+    if param is not None and getattr(_on_meta, "depth", 0):
+        param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+    _ORIGINAL_REGISTER(module, name, param)
+
+
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
-    """Modules built inside get their parameters on ``meta``; buffers stay real.
+    """Modules built inside, *in this thread*, get their parameters on ``meta``; buffers
+    stay real (``torch.device("meta")`` would put the buffers there too).
 
     Each parameter is created by its module's constructor, then moved: the constructor's
-    uninitialised allocation lives for one module at a time, and initialisation runs on meta.
+    uninitialised allocation lives for one module at a time, and initialisation runs on
+    meta.  ``Module.register_parameter`` is patched while any thread is inside (counted
+    under a lock, restored by the last to leave), and the patch moves only the
+    parameters of threads inside: three party threads of one process may build at once
+    while a fourth builds a real model.
     """
-    register = torch.nn.Module.register_parameter
-
-    def on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
-        if param is not None:
-            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register(module, name, param)
-
-    torch.nn.Module.register_parameter = on_meta
+    global _patch_users
+    with _patch_lock:
+        if _patch_users == 0:
+            torch.nn.Module.register_parameter = _register_on_meta
+        _patch_users += 1
+    _on_meta.depth = getattr(_on_meta, "depth", 0) + 1
     try:
         yield
     finally:
-        torch.nn.Module.register_parameter = register
+        _on_meta.depth -= 1
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0:
+                torch.nn.Module.register_parameter = _ORIGINAL_REGISTER
 
 
 def hf_skeleton(directory: str | Path) -> torch.nn.Module:

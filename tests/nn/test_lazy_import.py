@@ -149,3 +149,34 @@ def test_the_bundled_minilm_imports_layer_by_layer(minilm):
     for name, value in expected.items():
         assert torch.equal(got[name], value), name
     assert len(lazy.groups()) == 7  # embeddings (+ pooler) and six layers
+
+
+def test_parameters_go_to_meta_only_in_the_thread_that_asked() -> None:
+    """Party threads build skeletons while another thread builds a real model: each gets
+    what it asked for, and torch's own ``register_parameter`` is back once all are done,
+    whatever order they leave in."""
+    import threading
+
+    from veil.nn.lazy_import import parameters_on_meta
+
+    original = torch.nn.Module.register_parameter
+    inside, release = [threading.Event() for _ in range(2)], threading.Event()
+    built: dict[str, torch.Tensor] = {}
+
+    def skeleton(k: int) -> None:
+        with parameters_on_meta():
+            inside[k].set()
+            release.wait(10)
+            built[f"meta{k}"] = torch.nn.Linear(3, 2).weight
+
+    threads = [threading.Thread(target=skeleton, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    assert all(event.wait(10) for event in inside)
+    built["real"] = torch.nn.Linear(3, 2).weight  # while both are inside
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert built["real"].device.type == "cpu"
+    assert built["meta0"].device.type == built["meta1"].device.type == "meta"
+    assert torch.nn.Module.register_parameter is original
