@@ -19,7 +19,7 @@ All sizes are printed in GiB (2^30 bytes), like ``--memory-limit-gb``.
 Then one private ``logits`` request (4 tokens) is served from the stores and compared with
 the float32 plaintext model (loaded here, after the share), to show the shared weights work.
 
-Prints: checkpoint size, owner peak RSS (``ru_maxrss`` of its process), wall time of the
+Prints: checkpoint size, owner peak RSS (VmHWM of its process, sampled), wall time of the
 share, bytes per party (the share's own cost line), store size per party, and the private
 request's wall and logit error.  Disk: 4 bytes per parameter for the checkpoint and 8 at
 each of parties 1 and 2 (party 0 keeps seeds): 20 GiB at 4 layers (1.07 G parameters).
@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,7 @@ import torch
 from benchmarks.grpc_e2e import REPO, Cluster
 
 SEED = 2307_12533
+SAMPLE_SECONDS = 0.05
 
 
 def llama7b_config(layers: int, tiny: bool = False):
@@ -150,10 +152,29 @@ def run_owner(argv: list[str], group: Path | None) -> tuple[int, float, float, s
         stderr=subprocess.STDOUT,
         text=True,
     )
+    peak_kib = [0]
+    sampler = threading.Thread(target=_sample_peak, args=(proc, peak_kib), daemon=True)
+    sampler.start()
     out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 2**20, out
+    proc.wait()
+    sampler.join()
+    return proc.returncode, time.perf_counter() - start, peak_kib[0] / 2**20, out
+
+
+def _sample_peak(proc: subprocess.Popen, peak_kib: list[int]) -> None:
+    """Keep ``proc``'s VmHWM (its own peak RSS) until it exits.
+
+    Not ``ru_maxrss`` from ``wait4``: Linux carries that over fork and exec, so the owner
+    would inherit this script's peak from writing the checkpoint.  VmHWM only grows, so
+    the last sample, taken at most ``SAMPLE_SECONDS`` before the exit, is the peak unless
+    the very end allocates more than everything before it.
+    """
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        with contextlib.suppress(OSError, StopIteration):
+            line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM"))
+            peak_kib[0] = max(peak_kib[0], int(line.split()[1]))
+        time.sleep(SAMPLE_SECONDS)
 
 
 def party_peaks_gb(launcher_pid: int) -> list[float]:
