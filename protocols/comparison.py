@@ -1,14 +1,15 @@
 """Comparisons of secret (or public) operands, returning integer 0/1 shares.
 
 less_than(x, y) = MSB(x - y), correct whenever |x - y| < 2^63 in the ring (for
-fixed-point values: |x - y| < 2^(63-f)).  Cost: bit-sliced MSB (8 rounds, 31.5 bytes) +
-B2A (2 rounds, 16 bytes) = 10 rounds, 47.5 bytes per element per party.
+fixed-point values: |x - y| < 2^(63-f)).  Cost: MSB from nibble carries (5 rounds,
+about 26.3 bytes) + B2A (1 round, 10.67 bytes) = 6 rounds, about 37 bytes per element
+per party.
 
 equal(x, y) tests d = x - y for zero without an adder: party 0 holds d_0 + d_1 =: s,
 parties 1 and 2 hold d_2, and d = 0 iff s = -d_2.  Party 0 XOR-shares s (one round),
 -d_2 is placed in component 2 for free, and the 64 bits of NOT(s ^ -d_2) are
 AND-reduced by a bit-sliced halving tree (6 rounds, 7.9 bytes), then converted to
-arithmetic (2 rounds, 16 bytes).  Cost: 9 rounds, 31.9 bytes per element per party.
+arithmetic (1 round, 10.67 bytes).  Cost: 8 rounds, 26.6 bytes per element per party.
 Exact for all ring values.
 """
 

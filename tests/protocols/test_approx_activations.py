@@ -1,13 +1,11 @@
 """GeLU and SiLU (PUMA's piecewise polynomials and the symmetric variants): twin vs exact,
 protocol vs twin, cost."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.protocols.approx_helpers import ULP, on_grid, run_protocol
+from tests.protocols.approx_helpers import ULP, comparison_bytes, on_grid, run_protocol
 from veil.protocols.approx.gelu import gelu, gelu_twin
 from veil.protocols.approx.silu import POWER_EXTRA_BITS, SILU_RELU, silu, silu_twin
 
@@ -27,12 +25,6 @@ SILU = {
 # (k - 1 truncations of f + 8 bits, floor against the twin's rounding) times |c_k|.
 RELU_PROTOCOL_ULP = 1 + sum(abs(c) * k for k, c in enumerate(SILU_RELU)) / 2**POWER_EXTRA_BITS
 SILU_PROTOCOL_ULP = {"relu": RELU_PROTOCOL_ULP, "puma": 4, "symmetric": 4}
-
-
-def comparison_bytes(n: int) -> int:
-    """Bytes one party sends for one comparison of n elements (protocols/comparison.py):
-    bit-sliced MSB (8 n + 8 * 188 per block of 64) and B2A (16 n), 47.5 n for n % 64 == 0."""
-    return 24 * n + 8 * 188 * math.ceil(n / 64)
 
 
 @pytest.mark.parametrize("variant", GELU)
@@ -71,7 +63,7 @@ def test_gelu_protocol_matches_twin_and_costs(variant):
     assert (y - F.gelu(xs)).abs().max() <= 0.02
     assert traffic.depth <= rounds
     n = xs.numel()
-    assert traffic.bytes_sent == 3 * comparison_bytes(comparisons * n) + per_element * n
+    assert traffic.bytes_sent == comparison_bytes(comparisons * n) + per_element * n
 
 
 @pytest.mark.parametrize("variant", SILU)
@@ -85,4 +77,4 @@ def test_silu_protocol_matches_twin_and_costs(variant):
     assert (y - F.silu(xs)).abs().max() <= 0.075
     assert traffic.depth <= rounds
     n = xs.numel()
-    assert traffic.bytes_sent == 3 * comparison_bytes(comparisons * n) + per_element * n
+    assert traffic.bytes_sent == comparison_bytes(comparisons * n) + per_element * n

@@ -1,21 +1,13 @@
 """LayerNorm and RMSNorm: <= 5e-3 max abs error with per-row scales in [1e-2, 1e2]."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.protocols.approx_helpers import run_protocol
+from tests.protocols.approx_helpers import comparison_bytes, run_protocol
 from veil.protocols.approx.layernorm import layernorm, layernorm_twin, rmsnorm, rmsnorm_twin
 
 BOUND = 5e-3
-
-
-def comparison_bytes(n: int) -> int:
-    """Bytes one party sends for one comparison of n elements (protocols/comparison.py):
-    bit-sliced MSB (8 n + 8 * 188 per block of 64) and B2A (16 n), 47.5 n for n % 64 == 0."""
-    return 24 * n + 8 * 188 * math.ceil(n / 64)
 
 
 def _rows(n_rows: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,4 +72,4 @@ def test_layernorm_without_affine_is_cheaper():
     assert (y - layernorm_twin(x, None, None)).abs().max() <= 1.5e-3
     rows = x.shape[0]
     per_row = 5 * 64 + 48 + 48 + 64
-    assert traffic.bytes_sent == 64 * x.numel() + 3 * comparison_bytes(33 * rows) + per_row * rows
+    assert traffic.bytes_sent == 64 * x.numel() + comparison_bytes(33 * rows) + per_row * rows
