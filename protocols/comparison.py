@@ -29,6 +29,14 @@ def _difference(x: ArithShare | Public, y: ArithShare | Public) -> ArithShare:
     raise TypeError("comparison needs at least one secret operand")
 
 
+def less_than_bits(x: ArithShare | Public, y: ArithShare | Public) -> BoolShare:
+    """[x < y] in bit 0 of a BoolShare (the MSB, 5 rounds), for consumers that take bits
+    (:func:`veil.protocols.select.mux_bits`, ANDs): they skip B2A's round."""
+    diff = _difference(x, y)
+    with diff.party.comm.scope("less_than"):
+        return msb(diff)
+
+
 def less_than(x: ArithShare | Public, y: ArithShare | Public) -> ArithShare:
     """[x < y] as an integer 0/1 share."""
     diff = _difference(x, y)

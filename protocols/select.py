@@ -3,7 +3,7 @@
 mux(c, x, y) = y + c (x - y) for an integer 0/1 share c: one multiplication with an
 integer operand, so no truncation.  Cost: 1 round, 8 bytes per element per party.
 
-select(b, x, y) does the same for a *boolean* bit b (a comparison's MSB before B2A), in one
+mux_bits(b, x, y) does the same for a *boolean* bit b (a comparison's MSB before B2A), in one
 round instead of B2A's round and the multiplication's (bit injection, ABY3 §5.4, here by
 cross products, :mod:`veil.protocols.cross`): with b = u ^ v (u at the dealer, v at the
 other two) and w = x - y = W_D + W_N split the same way,
@@ -14,7 +14,7 @@ three cross products (alphas u, W_D, u W_D) and a gamma v W_N.  Exact, integer t
 scale (no truncation).  Cost: 1 round; the dealer sends 6 ring elements, each neighbour 1:
 21.3 bytes per element per party (B2A then mux: 2 rounds, 18.7 bytes).
 
-relu(x) = [x >= 0] ? x : 0 = select(MSB(x) ^ 1, x, 0).
+relu(x) = [x >= 0] ? x : 0 = mux_bits(MSB(x) ^ 1, x, 0).
 Cost: 6 rounds, 26.3 + 21.3 = 47.6 bytes per element per party.  Valid for |x| < 2^(63-f).
 """
 
@@ -36,7 +36,7 @@ def mux(condition: ArithShare, x: ArithShare | Public, y: ArithShare | Public) -
         return condition * (x - y) + y
 
 
-def select(bits: BoolShare, x: ArithShare | Public, y: ArithShare | Public) -> ArithShare:
+def mux_bits(bits: BoolShare, x: ArithShare | Public, y: ArithShare | Public) -> ArithShare:
     """bit 0 of ``bits`` ? x : y elementwise (torch broadcasting), in one round."""
     party = bits.party
     w = x - y if isinstance(x, ArithShare) else (-y) + x
@@ -64,4 +64,4 @@ def select(bits: BoolShare, x: ArithShare | Public, y: ArithShare | Public) -> A
 
 def relu(x: ArithShare) -> ArithShare:
     with x.party.comm.scope("relu"):
-        return select(msb(x) ^ 1, x, 0)
+        return mux_bits(msb(x) ^ 1, x, 0)

@@ -8,15 +8,15 @@ Values below the window land in p_0, values above it in p_{W-1}.
 
 Two methods (SPU's ``highestOneBit`` is the second):
 
-- ``"compare"``: one batched comparison [v >= 2^p] per window position (10 rounds,
-  47.5 (W - 1) bytes); the one-hot is the difference of neighbouring comparison bits.
-  Fewest rounds, and also fewest bytes for windows of W <= 6 positions; the choice for one
+- ``"compare"``: one batched comparison [v >= 2^p] per window position (6 rounds,
+  36.96 (W - 1) bytes); the one-hot is the difference of neighbouring comparison bits.
+  Fewest rounds, and also fewest bytes for windows of W <= 7 positions; the choice for one
   value per row (softmax's reciprocal, LayerNorm's rsqrt).
 - ``"bits"``: bit decomposition (A2B, 8 rounds, 104 bytes), a downward prefix-OR from the
   top of the word (6 AND rounds, 8 bytes each), the top bit isolated as y ^ (y >> 1)
-  (free), and B2A of the W window bits (2 rounds, 16 W bytes): 16 rounds and
-  152 + 16 W bytes (e.g. 696 instead of 1567.5 bytes for W = 34; fewer bytes than
-  ``"compare"`` from W = 7 on).  The choice for elementwise use of wide windows on large
+  (free), and B2A of the W window bits (1 round, 10.67 W bytes): 15 rounds and
+  152 + 10.67 W bytes (e.g. 514.7 instead of 1219.7 bytes for W = 34; fewer bytes than
+  ``"compare"`` from W = 8 on).  The choice for elementwise use of wide windows on large
   tensors.
 """
 

@@ -19,18 +19,23 @@ def on_grid(x: torch.Tensor) -> torch.Tensor:
     return FXP.decode(FXP.encode(x))
 
 
-def comparison_bytes(n: int) -> int:
-    """Bytes the three parties send together for one comparison of n elements
-    (protocols/comparison.py): per 64 elements (the thirds are whole words but the last;
-    below 192 elements each third is rounded up to a word),
-    the MSB's cross products (2 x 15 one-hot rows of 16 nibble words from the dealer, 2 x 16
-    words from each neighbour) and its carry tree (29 rows at each party); then B2A (two ring
-    elements from the dealer, one from each neighbour)."""
+def msb_bytes(n: int) -> int:
+    """Bytes the three parties send together for the MSB of n elements (protocols/carry.py):
+    per 64 elements (the thirds are whole words but the last; below 192 elements each third
+    is rounded up to a word), the cross products (2 x 15 one-hot rows of 16 nibble words
+    from the dealer, 2 x 16 words from each neighbour) and the carry tree (29 rows at each
+    party)."""
     if n < 3 * 64:
         words = sum(-(-(n * (j + 1) // 3 - n * j // 3) // 64) for j in range(3))
     else:
         words = -(-n // 64)
-    return 8 * (2 * 15 * 16 + 2 * 2 * 16 + 3 * 29) * words + 8 * 4 * n
+    return 8 * (2 * 15 * 16 + 2 * 2 * 16 + 3 * 29) * words
+
+
+def comparison_bytes(n: int) -> int:
+    """Bytes the three parties send together for one comparison of n elements with its B2A
+    (two ring elements from the dealer, one from each neighbour, per element)."""
+    return msb_bytes(n) + 8 * 4 * n
 
 
 def run_protocol(

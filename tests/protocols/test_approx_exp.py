@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.protocols.approx_helpers import comparison_bytes, on_grid, run_protocol
+from tests.protocols.approx_helpers import msb_bytes, on_grid, run_protocol
 from veil.protocols.approx.exp import exp, exp_twin
 
 X = on_grid(
@@ -29,13 +29,13 @@ def test_twin_abs_error_on_minus_14_to_0(squarings, base, bound):
 
 
 def test_protocol_matches_twin_and_costs():
-    """Range [-20, 0] and far below: |protocol - twin| <= 2^(t+1) ulp; 23 rounds; per party
-    183.5 bytes (128 for the 6 products, 47.5 for the clip's comparison, 8 for its mux)."""
+    """Range [-20, 0] and far below: |protocol - twin| <= 2^(t+1) ulp; 18 rounds; per party
+    175.6 bytes (128 for the 6 products, 26.3 for the clip's MSB, 21.3 for its mux_bits)."""
     y, traffic = run_protocol(exp, X)
     assert (y - exp_twin(X)).abs().max() <= 2.5e-4
     assert y[-2:].eq(0).all()
-    assert traffic.depth <= 23
-    assert traffic.bytes_sent == comparison_bytes(X.numel()) + (6 * 64 + 24) * X.numel()
+    assert traffic.depth == 18
+    assert traffic.bytes_sent == msb_bytes(X.numel()) + (6 * 64 + 64) * X.numel()
 
 
 def test_protocol_without_clip_is_cheaper():

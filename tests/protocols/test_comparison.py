@@ -8,7 +8,7 @@ from veil.mpc import BoolShare
 from veil.protocols.boolean import and_shares
 from veil.protocols.conversions import a2b, b2a_bit, msb
 from veil.protocols.reductions import max_with_argmax
-from veil.protocols.select import select
+from veil.protocols.select import mux_bits
 
 EDGE = torch.tensor([0.0, 1e-5, -1e-5, 2.0**-18, -(2.0**-18), 1e6, -1e6, 2.0**43, -(2.0**43), 3.0, -3.0],
                     dtype=torch.float64)
@@ -161,15 +161,15 @@ def test_split_msb_and_packed_zero_test_on_full_range_words(run, rng):
     assert torch.equal(full, (ones == -1).long())
 
 
-def test_select_on_boolean_bits_matches_where(run, rng):
+def test_mux_bits_on_boolean_bits_matches_where(run, rng):
     x, y = values(rng), values(rng).flip(0)
     c = torch.arange(x.numel()) % 3 == 0
 
     def fn(party):
         sx, sy = mpc.share(party, x, 0), mpc.share(party, y, 1)
         bits = msb(mpc.share(party, torch.where(c, -1.0, 1.0), 2))  # 1 where c
-        return (select(bits, sx, sy).reveal(), select(bits, sx, 2.5).reveal(),
-                select(bits, 1.0, -1.0).reveal(), select(bits[:1], sx, sy).reveal())
+        return (mux_bits(bits, sx, sy).reveal(), mux_bits(bits, sx, 2.5).reveal(),
+                mux_bits(bits, 1.0, -1.0).reveal(), mux_bits(bits[:1], sx, sy).reveal())
 
     xy, xp, pp, broadcast = run(fn)[0]
     fxp = mpc.FixedPoint()

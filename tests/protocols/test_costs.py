@@ -6,7 +6,7 @@ import torch
 from veil import mpc
 from veil.mpc.boolean import BoolShare
 from veil.protocols.conversions import a2b, b2a_bit, msb
-from veil.protocols.select import select
+from veil.protocols.select import mux_bits
 from veil.protocols.truncation import truncate
 
 N = 192  # elements per operand: three whole 64-element words, one dealt by each party
@@ -63,7 +63,7 @@ def integer(x):
         ("less_than", lambda x, y: x < y, 6, MSB_BYTES + B2A_BYTES),
         ("equal", lambda x, y: x.eq(y), 8, ZERO_TEST_BYTES + B2A_BYTES),
         ("relu", lambda x, y: x.relu(), 6, MSB_BYTES + SELECT_BYTES),
-        ("select", lambda x, y: select(BoolShare(x.party, x.data), x, y), 1, SELECT_BYTES),
+        ("mux_bits", lambda x, y: mux_bits(BoolShare(x.party, x.data), x, y), 1, SELECT_BYTES),
         ("mux", lambda x, y: mpc.where(integer(x), x, y), 1, 8 * N),
         ("reveal", lambda x, y: x.reveal(), 1, 8 * N),
     ],

@@ -172,16 +172,18 @@ V = 4096
 L = math.ceil(math.log2(V))
 F = 18
 ROW_BYTES = 32 * F // 3 + 8  # the draw and u S
-C = 5048 / 64 / 3 + 32 / 3  # bytes per compared element (protocols/comparison.py)
+M = 5048 / 64 / 3  # bytes per element of an MSB (protocols/carry.py)
+S = 64 / 3  # of a multiplexer on a boolean bit (protocols/select.py)
+C = M + 32 / 3  # of a comparison with its B2A
 
 
 @pytest.mark.parametrize(
     ("options", "depth_bound", "bytes_per_element"),
     [
-        ({}, 7 * L + 27, 3 * C + 144),
-        ({"temperature": 0.5}, 7 * L + 29, 3 * C + 160),
-        ({"top_k": 3}, 7 * L + 27 + 2 * (8 * L - 1) + 7, 3 * C + 144 + (C + 16) * 2 + C),
-        ({"top_p": 0.7}, 7 * L + 27 + 13 * (F + 1) + 7, 3 * C + 144 + (C + 8) * (F + 2)),
+        ({}, 6 * L + 26, 2 * (M + S) + 128 + C),
+        ({"temperature": 0.5}, 6 * L + 28, 2 * (M + S) + 144 + C),
+        ({"top_k": 3}, 6 * L + 26 + 2 * 7 * L + 6, 2 * (M + S) + 128 + C + (M + 2 * S) * 2 + C),
+        ({"top_p": 0.7}, 6 * L + 26 + 13 * (F + 1) + 7, 2 * (M + S) + 128 + C + (C + 8) * (F + 2)),
     ],
     ids=["T=1", "T=0.5", "top_k=3", "top_p=0.7"],
 )
