@@ -37,7 +37,7 @@ import torch
 from veil.mpc.arith import ArithShare
 from veil.mpc.boolean import BoolShare
 from veil.protocols.bits import WORD, and_rows, transpose_bits, unslice
-from veil.protocols.cross import DEALER, cross_products, dealer_and_neighbour
+from veil.protocols.cross import DEALER, cross_products, dealer_and_neighbour, xor_split
 
 NIBBLE = 4
 NIBBLES = WORD // NIBBLE
@@ -82,8 +82,13 @@ def _signals_of_v(onehot_v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def msb_split(x: ArithShare) -> BoolShare:
-    """Bit 63 of x in bit 0 of a BoolShare (5 rounds; see the module docstring)."""
+def _root_rows(x: ArithShare) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Bit-sliced (G_hi, P_hi, G_lo) of the tree's last level, (3, 2, words), and per part
+    its (elements, words).
+
+    The nibbles' cross-product round and three tree levels (4 rounds); the root is then
+    G_hi ^ (P_hi & G_lo).
+    """
     party = x.party
     flat = x.data.reshape(2, -1)
 
@@ -108,11 +113,66 @@ def msb_split(x: ArithShare) -> BoolShare:
         g_lo, g_hi, p_lo, p_hi = g[..., 0::2], g[..., 1::2], p[..., 0::2], p[..., 1::2]
         both = and_rows(party, torch.cat([p_hi, p_hi], dim=-1), torch.cat([g_lo, p_lo], dim=-1))
         g, p = g_hi ^ both[..., :half], both[..., half:]
-    top = g[..., 1] ^ and_rows(party, p[..., 1], g[..., 0])
+    layout = [(part.stop - part.start, blocks(part)) for part, _ in parts]
+    return torch.stack((g[..., 1], p[..., 1], g[..., 0])), layout
+
+
+def _unsliced(row: torch.Tensor, layout: list[tuple[int, int]], party) -> torch.Tensor:
+    """A bit-sliced row (2, words) back to one bit per element, (2, n), part by part."""
     bits, start = [], 0
-    for part, _ in parts:
-        k = part.stop - part.start
-        width = blocks(part)
-        bits.append(unslice(top[:, start:start + width], k, torch.Size([k]), party).data)
+    for k, width in layout:
+        bits.append(unslice(row[:, start:start + width], k, torch.Size([k]), party).data)
         start += width
-    return BoolShare(party, torch.cat(bits, dim=1).reshape(2, *x.shape))
+    return torch.cat(bits, dim=1)
+
+
+def msb_split(x: ArithShare) -> BoolShare:
+    """Bit 63 of x in bit 0 of a BoolShare (5 rounds; see the module docstring)."""
+    party = x.party
+    (g_hi, p_hi, g_lo), layout = _root_rows(x)
+    top = g_hi ^ and_rows(party, p_hi, g_lo)
+    return BoolShare(party, _unsliced(top, layout, party).reshape(2, *x.shape))
+
+
+def _root_values(root: torch.Tensor) -> torch.Tensor:
+    """G_hi ^ (P_hi & G_lo) for every one of the 8 values of the three bits: (8,) 0/1."""
+    g, p, q = root & 1, (root >> 1) & 1, (root >> 2) & 1
+    return g ^ (p & q)
+
+
+ROOT_VALUES = 1 << 3
+ROOT_TABLE = _root_values(torch.arange(ROOT_VALUES))
+
+
+def msb_split_arith(x: ArithShare) -> ArithShare:
+    """Bit 63 of x as an integer 0/1 share in 5 rounds: the root's AND and B2A in one.
+
+    The root bit is a function of three bits, each split between the dealer (U) and its
+    neighbours (V) for free, so its arithmetic value is
+    f(U ^ V) = f(V) + sum_{j=1..7} [U == j] (f(j ^ V) - f(V)), one round of ring cross
+    products with the dealer's 7 one-hot rows (:mod:`veil.protocols.cross`).  Instead of
+    the last AND (1 round) and B2A (1 round).  Cost: 5 rounds; bytes per element per party
+    about 26.2 (the MSB without its last AND) + (14 + 2) / 3 x 8 = 42.7: 68.9 instead of
+    36.96, for comparisons with few elements on the critical path (the brackets of rsqrt
+    and reciprocal).  Exact; secure as the cross products are.
+    """
+    party = x.party
+    sliced, layout = _root_rows(x)
+    rows = torch.stack([_unsliced(row, layout, party) for row in sliced])  # (3, 2, n) bits
+    weights = torch.tensor([1, 2, 4], dtype=torch.int64, device=x.device).view(3, 1, 1)
+    codes = (rows * weights).sum(0)  # per component: the three bits as one 3-bit code
+    table = ROOT_TABLE.to(x.device)
+    values = torch.arange(1, ROOT_VALUES, device=x.device).view(-1, 1)
+
+    def alphas(part: slice) -> torch.Tensor:
+        return (xor_split(codes[:, part], DEALER) == values).long()
+
+    def betas(part: slice, role: int) -> tuple[torch.Tensor, torch.Tensor]:
+        v = xor_split(codes[:, part], role)
+        base = table[v]
+        return (table[values ^ v] - base).unsqueeze(0), base.unsqueeze(0)
+
+    parts = cross_products(party, codes.shape[1], lambda part: part.stop - part.start, ROOT_VALUES - 1, 1,
+                           alphas, betas, boolean=False)
+    data = torch.cat([out[:, 0] for _, out in parts], dim=1)
+    return ArithShare(party, data.reshape(2, *x.shape), 0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from veil.mpc.arith import ArithShare, Public
 from veil.mpc.boolean import BoolShare
 from veil.protocols.bits import all_ones
+from veil.protocols.carry import msb_split_arith
 from veil.protocols.conversions import _share_local_sum, b2a_bit, msb
 
 
@@ -37,10 +38,18 @@ def less_than_bits(x: ArithShare | Public, y: ArithShare | Public) -> BoolShare:
         return msb(diff)
 
 
-def less_than(x: ArithShare | Public, y: ArithShare | Public) -> ArithShare:
-    """[x < y] as an integer 0/1 share."""
+def less_than(x: ArithShare | Public, y: ArithShare | Public, fused_root: bool = False) -> ArithShare:
+    """[x < y] as an integer 0/1 share.
+
+    ``fused_root`` merges the carry tree's last AND with B2A
+    (:func:`veil.protocols.carry.msb_split_arith`): 5 rounds instead of 6 for 68.9 instead
+    of 36.96 bytes per element, worth it for few elements on the critical path.
+    """
     diff = _difference(x, y)
     with diff.party.comm.scope("less_than"):
+        if fused_root:
+            with diff.party.comm.scope("msb"):
+                return msb_split_arith(diff)
         return b2a_bit(msb(diff))
 
 

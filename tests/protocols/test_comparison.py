@@ -6,6 +6,7 @@ import torch
 from veil import mpc
 from veil.mpc import BoolShare
 from veil.protocols.boolean import and_shares
+from veil.protocols.comparison import less_than
 from veil.protocols.conversions import a2b, b2a_bit, msb
 from veil.protocols.reductions import max_with_argmax
 from veil.protocols.select import mux_bits
@@ -178,3 +179,17 @@ def test_mux_bits_on_boolean_bits_matches_where(run, rng):
     assert torch.equal(xp, torch.where(c, ex, torch.tensor(2.5, dtype=torch.float64)))
     assert torch.equal(pp, torch.where(c, 1.0, -1.0).double())
     assert torch.equal(broadcast, torch.where(c[:1], ex, ey))
+
+
+def test_less_than_with_the_fused_root_matches_the_plain_comparison(run, rng):
+    a = torch.randint(-(2**61), 2**61, (300,), generator=rng)
+    b = torch.randint(-(2**61), 2**61, (300,), generator=rng)
+    b[:4] = torch.tensor([0, 1, -1, 2**60]) + a[:4]  # equal, one apart, and far apart
+
+    def fn(party):
+        x, y = mpc.share(party, a, 0), mpc.share(party, b, 1)
+        x.frac_bits = y.frac_bits = 0
+        return less_than(x, y, fused_root=True).reveal(), (x < y).reveal()
+
+    fused, plain = run(fn)[0]
+    assert torch.equal(fused, (a < b).long()) and torch.equal(plain, fused)

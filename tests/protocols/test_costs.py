@@ -5,6 +5,7 @@ import torch
 
 from veil import mpc
 from veil.mpc.boolean import BoolShare
+from veil.protocols.comparison import less_than
 from veil.protocols.conversions import a2b, b2a_bit, msb
 from veil.protocols.select import mux_bits
 from veil.protocols.truncation import truncate
@@ -23,6 +24,9 @@ MSB_BYTES = 8 * (THIRD // 64) * (2 * 15 * 16 + 2 * 2 * 16 + 3 * (2 * (8 + 4 + 2)
 ZERO_TEST_BYTES = 8 * N + 8 * BLOCKS * (32 + 16 + 8 + 4 + 2 + 1)
 B2A_BYTES = 8 * THIRD * (2 + 1 + 1)  # the dealer sends two ring elements, each neighbour one
 SELECT_BYTES = 8 * THIRD * (6 + 1 + 1)  # bit injection: three cross products
+# The MSB without the tree's last AND row, then the root's AND and B2A as one round of
+# cross products with 7 one-hot rows (the dealer sends 14 ring elements, each neighbour 1).
+FUSED_LESS_THAN_BYTES = MSB_BYTES - 8 * 3 + 8 * THIRD * (14 + 1 + 1)
 
 
 def measure(run, op):
@@ -61,6 +65,7 @@ def integer(x):
         ("msb", lambda x, y: msb(x), 5, MSB_BYTES),
         ("b2a", lambda x, y: b2a_bit(BoolShare(x.party, x.data)), 1, B2A_BYTES),
         ("less_than", lambda x, y: x < y, 6, MSB_BYTES + B2A_BYTES),
+        ("less_than fused root", lambda x, y: less_than(x, y, fused_root=True), 5, FUSED_LESS_THAN_BYTES),
         ("equal", lambda x, y: x.eq(y), 8, ZERO_TEST_BYTES + B2A_BYTES),
         ("relu", lambda x, y: x.relu(), 6, MSB_BYTES + SELECT_BYTES),
         ("mux_bits", lambda x, y: mux_bits(BoolShare(x.party, x.data), x, y), 1, SELECT_BYTES),
