@@ -30,9 +30,9 @@ Cost per row of n, per party: the mean (2 rounds, 16 bytes) and S, truncated fro
 3-out-of-3 components (3 rounds, 8 + 21.3 bytes per element; without gamma one such
 product, 2 rounds and 21.3 bytes).  Narrowing gamma adds 21.3 bytes per element of gamma,
 once per call.
-Measured, 128x768 (benchmarks/nonlinear.py): 23 critical-path rounds, 3.08 MB; with
+Measured, 128x768 (benchmarks/nonlinear.py): 22 critical-path rounds, 3.21 MB; with
 ``bracket="bits"`` 32 rounds, 2.99 MB; without the affine step (gamma and beta folded into
-the next linear layer by the model owner) 22 rounds, 2.27 MB.  SPU's PUMA: 55 send steps,
+the next linear layer by the model owner) 21 rounds, 2.41 MB.  SPU's PUMA: 55 send steps,
 3.2 MB.
 """
 
