@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +166,15 @@ def hf_skeleton(directory: str | Path) -> torch.nn.Module:
     config = AutoConfig.from_pretrained(directory)
     architectures = config.architectures or []
     causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    return build_on_meta(
+        lambda: (AutoModelForCausalLM if causal else AutoModel).from_config(config)
+    )
+
+
+def build_on_meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``build()`` with its parameters on meta (:func:`parameters_on_meta`), tied, in eval mode."""
     with parameters_on_meta():
-        model = (AutoModelForCausalLM if causal else AutoModel).from_config(config)
+        model = build()
     model.tie_weights()
     return model.eval()
 

@@ -106,7 +106,7 @@ def build_structure(family: str, config_json: str, meta: bool = False) -> Module
     import transformers
     from transformers import CONFIG_MAPPING
 
-    from veil.nn.lazy_import import parameters_on_meta
+    from veil.nn.lazy_import import build_on_meta
     from veil.nn.private import import_hf
 
     if family not in FAMILIES:
@@ -120,9 +120,7 @@ def build_structure(family: str, config_json: str, meta: bool = False) -> Module
     with torch.no_grad():
         if not meta:
             return import_hf(hf_class(config).eval())
-        with parameters_on_meta():
-            hf_model = hf_class(config).eval()
-        hf_model.tie_weights()
+        hf_model = build_on_meta(lambda: hf_class(config))
         return import_hf(hf_model).map_params(lambda v: torch.empty_like(v, device="meta"))
 
 
