@@ -1,6 +1,6 @@
-"""Bit-sliced circuits: the MSB of a sum, and the zero test.
+"""Bit-sliced circuits: the zero test, and the rows the MSB's carry tree works on.
 
-Both reduce the 64 bits of each element to one by a tree of ANDs.  Instead of keeping
+The zero test reduces the 64 bits of each element to one by a tree of ANDs.  Instead of keeping
 each element in its own word (where every AND round costs a whole word per element,
 however few bits are still alive), the words are first *bit-sliced*: blocks of 64
 elements are transposed as 64x64 bit matrices, so that word i of a block holds bit i of
@@ -53,47 +53,15 @@ def _sliced(share: BoolShare) -> tuple[torch.Tensor, int]:
     return transpose_bits(padded.reshape(2, -1, WORD)), n
 
 
-def _unslice(row: torch.Tensor, n: int, shape: torch.Size, party) -> BoolShare:
+def unslice(row: torch.Tensor, n: int, shape: torch.Size, party) -> BoolShare:
     """One row (2, blocks) of bits back to one element per word (bit 0)."""
     bits = (row.unsqueeze(-1) >> torch.arange(WORD, device=row.device)) & 1
     return BoolShare(party, bits.reshape(2, -1)[:, :n].reshape(2, *shape))
 
 
-def _and(party, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def and_rows(party, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     (z,) = and_shares([BoolShare(party, x)], [BoolShare(party, y)])
     return z.data
-
-
-def msb_of_sum(a: BoolShare, b: BoolShare) -> BoolShare:
-    """Bit 63 of a + b, in bit 0 of each element's word (7 AND rounds).
-
-    msb = a_63 ^ b_63 ^ c_63, where the carry c_63 is the generate signal of bits 0..62
-    under the prefix operator (G, P)_hi o (G, P)_lo = (G_hi ^ P_hi & G_lo, P_hi & P_lo),
-    evaluated as a balanced tree on bit-sliced rows (bit 63 gets the neutral (0, 1)).
-    Bytes per element per party: 63/64 words for g = a & b, then 1, 1/2, 1/4, 1/8,
-    1/16 and 1/64 words for the six levels: about 23.5 bytes.
-    """
-    party = a.party
-    rows_a, n = _sliced(a)
-    rows_b, _ = _sliced(b)
-    low_a, low_b = rows_a[..., : WORD - 1], rows_b[..., : WORD - 1]
-    g = _and(party, low_a, low_b)
-    p = low_a ^ low_b
-    neutral_p = torch.zeros_like(rows_a[..., :1])
-    if party.rank == 0:
-        neutral_p[0] = -1  # the public all-ones row, in component 0
-    elif party.rank == 2:
-        neutral_p[1] = -1
-    g = torch.cat([g, torch.zeros_like(neutral_p)], dim=-1)
-    p = torch.cat([p, neutral_p], dim=-1)
-    while g.shape[-1] > 2:
-        half = g.shape[-1] // 2
-        g_lo, g_hi, p_lo, p_hi = g[..., 0::2], g[..., 1::2], p[..., 0::2], p[..., 1::2]
-        both = _and(party, torch.cat([p_hi, p_hi], dim=-1), torch.cat([g_lo, p_lo], dim=-1))
-        g, p = g_hi ^ both[..., :half], both[..., half:]
-    carry = g[..., 1] ^ _and(party, p[..., 1], g[..., 0])
-    top = rows_a[..., WORD - 1] ^ rows_b[..., WORD - 1] ^ carry
-    return _unslice(top, n, a.shape, party)
 
 
 def all_ones(words: BoolShare) -> BoolShare:
@@ -101,5 +69,5 @@ def all_ones(words: BoolShare) -> BoolShare:
     rows, n = _sliced(words)
     while rows.shape[-1] > 1:
         half = rows.shape[-1] // 2
-        rows = _and(words.party, rows[..., :half], rows[..., half:])
-    return _unslice(rows[..., 0], n, words.shape, words.party)
+        rows = and_rows(words.party, rows[..., :half], rows[..., half:])
+    return unslice(rows[..., 0], n, words.shape, words.party)

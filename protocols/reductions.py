@@ -2,15 +2,16 @@
 
 Level by level, neighbouring candidates (2j, 2j+1) are compared and the larger kept
 (an odd one out passes through), so n candidates need ceil(log2 n) levels, each one
-comparison (10 rounds) and one multiplexer (1 round).  The comparison bits are kept;
-the one-hot of the winner is then rebuilt top-down: a node's flag splits into
-flag * c (left) and flag - flag * c (right), one multiplication round per level
-(the first is free, its flag being the public 1).  Ties go to the lower index, like
+boolean MSB (5 rounds) and one multiplexer on it by bit injection (1 round,
+:func:`veil.protocols.select.mux_bits`).  The comparison bits are kept, boolean; the
+one-hot of the winner is then rebuilt top-down: a node's flag splits into flag * c (left,
+bit injection again) and flag - flag * c (right), one round per level (the first is
+B2A of the root's bits, its flag being the public 1).  Ties go to the lower index, like
 ``torch.argmax``.
 
-Cost for n candidates per row: ceil(log2 n) * 11 rounds for the max, plus
-ceil(log2 n) - 1 rounds for the one-hot; about n * (47.5 + 8) bytes per row per party
-for the max and n * 8 for the one-hot.
+Cost for n candidates per row: ceil(log2 n) * 6 rounds for the max, plus ceil(log2 n)
+rounds for the one-hot; about n * (26.3 + 21.3) bytes per row per party for the max and
+n * 21.3 for the one-hot.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import math
 import torch
 
 from veil.mpc.arith import ArithShare, cat, stack
-from veil.protocols.comparison import less_than
-from veil.protocols.select import mux
+from veil.mpc.boolean import BoolShare
+from veil.protocols.comparison import less_than_bits
+from veil.protocols.conversions import b2a_bit
+from veil.protocols.select import mux_bits
 
-COMPARISON_BYTES = 47.5
-"""Bytes per party of one secret comparison (protocols/comparison.py)."""
+COMPARISON_BYTES = 36.96
+"""Bytes per party of one secret comparison with B2A (protocols/comparison.py); a
+tournament's comparisons stay boolean (26.3 bytes), so its budget errs on the side of bytes."""
 
 
 def max_with_argmax(x: ArithShare, dim: int = -1) -> tuple[ArithShare, ArithShare]:
@@ -33,13 +37,13 @@ def max_with_argmax(x: ArithShare, dim: int = -1) -> tuple[ArithShare, ArithShar
     dim = dim % x.ndim
     with party.comm.scope("max"):
         current = x.movedim(dim, -1)
-        levels: list[tuple[ArithShare, bool]] = []
+        levels: list[tuple[BoolShare, bool]] = []
         while current.shape[-1] > 1:
             n = current.shape[-1]
             pairs = n // 2
             left, right = current[..., 0:2 * pairs:2], current[..., 1:2 * pairs:2]
-            left_wins = left >= right
-            winners = mux(left_wins, left, right)
+            left_wins = less_than_bits(left, right) ^ 1  # boolean: bit injection, no B2A
+            winners = mux_bits(left_wins, left, right)
             odd = n % 2 == 1
             current = cat([winners, current[..., n - 1:]], dim=-1) if odd else winners
             levels.append((left_wins, odd))
@@ -50,12 +54,12 @@ def max_with_argmax(x: ArithShare, dim: int = -1) -> tuple[ArithShare, ArithShar
         for left_wins, odd in reversed(levels):
             pairs = left_wins.shape[-1]
             if flags is None:
-                left = left_wins
-                right = 1 - left_wins
+                left = b2a_bit(left_wins)
+                right = 1 - left
                 rest = [ArithShare.from_public(party, 1).expand(*left_wins.shape[:-1], 1)] if odd else []
             else:
                 pair_flags = flags[..., :pairs]
-                left = pair_flags * left_wins
+                left = mux_bits(left_wins, pair_flags, 0)
                 right = pair_flags - left
                 rest = [flags[..., pairs:]] if odd else []
             interleaved = stack([left, right], dim=-1).reshape(*left.shape[:-1], 2 * pairs)
@@ -81,20 +85,23 @@ def tournament_max(x: ArithShare) -> ArithShare:
     point, no truncation either).  The wide tournament trades bytes for depth, as maxima of
     short rows are taken in the MPC literature (all comparisons in one round, then an AND).
 
-    Cost per row of n: n(n-1)/2 comparisons (47.5 B each) and n(n-1) products (8 B each);
-    critical-path rounds: one comparison (10) + ceil(log2(n - 1)) + 1, against
-    ceil(log2 n) * 11 for the tree (n = 33: 16 against 66).  Valid for any inputs the
+    Cost per row of n: n(n-1)/2 boolean MSBs (26.3 B each), n(n-1) ANDs (8 B each) and n
+    bit injections (21.3 B); critical-path rounds: one MSB (5) + ceil(log2(n - 1)) + 1,
+    against ceil(log2 n) * 6 for the tree (n = 33: 11 against 36).  Valid for any inputs the
     comparison accepts (|x_i - x_j| < 2^62 in the ring).
     """
     with x.party.comm.scope("tournament_max"):
         return _tournament(x)[0]
 
 
-def _tournament(x: ArithShare) -> tuple[ArithShare, ArithShare]:
-    """(max (..., 1), integer one-hot of the first maximum (..., n)) of :func:`tournament_max`."""
+def _tournament(x: ArithShare) -> tuple[ArithShare, BoolShare]:
+    """(max (..., 1), boolean one-hot of the first maximum (..., n)) of :func:`tournament_max`.
+
+    The comparison bits stay boolean: their products are ANDs and the winner enters its
+    product with x by bit injection (:func:`veil.protocols.select.mux_bits`), so no B2A."""
     n = x.shape[-1]
     first, second = torch.triu_indices(n, n, offset=1)
-    beats = less_than(x[..., first], x[..., second])  # c_ij: the later entry j is larger
+    beats = less_than_bits(x[..., first], x[..., second])  # c_ij: the later entry j is larger
     pairs = first.numel()
     position = torch.zeros(n, n, dtype=torch.long)
     position[first, second] = torch.arange(pairs)
@@ -102,14 +109,14 @@ def _tournament(x: ArithShare) -> tuple[ArithShare, ArithShare]:
     factors = torch.stack(
         [torch.cat([position[:j, j], pairs + position[j, j + 1 :]]) for j in range(n)]
     )
-    candidates = cat([beats, 1 - beats], dim=-1)[..., factors]  # (..., n, n - 1)
+    candidates = cat([beats, beats ^ 1], dim=-1)[..., factors]  # (..., n, n - 1)
     while candidates.shape[-1] > 1:
         m = candidates.shape[-1]
         half = m // 2
-        product = candidates[..., :half] * candidates[..., half : 2 * half]
+        product = candidates[..., :half] & candidates[..., half : 2 * half]
         candidates = cat([product, candidates[..., 2 * half :]], dim=-1) if m % 2 else product
     winner = candidates[..., 0]
-    return (winner * x).sum(-1, keepdim=True), winner
+    return mux_bits(winner, x, 0).sum(-1, keepdim=True), winner
 
 
 GROUP = 8
@@ -120,9 +127,9 @@ divides the candidates by 8 instead of 2."""
 
 def _tournament_levels(
     x: ArithShare, group: int
-) -> tuple[ArithShare, list[tuple[ArithShare, int]]]:
-    """(max (...), per level the groups' one-hots (..., G, g) and the level's width n)."""
-    levels: list[tuple[ArithShare, int]] = []
+) -> tuple[ArithShare, list[tuple[BoolShare, int]]]:
+    """(max (...), per level the groups' boolean one-hots (..., G, g) and the level's width n)."""
+    levels: list[tuple[BoolShare, int]] = []
     current = x
     while current.shape[-1] > 1:
         n = current.shape[-1]
@@ -149,11 +156,11 @@ def grouped_max_with_argmax(
     winners; the one-hot is rebuilt top-down, a child's flag being its parent's flag times
     its w (one integer product per level; the root's flag is the public 1).
 
-    Cost for n candidates per row: L = ceil(log_g n) levels of one comparison (10 rounds)
-    + ceil(log2(g - 1)) + 1 rounds, then L - 1 rounds for the one-hot; for n = 49152 and
-    g = 8: 6 levels, 89 critical-path rounds against 191 for the binary tree.  Bytes: about
-    (g - 1)/2 comparisons (47.5 B) and g - 1 products (8 B) per candidate per level, a
-    geometric series over the levels: about 4 comparisons per element, 4x the binary tree's.
+    Cost for n candidates per row: L = ceil(log_g n) levels of one boolean MSB (5 rounds)
+    + ceil(log2(g - 1)) + 1 rounds, then L rounds for the one-hot (B2A of the root's winner,
+    then one bit injection per level); for n = 49152 and g = 8: 6 levels, 57 critical-path
+    rounds measured against 112 for the binary tree.  Bytes: about (g - 1)/2 MSBs (26.3 B)
+    and g - 1 ANDs (8 B) per candidate per level, a geometric series over the levels.
     Ties go to the lowest index; exact for any inputs the comparison accepts.
     """
     party = x.party
@@ -162,7 +169,7 @@ def grouped_max_with_argmax(
     with party.comm.scope("argmax"):
         flags = None  # None: the public all-ones flag of the root
         for winner, n in reversed(levels):
-            children = winner if flags is None else flags[..., None] * winner
+            children = b2a_bit(winner) if flags is None else mux_bits(winner, flags[..., None], 0)
             flags = children.reshape(*children.shape[:-2], -1)[..., :n]
         if flags is None:
             flags = ArithShare.from_public(party, 1).expand(*x.shape)

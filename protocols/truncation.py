@@ -52,6 +52,7 @@ import torch
 from veil.mpc.arith import ArithShare
 from veil.mpc.batched import Inbox, Outbox
 from veil.mpc.party import Party
+from veil.protocols.cross import thirds
 
 HALF_RING = 1 << 63
 BIAS = 1 << 62
@@ -121,23 +122,6 @@ def _pow2(e: int | torch.Tensor) -> int | torch.Tensor:
     return 1 << e
 
 
-def _thirds(n: int, party: Party) -> list[tuple[slice, int]]:
-    """The elements in three parts, the j-th with A = party j, B = j+1, H = j+2.
-
-    Every party is A on one third, B on another and H on the last, so each sends the same
-    bytes in every call (H sends twice as much as A and B when fused), up to the one or two
-    elements by which the thirds differ.  The assignment is fixed, not rotated per call, so
-    a party's bytes depend on the shapes only (identical layers cost identical bytes at each
-    party, which the dry-run estimate relies on).
-    """
-    bounds = [n * j // 3 for j in range(4)]
-    return [
-        (slice(bounds[j], bounds[j + 1]), (party.rank - j) % 3)
-        for j in range(3)
-        if bounds[j + 1] > bounds[j]
-    ]
-
-
 def _truncate(party: Party, term: Callable[[int, slice], torch.Tensor | None], n: int,
               device: torch.device, m: int | torch.Tensor, fused: bool) -> torch.Tensor:
     """Steps 1-5 on n flattened elements; returns this party's (2, n) components.
@@ -149,7 +133,7 @@ def _truncate(party: Party, term: Callable[[int, slice], torch.Tensor | None], n
     from it in the same order (phase, then part, then as written).
     """
     comm = party.comm
-    parts = _thirds(n, party)
+    parts = thirds(n, party)
     shifts = [m[part] if isinstance(m, torch.Tensor) else m for part, _ in parts]
     state: list[dict[str, torch.Tensor]] = []
     # Round 1: H deals rb, rc to B (and, fused, sends z_H masked to A and B); A and B send

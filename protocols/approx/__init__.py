@@ -10,16 +10,16 @@ Measured at f = 18 (benchmarks/nonlinear.py; critical-path rounds, and bytes sen
 busiest party; SPU's figures are its send steps):
 
     function                         error vs exact        rounds  bytes / party
-    exp (quadratic, t = 5, clip)     2.4e-4 abs on [-14,0]    23    183.5 / element
-    reciprocal (window 2^-10..2^10)  3.7e-4 rel               18    1030.5 / element
-    rsqrt (window 2^-14..2^14)       4.0e-4 rel               20    1405.2 / element
-    gelu 128x768 (symmetric)         1.0e-3 (PUMA's: 2.0e-2)  21    22.97 MB (SPU 30.7 MB, 55)
-    silu (relu(x) - G(|x|), deg. 8)  2.7e-3 (PUMA's: 7.2e-2)   19    337.2 / element (PUMA 262.5)
-    softmax 12x128x128 (exp t = 6)   9.1e-4                  123    53.40 MB (SPU 47.0 MB, 160)
-    layernorm 128x768                6.4e-4                   27    3.12 MB (SPU 3.2 MB, 55)
-    embedding 128 of 30522x768       exact                    15    34.02 MB
-    argmax over 49152 (8-way tree)   exact                    86    12.94 MB
-    sample over 49152 (T = 0.7)      exact one-hot, p ~2e-4  214    14.88 MB (top_p: 624, 69.5 MB)
+    exp (quadratic, t = 5, clip)     2.4e-4 abs on [-14,0]    18    175.6 / element
+    reciprocal (window 2^-10..2^10)  3.7e-4 rel               13    1436.1 / element
+    rsqrt (window 2^-14..2^14)       4.0e-4 rel               15    1982.0 / element
+    gelu 128x768 (symmetric)         1.0e-3 (PUMA's: 2.0e-2)  16    21.42 MB (SPU 30.7 MB, 55)
+    silu (relu(x) - G(|x|), deg. 8)  2.7e-3 (PUMA's: 7.2e-2)   15    305.6 / element (PUMA 238.9)
+    softmax 12x128x128 (exp t = 6)   9.0e-4                   78    50.55 MB (SPU 47.0 MB, 160)
+    layernorm 128x768                6.1e-4                   22    3.21 MB (SPU 3.2 MB, 55)
+    embedding 128 of 30522x768       exact                    14    33.76 MB
+    argmax over 49152 (8-way tree)   exact                    57    10.27 MB
+    sample over 49152 (T = 0.7)      exact one-hot, p ~2e-4  124    13.61 MB (top_p: 378, 57.9 MB)
 
 Modules: exp, reciprocal, rsqrt (with bracket, the secret's bit length), gelu, silu (with
 _piecewise), softmax, layernorm (LayerNorm and RMSNorm), embedding, argmax, sampling

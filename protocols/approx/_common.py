@@ -18,10 +18,10 @@ import torch
 from veil.mpc.arith import ArithShare, cat
 from veil.mpc.fixedpoint import DEFAULT_FRAC_BITS
 from veil.mpc.party import Party
-from veil.protocols.comparison import less_than
+from veil.protocols.comparison import less_than_bits
 from veil.protocols.multiplication import local_product, reshare
 from veil.protocols.reductions import tournament_fits, tournament_max
-from veil.protocols.select import mux
+from veil.protocols.select import mux_bits
 from veil.protocols.truncation import truncate, truncate_product
 
 FRAC_BITS = DEFAULT_FRAC_BITS
@@ -165,13 +165,14 @@ def row_max(x: ArithShare) -> ArithShare:
     """max over the last dim, shape (..., 1), exact.
 
     Short rows within :data:`TOURNAMENT_BUDGET_BYTES` take the all-pairs tournament of
-    :func:`veil.protocols.reductions.tournament_max` (one comparison depth: 16 rounds for
+    :func:`veil.protocols.reductions.tournament_max` (one comparison depth: 11 rounds for
     n = 33).  Longer rows take a tree of comparisons and multiplexers: ceil(log2 n) levels
-    of one comparison (10 rounds) and one multiplexer (1 round); n - 1 comparisons
-    (47.5 bytes) and multiplexers (8 bytes) per row of n: about 55.5 bytes per element per
-    party (55.07 measured for n = 128).  A tree of 4-way tournaments would take 50 rounds
-    instead of 77 for n = 128 but 125 bytes per element: no faster on PUMA's LAN or WAN,
-    so the tree stays.  Unlike ``ArithShare.max`` neither rebuilds the argmax one-hot
+    of one boolean MSB (5 rounds) and one multiplexer on it by bit injection (1 round,
+    :func:`veil.protocols.select.mux_bits`); n - 1 of each (26.3 + 21.3 bytes) per row of
+    n: about 47.6 bytes per element per party (42 rounds for n = 128; 77 and 55.5 bytes
+    with the 10-round comparison and integer bits).  A tree of 4-way tournaments was no
+    faster on PUMA's LAN or WAN (2.3x the bytes for a third fewer rounds), so the tree
+    stays.  Unlike ``ArithShare.max`` neither rebuilds the argmax one-hot
     (softmax does not need it).
     """
     if tournament_fits(x, TOURNAMENT_BUDGET_BYTES):
@@ -181,6 +182,6 @@ def row_max(x: ArithShare) -> ArithShare:
         n = current.shape[-1]
         pairs = n // 2
         left, right = current[..., 0 : 2 * pairs : 2], current[..., 1 : 2 * pairs : 2]
-        winners = mux(less_than(left, right), right, left)
+        winners = mux_bits(less_than_bits(left, right), right, left)
         current = cat([winners, current[..., n - 1 :]], dim=-1) if n % 2 else winners
     return current

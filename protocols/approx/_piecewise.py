@@ -6,7 +6,8 @@ PUMA's shape (four segments, three comparisons):
 The three segment bits come from one batched comparison; with s_a = [x < a], s_b = [x < b],
 s_c = [x > c],
     f = P1 + s_b (P0 - P1) - s_a P0 + s_c (x - P1),
-three products of an integer bit with a fixed-point value (one round, no truncation).  The
+three products of a bit with a fixed-point value (one round, no truncation: the boolean
+bits go straight into :func:`veil.protocols.select.mux_bits`, with no B2A).  The
 ring identities are exact, so far outside [a, c], where the powers of x overflow the ring,
 the garbage cancels exactly and f is 0 or x.
 
@@ -14,18 +15,18 @@ Symmetric shape (three segments, two comparisons): GeLU and SiLU are x/2 plus an
 function that tends to |x|/2 (x/2 erf(x/sqrt 2), x/2 tanh(x/2)), so
     f(x) = 0 for x < -T;  h(x) = x/2 + E(x^2) on [-T, T];  x for x > T,
     f = h + s_hi (x - h) - s_lo h,   s_lo = [x < -T], s_hi = [x > T]
-(two products of an integer bit with a fixed-point value, one round, no truncation).
+(two products of a boolean bit with a fixed-point value, one round, no truncation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from veil.mpc.arith import ArithShare, cat
-from veil.protocols.approx._common import products, quantize
-from veil.protocols.comparison import less_than
+from veil.mpc.arith import ArithShare, cat, stack
+from veil.mpc.boolean import BoolShare
+from veil.protocols.approx._common import quantize
+from veil.protocols.comparison import less_than_bits
+from veil.protocols.select import mux_bits
 
 
 def select_twin(
@@ -42,18 +43,19 @@ def select_twin(
     return torch.where(x < a, torch.zeros_like(x), out)
 
 
-def segment_bits(x: ArithShare, bounds: tuple[float, float, float]) -> list[ArithShare]:
-    """[x < a], [x < b], [x > c] in one comparison (10 rounds, 3 * 47.5 bytes per element)."""
+def segment_bits(x: ArithShare, bounds: tuple[float, float, float]) -> BoolShare:
+    """[x < a], [x < b], [x > c] stacked (3, ...), boolean, in one comparison without its
+    B2A (5 rounds, 3 * 26.3 bytes per element)."""
     a, b, c = bounds
     stacked = cat([(x - a).unsqueeze(0), (x - b).unsqueeze(0), (c - x).unsqueeze(0)], dim=0)
-    bits = less_than(stacked, 0)
-    return [bits[0], bits[1], bits[2]]
+    return less_than_bits(stacked, 0)
 
 
-def select(x: ArithShare, bits: Sequence[ArithShare], p0: ArithShare, p1: ArithShare) -> ArithShare:
-    """Combine the segments (1 round, 24 bytes per element)."""
-    below_a, below_b, above_c = bits
-    low, zeroed, high = products([(below_b, p0 - p1), (below_a, p0), (above_c, x - p1)])
+def select(x: ArithShare, bits: BoolShare, p0: ArithShare, p1: ArithShare) -> ArithShare:
+    """Combine the segments: bit injection of the three bits (1 round, 3 * 21.3 bytes per
+    element, :func:`veil.protocols.select.mux_bits`)."""
+    terms = mux_bits(bits, stack([p0, p0 - p1, x - p1]), 0)
+    zeroed, low, high = terms[0], terms[1], terms[2]
     return p1 + low - zeroed + high
 
 
@@ -65,15 +67,16 @@ def symmetric_select_twin(
     return torch.where(x > t, x, torch.where(x < -t, torch.zeros_like(x), inner))
 
 
-def symmetric_bits(x: ArithShare, bound: float) -> list[ArithShare]:
-    """[x < -T], [x > T] in one comparison (10 rounds, 2 * 47.5 bytes per element)."""
+def symmetric_bits(x: ArithShare, bound: float) -> BoolShare:
+    """[x < -T], [x > T] stacked (2, ...), boolean, in one comparison without its B2A
+    (5 rounds, 2 * 26.3 bytes per element)."""
     stacked = cat([(x + bound).unsqueeze(0), (bound - x).unsqueeze(0)], dim=0)
-    bits = less_than(stacked, 0)
-    return [bits[0], bits[1]]
+    return less_than_bits(stacked, 0)
 
 
-def symmetric_select(x: ArithShare, bits: Sequence[ArithShare], inner: ArithShare) -> ArithShare:
-    """Combine the three segments (1 round, 16 bytes per element)."""
-    below, above = bits
-    zeroed, high = products([(below, inner), (above, x - inner)])
+def symmetric_select(x: ArithShare, bits: BoolShare, inner: ArithShare) -> ArithShare:
+    """Combine the three segments: bit injection of the two bits (1 round, 2 * 21.3 bytes
+    per element, :func:`veil.protocols.select.mux_bits`)."""
+    terms = mux_bits(bits, stack([inner, x - inner]), 0)
+    zeroed, high = terms[0], terms[1]
     return inner - zeroed + high

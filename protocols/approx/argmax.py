@@ -7,10 +7,11 @@ a public-integer dot product (free).  Ties go to the lowest index, like torch.ar
 
 Valid range: |x_i - x_j| < 2^(63-f).
 Error: exact whenever the top two logits differ by more than one ulp (2^-f).
-Cost for n = 49152 per row, per party: 6 levels of at most 14 critical-path rounds (the
-last, of 2 candidates, 11) plus 5 for the one-hot: 86 rounds measured (the binary tree of
-``max_with_argmax``: 191); about 4 comparisons (47.5 bytes) and 8 products (8 bytes) per
-element: 12.94 MB measured (the binary tree: 3.13 MB).
+Cost for n = 49152 per row, per party: 6 levels of at most 9 critical-path rounds (a
+boolean MSB, 5, the AND tree, 3, and the bit injection of the winner, 1) plus 6 for the
+one-hot: 57 rounds measured (the binary tree of ``max_with_argmax``: 112; 86 and 191 with
+the 10-round comparison); about 4 MSBs (26.3 bytes) and 8 ANDs (8 bytes) per element:
+10.27 MB measured (the binary tree: 3.42 MB).
 """
 
 from __future__ import annotations

@@ -8,15 +8,15 @@ Values below the window land in p_0, values above it in p_{W-1}.
 
 Two methods (SPU's ``highestOneBit`` is the second):
 
-- ``"compare"``: one batched comparison [v >= 2^p] per window position (10 rounds,
-  47.5 (W - 1) bytes); the one-hot is the difference of neighbouring comparison bits.
-  Fewest rounds, and also fewest bytes for windows of W <= 6 positions; the choice for one
+- ``"compare"``: one batched comparison [v >= 2^p] per window position, its last AND and
+  B2A fused (5 rounds, 68.9 (W - 1) bytes); the one-hot is the difference of neighbouring
+  comparison bits.  Fewest rounds; the choice for one
   value per row (softmax's reciprocal, LayerNorm's rsqrt).
 - ``"bits"``: bit decomposition (A2B, 8 rounds, 104 bytes), a downward prefix-OR from the
   top of the word (6 AND rounds, 8 bytes each), the top bit isolated as y ^ (y >> 1)
-  (free), and B2A of the W window bits (2 rounds, 16 W bytes): 16 rounds and
-  152 + 16 W bytes (e.g. 696 instead of 1567.5 bytes for W = 34; fewer bytes than
-  ``"compare"`` from W = 7 on).  The choice for elementwise use of wide windows on large
+  (free), and B2A of the W window bits (1 round, 10.67 W bytes): 15 rounds and
+  152 + 10.67 W bytes (e.g. 514.7 instead of 2273.7 bytes for W = 34; fewer bytes than
+  ``"compare"`` from W = 4 on).  The choice for elementwise use of wide windows on large
   tensors.
 """
 
@@ -38,7 +38,7 @@ RING_BITS = 64
 
 def _by_comparison(v: ArithShare, positions: torch.Tensor) -> ArithShare:
     thresholds = torch.pow(2, positions[1:].to(torch.int64))
-    at_least = 1 - less_than(v.unsqueeze(-1), thresholds)  # [v >= 2^p], p = p_1 .. p_{W-1}
+    at_least = 1 - less_than(v.unsqueeze(-1), thresholds, fused_root=True)  # [v >= 2^p], p = p_1 .. p_{W-1}
     width = positions.numel()
     first = 1 - at_least[..., 0:1]
     last = at_least[..., width - 2 : width - 1]

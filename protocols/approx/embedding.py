@@ -20,9 +20,9 @@ selects that row if it is below vocab (another token: 2023 + 2^15 reads as 2023 
 check the range before sharing (:func:`veil.parties.validation.check_token_ids`).
 Error: none: the result equals the table rows exactly (fixed-point encoding of the table).
 Cost per token, per party: A2B (8 rounds, 104 bytes), AND-reduce (log2 of the lane width,
-3-4 rounds, 8 (2^H + 2^L) bytes each), B2A (2 rounds, 16 (2^H + 2^L) bytes), outer product
-(1 round, 8 * vocab bytes), matmul (1 round, 8 * dim bytes): 15 rounds and, for a
-30522 x 768 table (H = 7, L = 8), 266 kB per token (34.0 MB for 128 tokens, measured).
+3-4 rounds, 8 (2^H + 2^L) bytes each), B2A (1 round, 10.67 (2^H + 2^L) bytes), outer
+product (1 round, 8 * vocab bytes), matmul (1 round, 8 * dim bytes): 14 rounds and, for a
+30522 x 768 table (H = 7, L = 8), 264 kB per token (33.76 MB for 128 tokens, measured).
 """
 
 from __future__ import annotations

@@ -12,12 +12,12 @@ softmax on 12x128x128 rows of logits ~ N(0, 3^2), causal rows alike; cost per el
 party with the clip / without it, from the communicator counters):
 
     variant                products  rounds   bytes          exp err [-14, 0]  softmax err
-    linear,    t = 5 (PUMA)    5      21 / 10  162.2 / 106.7   8.6e-3          6.6e-2
-    linear,    t = 8           8      27 / 16  226.2 / 170.7   1.1e-3          8.2e-3
-    quadratic, t = 4           5      21 / 10  162.2 / 106.7   1.0e-3          2.0e-2
-    quadratic, t = 5           6      23 / 12  183.5 / 128     2.4e-4          4.0e-3  <- default
-    quadratic, t = 6           7      25 / 14  204.8 / 149.3   1.5e-4          9.2e-4  <- softmax's
-    quadratic, t = 7           8      27 / 16  226.2 / 170.7   3.0e-4          2.3e-4
+    linear,    t = 5 (PUMA)    5      16 / 10  154.3 / 106.7   8.6e-3          6.6e-2
+    linear,    t = 8           8      22 / 16  218.3 / 170.7   1.1e-3          8.2e-3
+    quadratic, t = 4           5      16 / 10  154.3 / 106.7   1.0e-3          2.0e-2
+    quadratic, t = 5           6      18 / 12  175.6 / 128     2.4e-4          4.0e-3  <- default
+    quadratic, t = 6           7      20 / 14  196.9 / 149.3   1.5e-4          9.2e-4  <- softmax's
+    quadratic, t = 7           8      22 / 16  218.3 / 170.7   3.0e-4          2.3e-4
 
 (rounds: critical path; every product is truncated from its 3-out-of-3 components, 2 rounds
 and 21.3 bytes; see protocols/truncation.py)
@@ -35,8 +35,10 @@ variant needs a caller that bounds x, e.g. softmax logits with a known spread.
 Error: twin vs exp: the table above; protocol vs twin: at most about 2^(t+1) ulp (each
 truncation is off by at most one ulp, and every later squaring doubles a relative error);
 measured 1.1e-4 for t = 5.
-Cost: the table above (quadratic t = 5: 6 products with truncation, 128 bytes; one
-comparison for the clip, 47.5 bytes; one multiplexer, 8 bytes).  ``untruncated=True``
+Cost: the table above (quadratic t = 5: 6 products with truncation, 128 bytes; the
+clip's MSB, 5 rounds and 26.3 bytes, kept boolean into one multiplexer by bit injection,
+1 round and 21.3 bytes, :func:`veil.protocols.select.mux_bits`; measured 176.2 bytes for
+2003 elements).  ``untruncated=True``
 leaves the last product untruncated (8 instead of 21.3 bytes, 1 round instead of 2) for a
 caller that multiplies the result again (softmax).
 """
@@ -47,7 +49,8 @@ import torch
 
 from veil.mpc.arith import ArithShare
 from veil.protocols.approx._common import FRAC_BITS, products, quantize, with_frac
-from veil.protocols.comparison import less_than
+from veil.protocols.comparison import less_than_bits
+from veil.protocols.select import mux_bits
 
 EXP_CLIP = -14.0
 """Below this exp(x) is taken as 0 (PUMA's T_exp)."""
@@ -107,6 +110,5 @@ def exp(
             last = step == squarings - 1
             (z,) = products([(z, z)], out_frac=[2 * f if last and untruncated else f])
         if clip is not None:
-            below = less_than(x, clip)
-            z = z - products([(below, z)], out_frac=[z.frac_bits])[0]
+            z = mux_bits(less_than_bits(x, clip), 0, z)
     return z

@@ -32,14 +32,17 @@ cancel exactly in the segment combination (see :mod:`veil.protocols.approx._piec
 Error: twin vs erf-GeLU on [-10, 10]: PUMA max 0.0199 (at the segment joins; 0.0195 vs the
 tanh form), symmetric 1.0e-3 (1.4e-3 vs the tanh form).  Protocol vs twin: about 1e-5
 (coefficients times one-ulp truncation errors).
-Cost (PUMA): segment bits (10 rounds, 3 * 47.5 = 142.5 bytes), powers x^2 | x^3, x^4 | x^6
-(3 levels of one fused product and truncation, 2 rounds each; 4 products: 85.3 bytes), one
-truncation for both polynomials (2 rounds, 32 bytes), selection (1 round, 24 bytes):
-283.8 bytes per element per party, 21 critical-path rounds (27.90 MB for 128x768, measured).
-Cost (symmetric): segment bits (10 rounds, 2 * 47.5 = 95 bytes), powers x^2, x^4, x^6 | x^8,
+Cost (PUMA): segment bits (boolean MSBs, 5 rounds, 3 * 26.3 = 78.9 bytes), powers
+x^2 | x^3, x^4 | x^6 (3 levels of one fused product and truncation, 2 rounds each; 4
+products: 85.3 bytes), one truncation for both polynomials (2 rounds, 32 bytes), selection
+(bit injection, 1 round, 3 * 21.3 = 64 bytes): 260.2 bytes per element per party, 16
+critical-path rounds (25.58 MB for 128x768, measured; 21 rounds and 27.90 MB with the
+10-round comparison and integer bits).
+Cost (symmetric): segment bits (5 rounds, 2 * 26.3 = 52.6 bytes), powers x^2, x^4, x^6 | x^8,
 x^10 (4 levels of 2 rounds, 5 products: 106.7 bytes), one truncation for the polynomial
-(2 rounds, 16 bytes), selection (1 round, 16 bytes): 233.7 bytes per element per party;
-measured for 128x768: 22.97 MB, 21 critical-path rounds (29 before products were truncated
+(2 rounds, 16 bytes), selection (1 round, 2 * 21.3 = 42.7 bytes): 217.9 bytes per element
+per party; measured for 128x768: 21.42 MB, 16 critical-path rounds (21 and 22.97 MB with
+the 10-round comparison; 29 (29 before products were truncated
 from their 3-out-of-3 components, protocols/truncation.py).
 """
 

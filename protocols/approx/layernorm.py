@@ -24,15 +24,15 @@ protocol's truncations round up or down where the twin rounds to nearest.
 gamma is narrowed once to 13 fractional bits (a truncation of n elements batched with
 S's), so x * r (kept at 2f bits) * gamma needs a single elementwise truncation.
 Cost per row of n, per party: the mean (2 rounds, 16 bytes) and S, truncated from its
-3-out-of-3 components with gamma's narrowing (2 rounds, 21.3 bytes); rsqrt (20 rounds,
-47.5 * 33 + 122.7 = 1690.2 bytes; with ``bracket="bits"`` 26 rounds and 152 + 16 * 34 +
-122.7 = 818.7 bytes); then two elementwise products, the second truncated from its
+3-out-of-3 components with gamma's narrowing (2 rounds, 21.3 bytes); rsqrt (15 rounds,
+68.9 * 33 + 122.7 = 2396.4 bytes; with ``bracket="bits"`` 22 rounds and
+152 + 10.67 * 34 + 122.7 = 637.3 bytes); then two elementwise products, the second truncated from its
 3-out-of-3 components (3 rounds, 8 + 21.3 bytes per element; without gamma one such
 product, 2 rounds and 21.3 bytes).  Narrowing gamma adds 21.3 bytes per element of gamma,
 once per call.
-Measured, 128x768 (benchmarks/nonlinear.py): 27 critical-path rounds, 3.12 MB; with
-``bracket="bits"`` 33 rounds, 3.01 MB; without the affine step (gamma and beta folded into
-the next linear layer by the model owner) 26 rounds, 2.32 MB.  SPU's PUMA: 55 send steps,
+Measured, 128x768 (benchmarks/nonlinear.py): 22 critical-path rounds, 3.21 MB; with
+``bracket="bits"`` 32 rounds, 2.99 MB; without the affine step (gamma and beta folded into
+the next linear layer by the model owner) 21 rounds, 2.41 MB.  SPU's PUMA: 55 send steps,
 3.2 MB.
 """
 

@@ -10,8 +10,8 @@ eprint 2012/405 §6.1 for the iteration.
 
 Bit length: the one-hot of the power-of-two bracket of v = x * 2^f over the window
 (:mod:`veil.protocols.approx.bracket`: by default one batched comparison with every public
-2^p, 10 rounds; or SPU's bit decomposition + prefix-OR + B2A, 16 rounds and fewer bytes
-for windows of 7 positions or more);
+2^p, 5 rounds with the tree's last AND fused into B2A; or SPU's bit decomposition +
+prefix-OR + B2A, 15 rounds and fewer bytes for windows of 4 positions or more);
 both secret powers of two the protocol needs (2^(2f-1-p) to normalise, 2^(f-1-p+E) to
 scale back) are dot products of it with public tables: free.  The scale 2^-e is applied
 to w0 before the iterations, carried with E extra
@@ -25,11 +25,11 @@ Error (measured): the iteration's relative error is <= 5.4e-5; the f-bit result 
 one ulp, 2^-f x relative.  Protocol vs 1/x: 3.7e-4 relative on [2^-10, 2^7] (bound 1e-3);
 with ``extra_bits=4``, 1.6e-4 on the whole default window.  Protocol vs twin: 4.7e-4
 relative (one or two ulp of the result).
-Cost (measured, default window W = 20), per element per party: 18 critical-path rounds,
-1030.5 bytes with ``bracket="compare"`` (comparisons: 10 rounds, 47.5 (W - 1) bytes),
-24 rounds, 600 bytes with ``bracket="bits"`` (16 rounds, 152 + 16 W bytes); plus 4 product
-levels (6 products truncated from their 3-out-of-3 components, 128 bytes) either way.
-Softmax uses it once per row (W = 8: 7 comparisons, 460.5 instead of 408 bytes per row),
+Cost (measured, default window W = 20), per element per party: 13 critical-path rounds,
+1436.1 bytes with ``bracket="compare"`` (comparisons: 5 rounds, 68.9 (W - 1) bytes),
+23 rounds, 493.3 bytes with ``bracket="bits"`` (15 rounds, 152 + 10.67 W bytes); plus 4
+product levels (6 products truncated from their 3-out-of-3 components, 128 bytes) either
+way.  Softmax uses it once per row (W = 8: 7 comparisons, 610.3 instead of 365.3 bytes),
 where rounds matter more than bytes.
 """
 
@@ -90,7 +90,7 @@ def reciprocal(
     """1/x for secret x in [2^lo_exp, 2^hi_exp); the result has f + ``extra_bits`` bits.
 
     ``bracket`` picks how the bit length is found (:mod:`veil.protocols.approx.bracket`):
-    "compare" (fewest rounds) or "bits" (fewest bytes for windows of 7 or more positions,
+    "compare" (fewest rounds) or "bits" (fewest bytes for windows of 4 or more positions,
     for large tensors).
     """
     party = x.party

@@ -17,9 +17,9 @@ bits (f + 8 at f = 18) so the large alternating coefficients add little; the res
 (2^-(f + extra_bits) / rsqrt(x) relative).  Protocol vs 1/sqrt(x): 4.0e-4 relative over
 the default window (bound 1e-3), 9.7e-5 with ``extra_bits=4``; protocol vs twin 4.7e-4
 (one or two ulp of the result).
-Cost (measured, default window W = 28), per element per party: 20 critical-path rounds,
-1405.2 bytes with ``bracket="compare"`` (comparisons: 10 rounds, 47.5 (W - 1) bytes),
-26 rounds, 722.7 bytes with ``bracket="bits"`` (16 rounds, 152 + 16 W bytes); plus 4
+Cost (measured, default window W = 28), per element per party: 15 critical-path rounds,
+1982.0 bytes with ``bracket="compare"`` (comparisons: 5 rounds, 68.9 (W - 1) bytes),
+22 rounds, 573.4 bytes with ``bracket="bits"`` (15 rounds, 152 + 10.67 W bytes); plus 4
 product levels (5 products truncated from their 3-out-of-3 components) and the
 polynomial's truncation (122.7 bytes).
 LayerNorm and RMSNorm use it once per row, where rounds matter more than bytes.
@@ -99,7 +99,7 @@ def rsqrt(
     """scale / sqrt(x) for secret x in [2^lo_exp, 2^hi_exp), public ``scale`` > 0.
 
     ``bracket`` picks how the bit length is found (:mod:`veil.protocols.approx.bracket`):
-    "compare" (fewest rounds) or "bits" (fewest bytes for windows of 7 or more positions,
+    "compare" (fewest rounds) or "bits" (fewest bytes for windows of 4 or more positions,
     for large tensors).
 
     The result has f + ``extra_bits`` fractional bits (more relative precision for small

@@ -28,16 +28,20 @@ per weight, see :mod:`veil.protocols.approx.exp`) to within 2^-f per token; the 
 exact; top-k is exact for logits more than one ulp apart; top-p is exact on the fixed-point
 weights (a weight within exp's error of the threshold may fall on either side).
 Cost per row of V logits, per party, with L = ceil(log2 V) (critical-path rounds, measured
-as ``Traffic.depth``; bytes per element of the row, for V a multiple of 64):
-    temperature 1:      at most 11 L + 36 rounds; 55.5 (max) + 183.5 (exp) + 47.5 (the
-                        batched comparison) = 286.5 bytes
+as ``Traffic.depth``; bytes per element of the row, for V a multiple of 64, with
+M = 26.29 bytes per element for an MSB, S = 21.33 for a multiplexer on its boolean bit
+and C = M + 10.67 for a comparison with B2A, :mod:`veil.protocols.comparison`):
+    temperature 1:      at most 6 L + 26 rounds; (M + S) (max) + (128 + M + S) (exp) + C
+                        (the batched comparison) = 260.2 bytes
     temperature != 1:   at most 2 rounds and 16 bytes more (one truncation)
-    top-k adds:         at most (k - 1)(12 L - 1) + 11 rounds; 63.5 (k - 1) + 47.5 bytes
-    top-p adds:         21 (f + 1) + 11 rounds (410 at f = 18); 55.5 (f + 2) bytes
-plus, per row, 16 f + 8 bytes for the draw and u S (their rounds are in the 36).
-Measured at V = 49152 (L = 16), f = 18, one row: T = 0.7: 214 rounds, 14.88 MB (bound 214);
-with top_p = 0.9: 624 rounds, 69.47 MB; top_k = 5 at T = 1: 986 rounds, 28.95 MB.  Top-k's cost grows with k, as k max trees must (k = 50: about
-9.4k rounds and 155 MB more).
+    top-k adds:         at most 7 L (k - 1) + 6 rounds; (M + 2 S)(k - 1) + C bytes
+    top-p adds:         13 (f + 1) + 7 rounds (254 at f = 18); (C + 8)(f + 2) bytes
+plus, per row, 32 f / 3 + 8 bytes for the draw and u S (their rounds are in the 26).
+The bytes are those of large calls; the max trees' last levels and the per-row
+comparisons round their thirds up to whole 64-element words (up to 8% more at V = 4096).
+Measured at V = 49152 (L = 16), f = 18, one row: T = 0.7: 124 rounds, 13.61 MB (bound 124);
+with top_p = 0.9: 378 rounds, 57.88 MB; top_k = 5 at T = 1: 576 rounds, 28.33 MB (party 2,
+the busiest).  Top-k's cost grows with k, as k max trees must.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def random_unit(party: Party, shape: tuple[int, ...]) -> ArithShare:
     """A secret uniform u on the f-bit grid of [0, 1), drawn jointly (no party knows it).
 
     Bit component j comes from key k_j, held by parties j - 1 and j only, so each party
-    lacks one component of every bit.  Cost: B2A of f bits, 2 rounds, 16 f bytes per value.
+    lacks one component of every bit.  Cost: B2A of f bits, 1 round, 32 f / 3 bytes per value.
     """
     f = party.fxp.frac_bits
     words = (*shape, f)

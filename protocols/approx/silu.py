@@ -44,17 +44,18 @@ Error: twin vs x * sigmoid(x) on [-12, 12]: relu 2.7e-3 (1.8e-4 on [-4, 4]); PUM
 (at x = 4); symmetric 0.0335.  Protocol vs twin: PUMA and symmetric a few ulp; relu at most
 1 + sum_k |c_k| (k - 1) 2^-8 = 26 ulp (b^k's k - 1 truncations at f + 8 bits, each off by one
 ulp, times its coefficient), 5 ulp measured.
-Cost (relu), per element: segment bits [x < 0], [x < -T], [x > T] (one comparison: 10
-rounds, 3 * 47.5 = 142.5 bytes per party), then 8 products truncated from their 3-out-of-3
+Cost (relu), per element: segment bits [x < 0], [x < -T], [x > T] (one comparison: 6
+rounds, 3 * 36.96 = 110.9 bytes per party), then 8 products truncated from their 3-out-of-3
 components (|x|'s and the powers b^2 .. b^8, in levels of 2 rounds; 64 bytes each summed over
 the parties), one truncation for G (48) and one bit product for the asymptotes (24): 584
-bytes over the parties, 337.2 per party with the comparison; 19 critical-path rounds
-(PUMA's: 262.5 bytes, 21 rounds; tests check both).
-Cost (PUMA): segment bits (10 rounds, 3 * 47.5 = 142.5 bytes), powers x^2 | x^4 | x^6 (3
-levels of one product truncated from its components, 2 rounds each, 3 products: 64 bytes),
-one truncation for both polynomials (2 rounds, 32 bytes), selection (1 round, 24 bytes):
-262.5 bytes per element per party, 21 critical-path rounds.
-Cost (symmetric): 95 + 64 + 16 + 16 = 191 bytes, 19 critical-path rounds (measured).
+bytes over the parties, 305.6 per party with the comparison; 15 critical-path rounds
+(PUMA's: 238.9 bytes, 16 rounds; tests check both).
+Cost (PUMA): segment bits (boolean MSBs, 5 rounds, 3 * 26.3 = 78.9 bytes), powers
+x^2 | x^4 | x^6 (3 levels of one product truncated from its components, 2 rounds each, 3
+products: 64 bytes), one truncation for both polynomials (2 rounds, 32 bytes), selection
+(bit injection, 1 round, 3 * 21.3 = 64 bytes): 238.9 bytes per element per party, 16
+critical-path rounds.
+Cost (symmetric): 52.6 + 64 + 16 + 42.7 = 175.3 bytes, 14 critical-path rounds (measured).
 """
 
 from __future__ import annotations

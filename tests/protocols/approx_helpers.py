@@ -19,6 +19,35 @@ def on_grid(x: torch.Tensor) -> torch.Tensor:
     return FXP.decode(FXP.encode(x))
 
 
+def msb_bytes(n: int) -> int:
+    """Bytes the three parties send together for the MSB of n elements (protocols/carry.py):
+    per 64 elements (the thirds are whole words but the last; below 192 elements each third
+    is rounded up to a word), the cross products (2 x 15 one-hot rows of 16 nibble words
+    from the dealer, 2 x 16 words from each neighbour) and the carry tree (29 rows at each
+    party)."""
+    return 8 * (2 * 15 * 16 + 2 * 2 * 16 + 3 * 29) * msb_words(n)
+
+
+def msb_words(n: int) -> int:
+    """64-element words per party-row of the bit-sliced MSB of n elements, all thirds together."""
+    if n < 3 * 64:
+        return sum(-(-(n * (j + 1) // 3 - n * j // 3) // 64) for j in range(3))
+    return -(-n // 64)
+
+
+def fused_comparison_bytes(n: int) -> int:
+    """Bytes the three parties send together for ``less_than(..., fused_root=True)`` of n
+    elements: the MSB without the tree's last AND row (8 bytes per word at each party), then
+    the root's cross products (14 ring elements from the dealer, one from each neighbour)."""
+    return msb_bytes(n) - 8 * 3 * msb_words(n) + 8 * 16 * n
+
+
+def comparison_bytes(n: int) -> int:
+    """Bytes the three parties send together for one comparison of n elements with its B2A
+    (two ring elements from the dealer, one from each neighbour, per element)."""
+    return msb_bytes(n) + 8 * 4 * n
+
+
 def run_protocol(
     protocol: Callable[..., Any], *inputs: Any, fxp: mpc.FixedPoint | None = None, **kwargs: Any
 ) -> tuple[Any, Traffic]:

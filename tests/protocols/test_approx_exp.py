@@ -1,22 +1,14 @@
 """exp for x <= 0: twin vs torch.exp, protocol vs twin, and cost."""
 
-import math
-
 import pytest
 import torch
 
-from tests.protocols.approx_helpers import on_grid, run_protocol
+from tests.protocols.approx_helpers import msb_bytes, on_grid, run_protocol
 from veil.protocols.approx.exp import exp, exp_twin
 
 X = on_grid(
     torch.cat([torch.linspace(-20, 0, 2001, dtype=torch.float64), torch.tensor([-1e4, -14.01])])
 )
-
-
-def comparison_bytes(n: int) -> int:
-    """Bytes one party sends for one comparison of n elements (protocols/comparison.py):
-    bit-sliced MSB (8 n + 8 * 188 per block of 64) and B2A (16 n), 47.5 n for n % 64 == 0."""
-    return 24 * n + 8 * 188 * math.ceil(n / 64)
 
 
 @pytest.mark.parametrize(
@@ -37,13 +29,13 @@ def test_twin_abs_error_on_minus_14_to_0(squarings, base, bound):
 
 
 def test_protocol_matches_twin_and_costs():
-    """Range [-20, 0] and far below: |protocol - twin| <= 2^(t+1) ulp; 23 rounds; per party
-    183.5 bytes (128 for the 6 products, 47.5 for the clip's comparison, 8 for its mux)."""
+    """Range [-20, 0] and far below: |protocol - twin| <= 2^(t+1) ulp; 18 rounds; per party
+    175.6 bytes (128 for the 6 products, 26.3 for the clip's MSB, 21.3 for its mux_bits)."""
     y, traffic = run_protocol(exp, X)
     assert (y - exp_twin(X)).abs().max() <= 2.5e-4
     assert y[-2:].eq(0).all()
-    assert traffic.depth <= 23
-    assert traffic.bytes_sent == 3 * comparison_bytes(X.numel()) + (6 * 64 + 24) * X.numel()
+    assert traffic.depth == 18
+    assert traffic.bytes_sent == msb_bytes(X.numel()) + (6 * 64 + 64) * X.numel()
 
 
 def test_protocol_without_clip_is_cheaper():

@@ -6,8 +6,10 @@ import torch
 from veil import mpc
 from veil.mpc import BoolShare
 from veil.protocols.boolean import and_shares
+from veil.protocols.comparison import less_than
 from veil.protocols.conversions import a2b, b2a_bit, msb
 from veil.protocols.reductions import max_with_argmax
+from veil.protocols.select import mux_bits
 
 EDGE = torch.tensor([0.0, 1e-5, -1e-5, 2.0**-18, -(2.0**-18), 1e6, -1e6, 2.0**43, -(2.0**43), 3.0, -3.0],
                     dtype=torch.float64)
@@ -138,20 +140,56 @@ def test_and_shares_batches_in_one_round(run, rng):
     assert torch.equal(x, torch.zeros_like(a)) and torch.equal(y, a) and rounds == 1
 
 
-def test_packed_msb_of_sum_and_zero_test_on_full_range_words(run, rng):
-    from veil.protocols.bits import all_ones, msb_of_sum
+def test_split_msb_and_packed_zero_test_on_full_range_words(run, rng):
+    from veil.protocols.bits import all_ones
+    from veil.protocols.conversions import msb
 
     a = torch.randint(-(2**63), 2**63 - 1, (777,), generator=rng)
-    b = torch.randint(-(2**63), 2**63 - 1, (777,), generator=rng)
-    b[:3] = torch.tensor([-1, 1, 0]) - a[:3]  # sums -1, 1 and 0: longest carry chains
+    # Longest carry chains and the edges of every nibble: -1, 1, 0, the extremes, and
+    # values whose nibbles are all 15 or all 0 below one set bit.
+    a[:8] = torch.tensor([-1, 1, 0, -(2**63), 2**63 - 1, 2**60 - 1, 2**59, -(2**59)])
     ones = torch.full((70,), -1, dtype=torch.int64)
     ones[:64] ^= torch.tensor([1], dtype=torch.int64) << torch.arange(64)  # one zero bit each
 
     def fn(party):
-        sa, sb = a2b(mpc.share(party, a, 0)), a2b(mpc.share(party, b, 1))
+        sa = mpc.share(party, a, 0)
+        sa.frac_bits = 0
         so = a2b(mpc.share(party, ones, 2))
-        return msb_of_sum(sa, sb).reveal(), all_ones(so).reveal()
+        return msb(sa).reveal(), all_ones(so).reveal()
 
     top, full = run(fn)[0]
-    assert torch.equal(top, ((a + b) >> 63) & 1)
+    assert torch.equal(top, (a < 0).long())
     assert torch.equal(full, (ones == -1).long())
+
+
+def test_mux_bits_on_boolean_bits_matches_where(run, rng):
+    x, y = values(rng), values(rng).flip(0)
+    c = torch.arange(x.numel()) % 3 == 0
+
+    def fn(party):
+        sx, sy = mpc.share(party, x, 0), mpc.share(party, y, 1)
+        bits = msb(mpc.share(party, torch.where(c, -1.0, 1.0), 2))  # 1 where c
+        return (mux_bits(bits, sx, sy).reveal(), mux_bits(bits, sx, 2.5).reveal(),
+                mux_bits(bits, 1.0, -1.0).reveal(), mux_bits(bits[:1], sx, sy).reveal())
+
+    xy, xp, pp, broadcast = run(fn)[0]
+    fxp = mpc.FixedPoint()
+    ex, ey = fxp.decode(fxp.encode(x)), fxp.decode(fxp.encode(y))
+    assert torch.equal(xy, torch.where(c, ex, ey))
+    assert torch.equal(xp, torch.where(c, ex, torch.tensor(2.5, dtype=torch.float64)))
+    assert torch.equal(pp, torch.where(c, 1.0, -1.0).double())
+    assert torch.equal(broadcast, torch.where(c[:1], ex, ey))
+
+
+def test_less_than_with_the_fused_root_matches_the_plain_comparison(run, rng):
+    a = torch.randint(-(2**61), 2**61, (300,), generator=rng)
+    b = torch.randint(-(2**61), 2**61, (300,), generator=rng)
+    b[:4] = torch.tensor([0, 1, -1, 2**60]) + a[:4]  # equal, one apart, and far apart
+
+    def fn(party):
+        x, y = mpc.share(party, a, 0), mpc.share(party, b, 1)
+        x.frac_bits = y.frac_bits = 0
+        return less_than(x, y, fused_root=True).reveal(), (x < y).reveal()
+
+    fused, plain = run(fn)[0]
+    assert torch.equal(fused, (a < b).long()) and torch.equal(plain, fused)

@@ -4,26 +4,37 @@ import pytest
 import torch
 
 from veil import mpc
-from veil.protocols.conversions import a2b, msb
+from veil.mpc.boolean import BoolShare
+from veil.protocols.comparison import less_than
+from veil.protocols.conversions import a2b, b2a_bit, msb
+from veil.protocols.select import mux_bits
 from veil.protocols.truncation import truncate
 
-N = 96  # elements per operand
+N = 192  # elements per operand: three whole 64-element words, one dealt by each party
 
 
 BLOCKS = -(-N // 64)  # bit-sliced blocks of 64 elements
 
+THIRD = N // 3  # every party deals one third of the elements in the cross products
+
 # Bit-sliced trees (protocols/bits.py): 8 bytes per row per block at each AND level.
-MSB_BYTES = 8 * N + 8 * BLOCKS * (63 + 64 + 32 + 16 + 8 + 4 + 1)
+# The MSB (protocols/carry.py): the dealer sends 2 x 15 one-hot rows of 16 nibble words,
+# each neighbour 2 signals x 16 nibble words; then 29 rows of the tree over all thirds.
+MSB_BYTES = 8 * (THIRD // 64) * (2 * 15 * 16 + 2 * 2 * 16 + 3 * (2 * (8 + 4 + 2) + 1))
 ZERO_TEST_BYTES = 8 * N + 8 * BLOCKS * (32 + 16 + 8 + 4 + 2 + 1)
-B2A_BYTES = 16 * N
+B2A_BYTES = 8 * THIRD * (2 + 1 + 1)  # the dealer sends two ring elements, each neighbour one
+SELECT_BYTES = 8 * THIRD * (6 + 1 + 1)  # bit injection: three cross products
+# The MSB without the tree's last AND row, then the root's AND and B2A as one round of
+# cross products with 7 one-hot rows (the dealer sends 14 ring elements, each neighbour 1).
+FUSED_LESS_THAN_BYTES = MSB_BYTES - 8 * 3 + 8 * THIRD * (14 + 1 + 1)
 
 
 def measure(run, op):
     """(send steps, bytes sent, (clock before, clock after)) of ``op`` at each party."""
 
     def fn(party):
-        x = mpc.share(party, torch.linspace(-3, 3, N).reshape(8, 12), 0)
-        y = mpc.share(party, torch.linspace(2, -1, N).reshape(8, 12), 1)
+        x = mpc.share(party, torch.linspace(-3, 3, N).reshape(16, 12), 0)
+        y = mpc.share(party, torch.linspace(2, -1, N).reshape(16, 12), 1)
         x.reveal()  # every party has now received the same depth: the clocks start level
         before, clock = party.comm.stats.total(), party.comm.clock
         op(x, y)
@@ -51,10 +62,13 @@ def integer(x):
         ("mul + trunc", lambda x, y: x * y, 2, 64 * N // 3),  # N % 3 == 0: equal thirds
         ("trunc", lambda x, y: truncate(x, 18), 2, 16 * N),
         ("a2b", lambda x, y: a2b(x), 8, 104 * N),
-        ("msb", lambda x, y: msb(x), 8, MSB_BYTES),
-        ("less_than", lambda x, y: x < y, 10, MSB_BYTES + B2A_BYTES),
-        ("equal", lambda x, y: x.eq(y), 9, ZERO_TEST_BYTES + B2A_BYTES),
-        ("relu", lambda x, y: x.relu(), 11, MSB_BYTES + B2A_BYTES + 8 * N),
+        ("msb", lambda x, y: msb(x), 5, MSB_BYTES),
+        ("b2a", lambda x, y: b2a_bit(BoolShare(x.party, x.data)), 1, B2A_BYTES),
+        ("less_than", lambda x, y: x < y, 6, MSB_BYTES + B2A_BYTES),
+        ("less_than fused root", lambda x, y: less_than(x, y, fused_root=True), 5, FUSED_LESS_THAN_BYTES),
+        ("equal", lambda x, y: x.eq(y), 8, ZERO_TEST_BYTES + B2A_BYTES),
+        ("relu", lambda x, y: x.relu(), 6, MSB_BYTES + SELECT_BYTES),
+        ("mux_bits", lambda x, y: mux_bits(BoolShare(x.party, x.data), x, y), 1, SELECT_BYTES),
         ("mux", lambda x, y: mpc.where(integer(x), x, y), 1, 8 * N),
         ("reveal", lambda x, y: x.reveal(), 1, 8 * N),
     ],

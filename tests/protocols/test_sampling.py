@@ -171,16 +171,19 @@ def test_the_chosen_token_never_travels_in_the_clear():
 V = 4096
 L = math.ceil(math.log2(V))
 F = 18
-ROW_BYTES = 16 * F + 8  # the draw and u S
+ROW_BYTES = 32 * F // 3 + 8  # the draw and u S
+M = 5048 / 64 / 3  # bytes per element of an MSB (protocols/carry.py)
+S = 64 / 3  # of a multiplexer on a boolean bit (protocols/select.py)
+C = M + 32 / 3  # of a comparison with its B2A
 
 
 @pytest.mark.parametrize(
     ("options", "depth_bound", "bytes_per_element"),
     [
-        ({}, 11 * L + 36, 286.5),
-        ({"temperature": 0.5}, 11 * L + 38, 302.5),
-        ({"top_k": 3}, 11 * L + 36 + 2 * (12 * L - 1) + 11, 286.5 + 63.5 * 2 + 47.5),
-        ({"top_p": 0.7}, 11 * L + 36 + 21 * (F + 1) + 11, 286.5 + 55.5 * (F + 2)),
+        ({}, 6 * L + 26, 2 * (M + S) + 128 + C),
+        ({"temperature": 0.5}, 6 * L + 28, 2 * (M + S) + 144 + C),
+        ({"top_k": 3}, 6 * L + 26 + 2 * 7 * L + 6, 2 * (M + S) + 128 + C + (M + 2 * S) * 2 + C),
+        ({"top_p": 0.7}, 6 * L + 26 + 13 * (F + 1) + 7, 2 * (M + S) + 128 + C + (C + 8) * (F + 2)),
     ],
     ids=["T=1", "T=0.5", "top_k=3", "top_p=0.7"],
 )
@@ -200,9 +203,9 @@ def test_cost_per_token_matches_the_docstring(run, options, depth_bound, bytes_p
     assert depth_bound - 3 <= depth <= depth_bound
     expected = bytes_per_element * V + ROW_BYTES
     for _, sent in results:
-        # The max trees' last levels fill partial blocks: under 2% at this size; a fused
-        # truncation's thirds may differ by one element between the parties.
-        assert expected <= sent <= 1.02 * expected
+        # The max trees' last levels and the per-row comparisons fill partial words (their
+        # thirds round up): under 8% at this size; the thirds differ between the parties.
+        assert expected <= sent <= 1.08 * expected
 
 
 @pytest.mark.parametrize(

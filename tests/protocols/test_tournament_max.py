@@ -8,7 +8,7 @@ import torch
 
 from veil import mpc
 from veil.protocols.approx._common import row_max
-from veil.protocols.comparison import less_than
+from veil.protocols.comparison import less_than_bits
 from veil.protocols.reductions import tournament_max
 
 
@@ -28,13 +28,13 @@ def test_tournament_max_is_exact_with_ties(run, rng) -> None:
     torch.testing.assert_close(run(fn)[0], x.amax(-1, keepdim=True), atol=0, rtol=0)
 
 
-def test_tournament_depth_is_one_comparison_plus_the_product_tree() -> None:
+def test_tournament_depth_is_one_comparison_bit_plus_the_and_tree() -> None:
     n = 33
     x = torch.randn(9, n, dtype=torch.float64)
 
     def fn(party):
         s = mpc.share(party, x, owner=0)
-        comparison, _ = _depth(party, lambda: less_than(s[..., :1], s[..., 1:2]))
+        comparison, _ = _depth(party, lambda: less_than_bits(s[..., :1], s[..., 1:2]))
         tournament, _ = _depth(party, lambda: tournament_max(s))
         return comparison, tournament
 
@@ -53,7 +53,7 @@ def test_row_max_takes_the_tournament_only_within_the_budget() -> None:
         return depth_short, depth_long, max_short.reveal(), max_long.reveal()
 
     depth_short, depth_long, max_short, max_long = mpc.simulate(fn)[0]
-    assert depth_short <= 20 < depth_long  # tournament (16) against the tree (7 levels)
+    assert depth_short <= 11 < depth_long  # tournament (11) against the tree (7 levels)
     torch.testing.assert_close(max_short, short.amax(-1, keepdim=True), atol=2e-6, rtol=0)
     torch.testing.assert_close(max_long, long.amax(-1, keepdim=True), atol=2e-6, rtol=0)
 
