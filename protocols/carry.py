@@ -61,24 +61,36 @@ TABLES = _tables()
 
 
 def _nibble_onehots(words: torch.Tensor) -> torch.Tensor:
-    """(16 values, blocks, 16 nibbles): bit e of word [w, blk, B] is [nibble B of element e of blk == w]."""
+    """(16 values, blocks, 16 nibbles): bit e of word [w, blk, B] is [nibble B of element e of blk == w].
+
+    One bit transpose, then the one-hots of the low and of the high bit pair (4 ANDs
+    each) and their 16 pairwise ANDs.
+    """
     n = words.numel()
     rows = transpose_bits(torch.nn.functional.pad(words.reshape(-1), (0, (-n) % WORD)).reshape(-1, WORD))
     bits = rows.view(-1, NIBBLES, NIBBLE)
-    literals = torch.stack((~bits, bits))
-    return torch.stack([
-        literals[w & 1, ..., 0] & literals[(w >> 1) & 1, ..., 1]
-        & literals[(w >> 2) & 1, ..., 2] & literals[(w >> 3) & 1, ..., 3]
-        for w in range(VALUES)
-    ])
+    literals = torch.stack((~bits, bits))  # (value of the bit, blocks, nibble, bit)
+
+    def pair(i: int) -> torch.Tensor:
+        return torch.stack([literals[w & 1, ..., i] & literals[w >> 1, ..., i + 1] for w in range(4)])
+
+    low, high = pair(0), pair(2)  # (4, blocks, nibbles): value of bits (i, i+1) == w
+    return (high.unsqueeze(1) & low.unsqueeze(0)).reshape(VALUES, *bits.shape[:-1])
 
 
 def _signals_of_v(onehot_v: torch.Tensor) -> torch.Tensor:
-    """f(j, v) for every j: (signal, j, blocks, nibble) words, from v's one-hots."""
-    tables = TABLES.to(onehot_v.device).permute(0, 2, 3, 1)  # (signal, u, v, nibble)
+    """f(j, v) for every j: (signal, j, blocks, nibble) words, from v's one-hots.
+
+    f(j, v) = OR_w [v == w] & f(j, w); the one-hots of distinct w have disjoint bits, so
+    the OR is an integer sum and all 2 x 16 x 16 of them are one batched matrix product
+    of the 0/1 tables with the one-hot words (no carries: the bits summed are disjoint).
+    """
+    tables = (TABLES & 1).to(onehot_v.device)  # (signal, nibble, u = j, v = w)
+    if onehot_v.device.type == "cpu":
+        return torch.einsum("sbjw,wkb->sjkb", tables, onehot_v)
     out = torch.zeros((SIGNALS, VALUES, *onehot_v.shape[1:]), dtype=torch.int64, device=onehot_v.device)
-    for w in range(VALUES):
-        out ^= tables[:, :, w].unsqueeze(2) & onehot_v[w]
+    for w in range(VALUES):  # CUDA has no int64 matrix product: the same sum in 16 passes
+        out += tables[..., w].permute(0, 2, 1).unsqueeze(2) * onehot_v[w]
     return out
 
 

@@ -98,10 +98,12 @@ def _sum_products(a: torch.Tensor, beta: torch.Tensor, boolean: bool) -> torch.T
     """sum_j a_j beta_{o,j}: (J, k) with (O, J, k) -> (O, k)."""
     if not boolean:
         return (a.unsqueeze(0) * beta).sum(1)
-    out = torch.zeros_like(beta[:, 0])
-    for j in range(beta.shape[1]):
-        out ^= a[j] & beta[:, j]
-    return out
+    terms = a.unsqueeze(0) & beta
+    while terms.shape[1] > 1:  # XOR-fold the j axis in halves: log2(J) operations, not J
+        half = terms.shape[1] // 2
+        folded = terms[:, :half] ^ terms[:, half:2 * half]
+        terms = torch.cat((folded, terms[:, 2 * half:]), dim=1) if terms.shape[1] % 2 else folded
+    return terms[:, 0]
 
 
 def cross_products(party: Party, n: int, widths: Callable[[slice], int], rows: int, outputs: int,
