@@ -16,7 +16,7 @@ busiest party; SPU's figures are its send steps):
     gelu 128x768 (symmetric)         1.0e-3 (PUMA's: 2.0e-2)  16    21.42 MB (SPU 30.7 MB, 55)
     silu (relu(x) - G(|x|), deg. 8)  2.7e-3 (PUMA's: 7.2e-2)   15    305.6 / element (PUMA 238.9)
     softmax 12x128x128 (exp t = 6)   9.0e-4                   78    50.55 MB (SPU 47.0 MB, 160)
-    layernorm 128x768                6.1e-4                   22    3.21 MB (SPU 3.2 MB, 55)
+    layernorm 128x768                4.8e-4                   19    6.60 MB (SPU 3.2 MB, 55)
     embedding 128 of 30522x768       exact                    14    33.76 MB
     argmax over 49152 (8-way tree)   exact                    57    10.27 MB
     sample over 49152 (T = 0.7)      exact one-hot, p ~2e-4  124    13.61 MB (top_p: 378, 57.9 MB)

@@ -6,7 +6,7 @@ import torch
 from tests.protocols.approx_helpers import on_grid, run_protocol
 from veil.protocols.approx.bracket import power_of_two_bracket
 from veil.protocols.approx.reciprocal import reciprocal, reciprocal_twin
-from veil.protocols.approx.rsqrt import rsqrt, rsqrt_twin
+from veil.protocols.approx.rsqrt import rsqrt, rsqrt_product, rsqrt_product_twin, rsqrt_twin
 
 RECIPROCAL_X = on_grid(torch.exp2(torch.linspace(-10, 7, 400, dtype=torch.float64)))
 RSQRT_X = on_grid(torch.exp2(torch.linspace(-14, 13.99, 400, dtype=torch.float64)))
@@ -73,3 +73,24 @@ def test_bracket_methods_give_the_same_results(method):
     assert (y * RECIPROCAL_X - 1).abs().max() <= 1e-3
     y, _ = run_protocol(rsqrt, RSQRT_X, bracket=method)
     assert (y * RSQRT_X.sqrt() - 1).abs().max() <= 1e-3
+
+
+def test_rsqrt_product_scales_rows_without_forming_the_root():
+    """y * scale / sqrt(x) * weight over the whole window: relative error of the result
+    <= 1e-3 where it is above 2^-8 (below, the f-bit ulp dominates), the twin within two
+    ulp, and 15 rounds with or without weight (gamma rides beside u^2)."""
+    g = torch.Generator().manual_seed(5)
+    x = RSQRT_X[::10].reshape(-1, 1)  # 40 rows over [2^-14, 2^14)
+    ratio = torch.rand(x.shape[0], 6, generator=g, dtype=torch.float64) * 2 - 1  # |y| <= sqrt(x)
+    y = on_grid(ratio * x.sqrt())
+    weight = on_grid(1 + 0.5 * torch.randn(6, generator=g, dtype=torch.float64))
+    expected = y * 3.0 / x.sqrt() * weight
+    out, traffic = run_protocol(rsqrt_product, x, y, weight, scale=3.0, ratio_bound=3.0, y_bits=3)
+    big = expected.abs() > 2.0**-8
+    assert ((out - expected)[big] / expected[big]).abs().max() <= 1e-3
+    assert (out - expected).abs().max() <= 2.0**-10
+    twin = rsqrt_product_twin(x, y, weight, scale=3.0, ratio_bound=3.0, y_bits=3)
+    assert (out - twin).abs().max() <= 2 * 2.0**-18 + 1e-4 * twin.abs().max()
+    assert traffic.depth == 15
+    _, plain = run_protocol(lambda a, b: rsqrt_product(a, b, None, scale=3.0, ratio_bound=3.0), x, y)
+    assert plain.depth == 15
