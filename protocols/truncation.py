@@ -50,7 +50,7 @@ from collections.abc import Callable
 import torch
 
 from veil.mpc.arith import ArithShare
-from veil.mpc.batched import Inbox, Outbox
+from veil.mpc.lockstep import RoundLink, Steps, run_alone
 from veil.mpc.party import Party
 from veil.protocols.cross import thirds
 
@@ -93,6 +93,13 @@ def truncate_product(party: Party, z: torch.Tensor, m: int | torch.Tensor, frac:
     reshares exactly, with no carry error).  The result reads with ``frac - max(m)``
     fractional bits; a caller with several shifts relabels each group of elements.
     """
+    with party.comm.scope("trunc"):
+        return run_alone(party, lambda link: truncate_product_steps(link, z, m, frac))
+
+
+def truncate_product_steps(link: RoundLink, z: torch.Tensor, m: int | torch.Tensor, frac: int) -> Steps[ArithShare]:
+    """:func:`truncate_product` as steps (:mod:`veil.mpc.lockstep`), to share its 2 rounds."""
+    party = link.party
     if isinstance(m, torch.Tensor):
         if m.shape != z.shape or not (0 <= int(m.min()) and int(m.max()) < 62):
             raise ValueError("per-element truncation shifts must match the product and lie in 0..61")
@@ -105,8 +112,7 @@ def truncate_product(party: Party, z: torch.Tensor, m: int | torch.Tensor, frac:
     def term(role: int, part: slice) -> torch.Tensor:
         return flat[part] + BIAS if role == ROLE_A else flat[part]
 
-    with party.comm.scope("trunc"):
-        data = _truncate(party, term, flat.numel(), z.device, m, fused=True)
+    data = yield from _truncate_steps(link, term, flat.numel(), z.device, m, fused=True)
     return ArithShare(party, data.reshape(2, *z.shape), frac_out)
 
 
@@ -124,7 +130,13 @@ def _pow2(e: int | torch.Tensor) -> int | torch.Tensor:
 
 def _truncate(party: Party, term: Callable[[int, slice], torch.Tensor | None], n: int,
               device: torch.device, m: int | torch.Tensor, fused: bool) -> torch.Tensor:
-    """Steps 1-5 on n flattened elements; returns this party's (2, n) components.
+    """Steps 1-5 on n flattened elements; returns this party's (2, n) components."""
+    return run_alone(party, lambda link: _truncate_steps(link, term, n, device, m, fused))
+
+
+def _truncate_steps(link: RoundLink, term: Callable[[int, slice], torch.Tensor | None], n: int,
+                    device: torch.device, m: int | torch.Tensor, fused: bool) -> Steps[torch.Tensor]:
+    """Steps 1-5 on n flattened elements, as steps; returns this party's (2, n) components.
 
     ``term(role, part)`` is this party's 2-out-of-2 term in its role on that part (A:
     including the 2^62 bias; H: z_H when ``fused``, else None).  The parts run phase by
@@ -132,13 +144,13 @@ def _truncate(party: Party, term: Callable[[int, slice], torch.Tensor | None], n
     The order of the PRG draws is part of the protocol: the two parties of each key draw
     from it in the same order (phase, then part, then as written).
     """
-    comm = party.comm
+    party = link.party
     parts = thirds(n, party)
     shifts = [m[part] if isinstance(m, torch.Tensor) else m for part, _ in parts]
     state: list[dict[str, torch.Tensor]] = []
     # Round 1: H deals rb, rc to B (and, fused, sends z_H masked to A and B); A and B send
     # their masked terms to each other.  A party's messages to a peer travel as one.
-    outbox = Outbox(comm)
+    outbox = link.outbox
     for (part, role), shift in zip(parts, shifts):
         k = part.stop - part.start
         if role == ROLE_H:
@@ -162,9 +174,9 @@ def _truncate(party: Party, term: Callable[[int, slice], torch.Tensor | None], n
             t = party.random_next((k,)) if fused else 0  # t_B: cancels H's mask at A
             outbox.add(party.prev_rank, own - t)
             state.append({"own": own})
-    outbox.send()
+    yield
     # A and B open c = x + 2^62 + r and compute their 2-out-of-2 shares y of the result.
-    inbox = Inbox(comm, device)
+    inbox = link.inbox
     for (part, role), shift, st in zip(parts, shifts, state):
         if role == ROLE_H:
             continue
@@ -191,15 +203,17 @@ def _truncate(party: Party, term: Callable[[int, slice], torch.Tensor | None], n
             out[1, part] = party.random_next((k,))  # u, the A-H key
         elif role == ROLE_A:
             st["mask"] = party.random_prev((k,))  # u
-            comm.send(party.next_rank, st["y"] - st["mask"])
+            link.outbox.add(party.next_rank, st["y"] - st["mask"])
         else:
             st["mask"] = party.random_next((k,))  # v
-            comm.send(party.prev_rank, st["y"] - st["mask"])
+            link.outbox.add(party.prev_rank, st["y"] - st["mask"])
+    yield
     for (part, role), st in zip(parts, state):
+        k = part.stop - part.start
         if role == ROLE_A:
             out[0, part] = st["mask"]
-            out[1, part] = st["y"] - st["mask"] + comm.recv(party.next_rank).to(device)
+            out[1, part] = st["y"] - st["mask"] + link.inbox.take(party.next_rank, k)
         elif role == ROLE_B:
-            out[0, part] = st["y"] - st["mask"] + comm.recv(party.prev_rank).to(device)
+            out[0, part] = st["y"] - st["mask"] + link.inbox.take(party.prev_rank, k)
             out[1, part] = st["mask"]
     return out

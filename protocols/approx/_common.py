@@ -17,12 +17,13 @@ import torch
 
 from veil.mpc.arith import ArithShare, cat
 from veil.mpc.fixedpoint import DEFAULT_FRAC_BITS
+from veil.mpc.lockstep import RoundLink, Steps, run_alone
 from veil.mpc.party import Party
 from veil.protocols.comparison import less_than_bits
-from veil.protocols.multiplication import local_product, reshare
+from veil.protocols.multiplication import local_product
 from veil.protocols.reductions import tournament_fits, tournament_max
 from veil.protocols.select import mux_bits
-from veil.protocols.truncation import truncate, truncate_product
+from veil.protocols.truncation import truncate, truncate_product_steps
 
 FRAC_BITS = DEFAULT_FRAC_BITS
 SUM_RANGE_BITS = 10
@@ -60,6 +61,16 @@ def products(
     1 round, 8 bytes per output element per party.
     """
     party = pairs[0][0].party
+    with party.comm.scope("mul"):
+        return run_alone(party, lambda link: products_steps(link, pairs, out_frac))
+
+
+def products_steps(
+    link: RoundLink, pairs: Sequence[tuple[ArithShare, ArithShare]], out_frac: Sequence[int | None] | None = None
+) -> Steps[list[ArithShare]]:
+    """:func:`products` as steps (:mod:`veil.mpc.lockstep`), to share its rounds with
+    independent work."""
+    party = link.party
     f = party.fxp.frac_bits
     shapes, xs, ys, raw_fracs = [], [], [], []
     for x, y in pairs:
@@ -75,14 +86,15 @@ def products(
     if min(shifts) < 0:
         raise ValueError("a product cannot gain fractional bits")
     x_flat, y_flat = (cat(xs), cat(ys)) if len(xs) > 1 else (xs[0], ys[0])
-    with party.comm.scope("mul"):
-        z = local_product(x_flat.data, y_flat.data)
-        if max(shifts) == 0:
-            z += party.zero_share(z.shape)
-            flat = ArithShare(party, reshare(party, z), 0)
-            return _split(flat, shapes, targets)
-        sizes = [shape.numel() for shape in shapes]
-        pieces = truncate_components(party, list(zip(z.split(sizes), shifts, targets)))
+    z = local_product(x_flat.data, y_flat.data)
+    if max(shifts) == 0:
+        z += party.zero_share(z.shape)
+        link.outbox.add(party.prev_rank, z)
+        yield
+        flat = ArithShare(party, torch.stack((z, link.inbox.take(party.next_rank, z.numel()))), 0)
+        return _split(flat, shapes, targets)
+    sizes = [shape.numel() for shape in shapes]
+    pieces = yield from truncate_components_steps(link, list(zip(z.split(sizes), shifts, targets)))
     return [p.reshape(*shape) for p, shape in zip(pieces, shapes)]
 
 
@@ -97,16 +109,24 @@ def truncate_components(
     replicated share (its components sum to the value).  One call of
     :func:`veil.protocols.truncation.truncate_product`: 64/3 bytes per element per party.
     """
+    with party.comm.scope("trunc"):
+        return run_alone(party, lambda link: truncate_components_steps(link, parts))
+
+
+def truncate_components_steps(
+    link: RoundLink, parts: Sequence[tuple[torch.Tensor, int, int]]
+) -> Steps[list[ArithShare]]:
+    """:func:`truncate_components` as steps."""
     shapes = [z.shape for z, _, _ in parts]
     flat = torch.cat([z.reshape(-1) for z, _, _ in parts])
     shifts = [shift for _, shift, _ in parts]
     if len(set(shifts)) == 1:
-        cut = truncate_product(party, flat, shifts[0], shifts[0])
+        cut = yield from truncate_product_steps(link, flat, shifts[0], shifts[0])
     else:
         per_element = torch.cat([
             torch.full((shape.numel(),), shift, dtype=torch.int64) for shape, shift in zip(shapes, shifts)
         ])
-        cut = truncate_product(party, flat, per_element, max(shifts))
+        cut = yield from truncate_product_steps(link, flat, per_element, max(shifts))
     return _split(cut, shapes, [frac for _, _, frac in parts])
 
 
