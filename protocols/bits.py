@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from veil.mpc.boolean import BoolShare
-from veil.protocols.boolean import and_shares
+from veil.mpc.lockstep import RoundLink, Steps
+from veil.protocols.boolean import and_shares, and_shares_steps
 
 WORD = 64
 TRANSPOSE_STAGES = (
@@ -61,6 +62,12 @@ def unslice(row: torch.Tensor, n: int, shape: torch.Size, party) -> BoolShare:
 
 def and_rows(party, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     (z,) = and_shares([BoolShare(party, x)], [BoolShare(party, y)])
+    return z.data
+
+
+def and_rows_steps(link: RoundLink, x: torch.Tensor, y: torch.Tensor) -> Steps[torch.Tensor]:
+    """:func:`and_rows` as steps (:mod:`veil.mpc.lockstep`)."""
+    (z,) = yield from and_shares_steps(link, [BoolShare(link.party, x)], [BoolShare(link.party, y)])
     return z.data
 
 

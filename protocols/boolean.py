@@ -14,30 +14,38 @@ from collections.abc import Sequence
 import torch
 
 from veil.mpc.boolean import BoolShare
+from veil.mpc.lockstep import RoundLink, Steps, run_alone
 from veil.mpc.shape_ops import aligned_pair
 
 
 def and_shares(xs: Sequence[BoolShare], ys: Sequence[BoolShare]) -> list[BoolShare]:
     """[x & y for x, y in zip(xs, ys)] in a single round."""
     party = xs[0].party
+    with party.comm.scope("and"):
+        return run_alone(party, lambda link: and_shares_steps(link, xs, ys))
+
+
+def and_shares_steps(link: RoundLink, xs: Sequence[BoolShare], ys: Sequence[BoolShare]) -> Steps[list[BoolShare]]:
+    """:func:`and_shares` as steps (:mod:`veil.mpc.lockstep`)."""
+    party = link.party
     pairs = [aligned_pair(x, y) for x, y in zip(xs, ys)]
     shapes = [torch.broadcast_shapes(xd.shape[1:], yd.shape[1:]) for xd, yd in pairs]
     total = sum(shape.numel() for shape in shapes)
-    with party.comm.scope("and"):
-        # Row 0: this party's 3-out-of-3 share, row 1: the one received from party i+1.
-        out = torch.empty(2, total, dtype=torch.int64, device=xs[0].device)
-        mask = party.xor_zero_share((total,))
-        start = 0
-        for (xd, yd), shape in zip(pairs, shapes):
-            n = shape.numel()
-            local = (xd[0] & (yd[0] ^ yd[1])) ^ (xd[1] & yd[0])
-            torch.bitwise_xor(local.reshape(-1), mask[start:start + n], out=out[0, start:start + n])
-            start += n
-        out[1] = party.comm.send_prev_recv_next(out[0])
+    # Row 0: this party's 3-out-of-3 share, row 1: the one received from party i+1.
+    out = torch.empty(2, total, dtype=torch.int64, device=xs[0].device)
+    mask = party.xor_zero_share((total,))
+    start = 0
+    for (xd, yd), shape in zip(pairs, shapes):
+        n = shape.numel()
+        local = (xd[0] & (yd[0] ^ yd[1])) ^ (xd[1] & yd[0])
+        torch.bitwise_xor(local.reshape(-1), mask[start:start + n], out=out[0, start:start + n])
+        start += n
+    link.outbox.add(party.prev_rank, out[0])
+    yield
+    out[1] = link.inbox.take(party.next_rank, total)
     results, start = [], 0
     for shape in shapes:
         n = shape.numel()
         results.append(BoolShare(party, out[:, start:start + n].reshape(2, *shape)))
         start += n
     return results
-

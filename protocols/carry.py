@@ -36,8 +36,9 @@ import torch
 
 from veil.mpc.arith import ArithShare
 from veil.mpc.boolean import BoolShare
-from veil.protocols.bits import WORD, and_rows, transpose_bits, unslice
-from veil.protocols.cross import DEALER, cross_products, dealer_and_neighbour, xor_split
+from veil.mpc.lockstep import RoundLink, Steps, run_alone
+from veil.protocols.bits import WORD, and_rows_steps, transpose_bits, unslice
+from veil.protocols.cross import DEALER, cross_products_steps, dealer_and_neighbour, xor_split
 
 NIBBLE = 4
 NIBBLES = WORD // NIBBLE
@@ -94,14 +95,13 @@ def _signals_of_v(onehot_v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _root_rows(x: ArithShare) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+def _root_rows(link: RoundLink, x: ArithShare) -> Steps[tuple[torch.Tensor, list[tuple[int, int]]]]:
     """Bit-sliced (G_hi, P_hi, G_lo) of the tree's last level, (3, 2, words), and per part
     its (elements, words).
 
     The nibbles' cross-product round and three tree levels (4 rounds); the root is then
     G_hi ^ (P_hi & G_lo).
     """
-    party = x.party
     flat = x.data.reshape(2, -1)
 
     def blocks(part: slice) -> int:
@@ -116,14 +116,14 @@ def _root_rows(x: ArithShare) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         beta = (f[:, 1:] ^ f[:, :1]).reshape(SIGNALS, VALUES - 1, -1)
         return beta, f[:, 0].reshape(SIGNALS, -1)
 
-    parts = cross_products(party, flat.shape[1], lambda part: blocks(part) * NIBBLES, VALUES - 1, SIGNALS,
-                           alphas, betas, boolean=True, align=WORD)
+    parts = yield from cross_products_steps(link, flat.shape[1], lambda part: blocks(part) * NIBBLES, VALUES - 1,
+                                            SIGNALS, alphas, betas, boolean=True, align=WORD)
     signals = torch.cat([out.reshape(2, SIGNALS, -1, NIBBLES) for _, out in parts], dim=2)
     g, p = signals[:, 0], signals[:, 1]
     while g.shape[-1] > 2:
         half = g.shape[-1] // 2
         g_lo, g_hi, p_lo, p_hi = g[..., 0::2], g[..., 1::2], p[..., 0::2], p[..., 1::2]
-        both = and_rows(party, torch.cat([p_hi, p_hi], dim=-1), torch.cat([g_lo, p_lo], dim=-1))
+        both = yield from and_rows_steps(link, torch.cat([p_hi, p_hi], dim=-1), torch.cat([g_lo, p_lo], dim=-1))
         g, p = g_hi ^ both[..., :half], both[..., half:]
     layout = [(part.stop - part.start, blocks(part)) for part, _ in parts]
     return torch.stack((g[..., 1], p[..., 1], g[..., 0])), layout
@@ -140,9 +140,14 @@ def _unsliced(row: torch.Tensor, layout: list[tuple[int, int]], party) -> torch.
 
 def msb_split(x: ArithShare) -> BoolShare:
     """Bit 63 of x in bit 0 of a BoolShare (5 rounds; see the module docstring)."""
-    party = x.party
-    (g_hi, p_hi, g_lo), layout = _root_rows(x)
-    top = g_hi ^ and_rows(party, p_hi, g_lo)
+    return run_alone(x.party, lambda link: msb_split_steps(link, x))
+
+
+def msb_split_steps(link: RoundLink, x: ArithShare) -> Steps[BoolShare]:
+    """:func:`msb_split` as steps (:mod:`veil.mpc.lockstep`)."""
+    party = link.party
+    (g_hi, p_hi, g_lo), layout = yield from _root_rows(link, x)
+    top = g_hi ^ (yield from and_rows_steps(link, p_hi, g_lo))
     return BoolShare(party, _unsliced(top, layout, party).reshape(2, *x.shape))
 
 
@@ -168,8 +173,13 @@ def msb_split_arith(x: ArithShare) -> ArithShare:
     36.96, for comparisons with few elements on the critical path (the brackets of rsqrt
     and reciprocal).  Exact; secure as the cross products are.
     """
-    party = x.party
-    sliced, layout = _root_rows(x)
+    return run_alone(x.party, lambda link: msb_split_arith_steps(link, x))
+
+
+def msb_split_arith_steps(link: RoundLink, x: ArithShare) -> Steps[ArithShare]:
+    """:func:`msb_split_arith` as steps (:mod:`veil.mpc.lockstep`)."""
+    party = link.party
+    sliced, layout = yield from _root_rows(link, x)
     rows = torch.stack([_unsliced(row, layout, party) for row in sliced])  # (3, 2, n) bits
     weights = torch.tensor([1, 2, 4], dtype=torch.int64, device=x.device).view(3, 1, 1)
     codes = (rows * weights).sum(0)  # per component: the three bits as one 3-bit code
@@ -184,7 +194,7 @@ def msb_split_arith(x: ArithShare) -> ArithShare:
         base = table[v]
         return (table[values ^ v] - base).unsqueeze(0), base.unsqueeze(0)
 
-    parts = cross_products(party, codes.shape[1], lambda part: part.stop - part.start, ROOT_VALUES - 1, 1,
-                           alphas, betas, boolean=False)
+    parts = yield from cross_products_steps(link, codes.shape[1], lambda part: part.stop - part.start,
+                                            ROOT_VALUES - 1, 1, alphas, betas, boolean=False)
     data = torch.cat([out[:, 0] for _, out in parts], dim=1)
     return ArithShare(party, data.reshape(2, *x.shape), 0)

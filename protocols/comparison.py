@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from veil.mpc.arith import ArithShare, Public
 from veil.mpc.boolean import BoolShare
+from veil.mpc.lockstep import RoundLink, Steps
 from veil.protocols.bits import all_ones
-from veil.protocols.carry import msb_split_arith
+from veil.protocols.carry import msb_split_arith, msb_split_steps
 from veil.protocols.conversions import _share_local_sum, b2a_bit, msb
 
 
@@ -36,6 +37,11 @@ def less_than_bits(x: ArithShare | Public, y: ArithShare | Public) -> BoolShare:
     diff = _difference(x, y)
     with diff.party.comm.scope("less_than"):
         return msb(diff)
+
+
+def less_than_bits_steps(link: RoundLink, x: ArithShare | Public, y: ArithShare | Public) -> Steps[BoolShare]:
+    """:func:`less_than_bits` as steps (:mod:`veil.mpc.lockstep`), e.g. beside a polynomial."""
+    return (yield from msb_split_steps(link, _difference(x, y)))
 
 
 def less_than(x: ArithShare | Public, y: ArithShare | Public, fused_root: bool = False) -> ArithShare:

@@ -42,7 +42,7 @@ from collections.abc import Callable
 
 import torch
 
-from veil.mpc.batched import Inbox, Outbox
+from veil.mpc.lockstep import RoundLink, Steps, run_alone
 from veil.mpc.party import Party
 
 DEALER, NEXT = 0, 1
@@ -115,9 +115,18 @@ def cross_products(party: Party, n: int, widths: Callable[[slice], int], rows: i
     ``betas(part, role)``), over ``widths(part)`` words each.  Returns, per part, the
     part and this party's (2, O, k) components.
     """
+    return run_alone(party, lambda link: cross_products_steps(
+        link, n, widths, rows, outputs, alphas, betas, boolean, align))
+
+
+def cross_products_steps(link: RoundLink, n: int, widths: Callable[[slice], int], rows: int, outputs: int,
+                         alphas: Alphas, betas: Betas, boolean: bool,
+                         align: int = 1) -> Steps[list[tuple[slice, torch.Tensor]]]:
+    """:func:`cross_products` as steps (:mod:`veil.mpc.lockstep`)."""
+    party = link.party
     parts = [(part, role, widths(part)) for part, role in thirds(n, party, align)]
     sub = (lambda u, v: u ^ v) if boolean else (lambda u, v: u - v)
-    outbox, kept = Outbox(party.comm), []
+    outbox, kept = link.outbox, []
     for part, role, k in parts:
         if role == DEALER:
             alpha = alphas(part)
@@ -133,8 +142,8 @@ def cross_products(party: Party, n: int, widths: Callable[[slice], int], rows: i
             peer = party.next_rank if role == NEXT else party.prev_rank
             outbox.add(peer, sub(_sum_products(mask, beta, boolean), own))
             kept.append((beta, gamma, own))
-    outbox.send()
-    inbox = Inbox(party.comm, party.device)
+    yield
+    inbox = link.inbox
     out = []
     for (part, role, k), state in zip(parts, kept):
         if role == DEALER:

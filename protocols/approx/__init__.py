@@ -10,7 +10,7 @@ Measured at f = 18 (benchmarks/nonlinear.py; critical-path rounds, and bytes sen
 busiest party; SPU's figures are its send steps):
 
     function                         error vs exact        rounds  bytes / party
-    exp (quadratic, t = 5, clip)     2.4e-4 abs on [-14,0]    18    175.6 / element
+    exp (quadratic, t = 5, clip)     2.4e-4 abs on [-14,0]    13    175.6 / element
     reciprocal (window 2^-10..2^10)  3.7e-4 rel               13    1436.1 / element
     rsqrt (window 2^-14..2^14)       4.0e-4 rel               15    1982.0 / element
     gelu 128x768 (symmetric)         1.0e-3 (PUMA's: 2.0e-2)  16    21.42 MB (SPU 30.7 MB, 55)
@@ -19,7 +19,7 @@ busiest party; SPU's figures are its send steps):
     layernorm 128x768                4.8e-4                   19    6.60 MB (SPU 3.2 MB, 55)
     embedding 128 of 30522x768       exact                    14    33.76 MB
     argmax over 49152 (8-way tree)   exact                    57    10.27 MB
-    sample over 49152 (T = 0.7)      exact one-hot, p ~2e-4  124    13.61 MB (top_p: 378, 57.9 MB)
+    sample over 49152 (T = 0.7)      exact one-hot, p ~2e-4  119    13.61 MB (top_p: 373, 57.9 MB)
 
 Modules: exp, reciprocal, rsqrt (with bracket, the secret's bit length), gelu, silu (with
 _piecewise), softmax, layernorm (LayerNorm and RMSNorm), embedding, argmax, sampling

@@ -12,15 +12,17 @@ softmax on 12x128x128 rows of logits ~ N(0, 3^2), causal rows alike; cost per el
 party with the clip / without it, from the communicator counters):
 
     variant                products  rounds   bytes          exp err [-14, 0]  softmax err
-    linear,    t = 5 (PUMA)    5      16 / 10  154.3 / 106.7   8.6e-3          6.6e-2
-    linear,    t = 8           8      22 / 16  218.3 / 170.7   1.1e-3          8.2e-3
-    quadratic, t = 4           5      16 / 10  154.3 / 106.7   1.0e-3          2.0e-2
-    quadratic, t = 5           6      18 / 12  175.6 / 128     2.4e-4          4.0e-3  <- default
-    quadratic, t = 6           7      20 / 14  196.9 / 149.3   1.5e-4          9.2e-4  <- softmax's
-    quadratic, t = 7           8      22 / 16  218.3 / 170.7   3.0e-4          2.3e-4
+    linear,    t = 5 (PUMA)    5      11 / 10  154.3 / 106.7   8.6e-3          6.6e-2
+    linear,    t = 8           8      17 / 16  218.3 / 170.7   1.1e-3          8.2e-3
+    quadratic, t = 4           5      11 / 10  154.3 / 106.7   1.0e-3          2.0e-2
+    quadratic, t = 5           6      13 / 12  175.6 / 128     2.4e-4          4.0e-3  <- default
+    quadratic, t = 6           7      15 / 14  196.9 / 149.3   1.5e-4          9.2e-4  <- softmax's
+    quadratic, t = 7           8      17 / 16  218.3 / 170.7   3.0e-4          2.3e-4
 
-(rounds: critical path; every product is truncated from its 3-out-of-3 components, 2 rounds
-and 21.3 bytes; see protocols/truncation.py)
+(rounds: critical path, with the clip / without; every product is truncated from its
+3-out-of-3 components, 2 rounds and 21.3 bytes, see protocols/truncation.py; the clip's
+comparison runs beside the squarings and adds only its multiplexer's round.  Before that,
+the clip added 6 rounds: 18 for quadratic t = 5)
 
 So quadratic t = 5 meets the softmax bound (0.01) with 2.5x margin for one product more
 than PUMA's t = 5 (and two fewer than linear t = 8, the cheapest linear variant that
@@ -36,7 +38,7 @@ Error: twin vs exp: the table above; protocol vs twin: at most about 2^(t+1) ulp
 truncation is off by at most one ulp, and every later squaring doubles a relative error);
 measured 1.1e-4 for t = 5.
 Cost: the table above (quadratic t = 5: 6 products with truncation, 128 bytes; the
-clip's MSB, 5 rounds and 26.3 bytes, kept boolean into one multiplexer by bit injection,
+clip's MSB, 5 rounds beside the squarings and 26.3 bytes, kept boolean into one multiplexer by bit injection,
 1 round and 21.3 bytes, :func:`veil.protocols.select.mux_bits`; measured 176.2 bytes for
 2003 elements).  ``untruncated=True``
 leaves the last product untruncated (8 instead of 21.3 bytes, 1 round instead of 2) for a
@@ -48,8 +50,9 @@ from __future__ import annotations
 import torch
 
 from veil.mpc.arith import ArithShare
-from veil.protocols.approx._common import FRAC_BITS, products, quantize, with_frac
-from veil.protocols.comparison import less_than_bits
+from veil.mpc.lockstep import RoundLink, Steps, lockstep, run_alone
+from veil.protocols.approx._common import FRAC_BITS, products_steps, quantize, with_frac
+from veil.protocols.comparison import less_than_bits_steps
 from veil.protocols.select import mux_bits
 
 EXP_CLIP = -14.0
@@ -92,6 +95,8 @@ def exp(
 
     ``untruncated=True`` returns the last square before its truncation, with 2f fractional
     bits, for a caller that multiplies it again and pays one truncation for both (softmax).
+    The clip's comparison runs beside the squarings (:mod:`veil.mpc.lockstep`): it depends
+    on x alone, so its 5 rounds share the squarings' rounds.
     """
     if base not in BASES:
         raise ValueError(f"unknown exp base {base!r}: expected one of {BASES}")
@@ -100,15 +105,25 @@ def exp(
     if x.frac_bits != f:
         raise ValueError("exp expects a fixed-point share with f fractional bits")
     with party.comm.scope("exp"):
-        # 1 + x / 2^t, read with f + t fractional bits: no truncation needed.
-        z = with_frac(x, f + squarings) + 1
-        if base == "quadratic":
-            (z,) = products([(z, z)])  # (1 + y)^2, truncated by f + 2t
-            # p = ((1 + y)^2 + 1) / 2: reading it with f + 1 bits halves it for free.
-            z = with_frac(z + 1, f + 1)
-        for step in range(squarings):
-            last = step == squarings - 1
-            (z,) = products([(z, z)], out_frac=[2 * f if last and untruncated else f])
-        if clip is not None:
-            z = mux_bits(less_than_bits(x, clip), 0, z)
+        def powers(link: RoundLink) -> Steps[ArithShare]:
+            return _limit_steps(link, x, squarings, base, untruncated)
+
+        if clip is None:
+            return run_alone(party, powers)
+        z, below = lockstep(party, powers, lambda link: less_than_bits_steps(link, x, clip))
+        return mux_bits(below, 0, z)
+
+
+def _limit_steps(link: RoundLink, x: ArithShare, squarings: int, base: str, untruncated: bool) -> Steps[ArithShare]:
+    """p(x / 2^t)^(2^t) as steps: the first step and the t squarings."""
+    f = link.party.fxp.frac_bits
+    # 1 + x / 2^t, read with f + t fractional bits: no truncation needed.
+    z = with_frac(x, f + squarings) + 1
+    if base == "quadratic":
+        (z,) = yield from products_steps(link, [(z, z)])  # (1 + y)^2, truncated by f + 2t
+        # p = ((1 + y)^2 + 1) / 2: reading it with f + 1 bits halves it for free.
+        z = with_frac(z + 1, f + 1)
+    for step in range(squarings):
+        last = step == squarings - 1
+        (z,) = yield from products_steps(link, [(z, z)], out_frac=[2 * f if last and untruncated else f])
     return z

@@ -31,16 +31,16 @@ Cost per row of V logits, per party, with L = ceil(log2 V) (critical-path rounds
 as ``Traffic.depth``; bytes per element of the row, for V a multiple of 64, with
 M = 26.29 bytes per element for an MSB, S = 21.33 for a multiplexer on its boolean bit
 and C = M + 10.67 for a comparison with B2A, :mod:`veil.protocols.comparison`):
-    temperature 1:      at most 6 L + 26 rounds; (M + S) (max) + (128 + M + S) (exp) + C
+    temperature 1:      at most 6 L + 21 rounds (exp's clip beside its squarings); (M + S) (max) + (128 + M + S) (exp) + C
                         (the batched comparison) = 260.2 bytes
     temperature != 1:   at most 2 rounds and 16 bytes more (one truncation)
     top-k adds:         at most 7 L (k - 1) + 6 rounds; (M + 2 S)(k - 1) + C bytes
     top-p adds:         13 (f + 1) + 7 rounds (254 at f = 18); (C + 8)(f + 2) bytes
-plus, per row, 32 f / 3 + 8 bytes for the draw and u S (their rounds are in the 26).
+plus, per row, 32 f / 3 + 8 bytes for the draw and u S (their rounds are in the 21).
 The bytes are those of large calls; the max trees' last levels and the per-row
 comparisons round their thirds up to whole 64-element words (up to 8% more at V = 4096).
-Measured at V = 49152 (L = 16), f = 18, one row: T = 0.7: 124 rounds, 13.61 MB (bound 124);
-with top_p = 0.9: 378 rounds, 57.88 MB; top_k = 5 at T = 1: 576 rounds, 28.33 MB (party 2,
+Measured at V = 49152 (L = 16), f = 18, one row: T = 0.7: 119 rounds, 13.61 MB (bound 119);
+with top_p = 0.9: 373 rounds, 57.88 MB; top_k = 5 at T = 1: 571 rounds, 28.33 MB (party 2,
 the busiest).  Top-k's cost grows with k, as k max trees must.
 """
 

@@ -29,12 +29,13 @@ def test_twin_abs_error_on_minus_14_to_0(squarings, base, bound):
 
 
 def test_protocol_matches_twin_and_costs():
-    """Range [-20, 0] and far below: |protocol - twin| <= 2^(t+1) ulp; 18 rounds; per party
-    175.6 bytes (128 for the 6 products, 26.3 for the clip's MSB, 21.3 for its mux_bits)."""
+    """Range [-20, 0] and far below: |protocol - twin| <= 2^(t+1) ulp; 13 rounds (the 6
+    products' 12, the clip's comparison beside them, then its mux_bits); per party 175.6 bytes
+    (128 for the 6 products, 26.3 for the clip's MSB, 21.3 for its mux_bits)."""
     y, traffic = run_protocol(exp, X)
     assert (y - exp_twin(X)).abs().max() <= 2.5e-4
     assert y[-2:].eq(0).all()
-    assert traffic.depth == 18
+    assert traffic.depth == 13
     assert traffic.bytes_sent == msb_bytes(X.numel()) + (6 * 64 + 64) * X.numel()
 
 

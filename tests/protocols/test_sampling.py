@@ -180,10 +180,10 @@ C = M + 32 / 3  # of a comparison with its B2A
 @pytest.mark.parametrize(
     ("options", "depth_bound", "bytes_per_element"),
     [
-        ({}, 6 * L + 26, 2 * (M + S) + 128 + C),
-        ({"temperature": 0.5}, 6 * L + 28, 2 * (M + S) + 144 + C),
-        ({"top_k": 3}, 6 * L + 26 + 2 * 7 * L + 6, 2 * (M + S) + 128 + C + (M + 2 * S) * 2 + C),
-        ({"top_p": 0.7}, 6 * L + 26 + 13 * (F + 1) + 7, 2 * (M + S) + 128 + C + (C + 8) * (F + 2)),
+        ({}, 6 * L + 21, 2 * (M + S) + 128 + C),
+        ({"temperature": 0.5}, 6 * L + 23, 2 * (M + S) + 144 + C),
+        ({"top_k": 3}, 6 * L + 21 + 2 * 7 * L + 6, 2 * (M + S) + 128 + C + (M + 2 * S) * 2 + C),
+        ({"top_p": 0.7}, 6 * L + 21 + 13 * (F + 1) + 7, 2 * (M + S) + 128 + C + (C + 8) * (F + 2)),
     ],
     ids=["T=1", "T=0.5", "top_k=3", "top_p=0.7"],
 )
