@@ -43,12 +43,16 @@ def select_twin(
     return torch.where(x < a, torch.zeros_like(x), out)
 
 
+def segment_stack(x: ArithShare, bounds: tuple[float, float, float]) -> ArithShare:
+    """x - a, x - b, c - x stacked (3, ...): negative where x < a, x < b, x > c."""
+    a, b, c = bounds
+    return cat([(x - a).unsqueeze(0), (x - b).unsqueeze(0), (c - x).unsqueeze(0)], dim=0)
+
+
 def segment_bits(x: ArithShare, bounds: tuple[float, float, float]) -> BoolShare:
     """[x < a], [x < b], [x > c] stacked (3, ...), boolean, in one comparison without its
     B2A (5 rounds, 3 * 26.3 bytes per element)."""
-    a, b, c = bounds
-    stacked = cat([(x - a).unsqueeze(0), (x - b).unsqueeze(0), (c - x).unsqueeze(0)], dim=0)
-    return less_than_bits(stacked, 0)
+    return less_than_bits(segment_stack(x, bounds), 0)
 
 
 def select(x: ArithShare, bits: BoolShare, p0: ArithShare, p1: ArithShare) -> ArithShare:
@@ -67,11 +71,15 @@ def symmetric_select_twin(
     return torch.where(x > t, x, torch.where(x < -t, torch.zeros_like(x), inner))
 
 
+def symmetric_stack(x: ArithShare, bound: float) -> ArithShare:
+    """x + T, T - x stacked (2, ...): negative where x < -T, x > T."""
+    return cat([(x + bound).unsqueeze(0), (bound - x).unsqueeze(0)], dim=0)
+
+
 def symmetric_bits(x: ArithShare, bound: float) -> BoolShare:
     """[x < -T], [x > T] stacked (2, ...), boolean, in one comparison without its B2A
     (5 rounds, 2 * 26.3 bytes per element)."""
-    stacked = cat([(x + bound).unsqueeze(0), (bound - x).unsqueeze(0)], dim=0)
-    return less_than_bits(stacked, 0)
+    return less_than_bits(symmetric_stack(x, bound), 0)
 
 
 def symmetric_select(x: ArithShare, bits: BoolShare, inner: ArithShare) -> ArithShare:

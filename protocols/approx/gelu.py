@@ -32,18 +32,17 @@ cancel exactly in the segment combination (see :mod:`veil.protocols.approx._piec
 Error: twin vs erf-GeLU on [-10, 10]: PUMA max 0.0199 (at the segment joins; 0.0195 vs the
 tanh form), symmetric 1.0e-3 (1.4e-3 vs the tanh form).  Protocol vs twin: about 1e-5
 (coefficients times one-ulp truncation errors).
-Cost (PUMA): segment bits (boolean MSBs, 5 rounds, 3 * 26.3 = 78.9 bytes), powers
-x^2 | x^3, x^4 | x^6 (3 levels of one fused product and truncation, 2 rounds each; 4
-products: 85.3 bytes), one truncation for both polynomials (2 rounds, 32 bytes), selection
-(bit injection, 1 round, 3 * 21.3 = 64 bytes): 260.2 bytes per element per party, 16
-critical-path rounds (25.58 MB for 128x768, measured; 21 rounds and 27.90 MB with the
-10-round comparison and integer bits).
-Cost (symmetric): segment bits (5 rounds, 2 * 26.3 = 52.6 bytes), powers x^2, x^4, x^6 | x^8,
-x^10 (4 levels of 2 rounds, 5 products: 106.7 bytes), one truncation for the polynomial
-(2 rounds, 16 bytes), selection (1 round, 2 * 21.3 = 42.7 bytes): 217.9 bytes per element
-per party; measured for 128x768: 21.42 MB, 16 critical-path rounds (21 and 22.97 MB with
-the 10-round comparison; 29 (29 before products were truncated
-from their 3-out-of-3 components, protocols/truncation.py).
+Cost (PUMA): segment bits (boolean MSBs, 5 rounds beside the powers, 3 * 26.3 = 78.9
+bytes), powers x^2 | x^3, x^4 | x^6 (3 levels of one fused product and truncation, 2 rounds
+each; 4 products: 85.3 bytes), one truncation for both polynomials (2 rounds, 32 bytes),
+selection (bit injection, 1 round, 3 * 21.3 = 64 bytes): 260.2 bytes per element per
+party, 9 critical-path rounds (16 with the comparison before the powers and a truncation
+per polynomial; 21 with the 10-round comparison and integer bits).
+Cost (symmetric): segment bits (5 rounds beside the powers, 2 * 26.3 = 52.6 bytes), powers
+x^2, x^4, x^6 | x^8, x^10 (4 levels of 2 rounds, 5 products: 106.7 bytes), one truncation
+for the polynomial (2 rounds, 16 bytes), selection (1 round, 2 * 21.3 = 42.7 bytes): 217.9
+bytes per element per party; 11 critical-path rounds (16 with the comparison before the
+powers; 21 with the 10-round comparison).
 """
 
 from __future__ import annotations
@@ -51,21 +50,24 @@ from __future__ import annotations
 import torch
 
 from veil.mpc.arith import ArithShare
+from veil.mpc.lockstep import RoundLink, Steps, lockstep
 from veil.protocols.approx._common import (
     FRAC_BITS,
     encoded_coefficients,
     linear_combination,
-    products,
+    linear_combinations,
+    products_steps,
     quantize,
 )
 from veil.protocols.approx._piecewise import (
-    segment_bits,
+    segment_stack,
     select,
     select_twin,
-    symmetric_bits,
     symmetric_select,
     symmetric_select_twin,
+    symmetric_stack,
 )
+from veil.protocols.comparison import less_than_bits_steps
 
 GELU_BOUNDS = (-4.0, -1.95, 3.0)
 # F0 on [-4, -1.95): coefficients of x, x^2, x^3 and the constant.
@@ -120,22 +122,45 @@ def _check(variant: str) -> None:
 
 
 def gelu(x: ArithShare, variant: str = "symmetric") -> ArithShare:
-    """GeLU of a secret fixed-point tensor (see the module docstring)."""
+    """GeLU of a secret fixed-point tensor (see the module docstring).
+
+    The segment comparison depends on x alone, so it runs beside the powers
+    (:mod:`veil.mpc.lockstep`): its 5 rounds share theirs.
+    """
     _check(variant)
-    with x.party.comm.scope("gelu"):
+    party = x.party
+    with party.comm.scope("gelu"):
         if variant == "symmetric":
-            bits = symmetric_bits(x, GELU_SYMMETRIC_BOUND)
-            (x2,) = products([(x, x)])
-            (x4,) = products([(x2, x2)])
-            x6, x8 = products([(x4, x2), (x4, x4)])
-            (x10,) = products([(x8, x2)])
-            terms = (x, x2, x4, x6, x8, x10)
-            inner = linear_combination(terms, GELU_SYMMETRIC, GELU_SYMMETRIC_CONSTANT)
+            bits, powers = lockstep(
+                party,
+                lambda link: less_than_bits_steps(link, symmetric_stack(x, GELU_SYMMETRIC_BOUND), 0),
+                lambda link: _even_powers_steps(link, x),
+            )
+            inner = linear_combination((x, *powers), GELU_SYMMETRIC, GELU_SYMMETRIC_CONSTANT)
             return symmetric_select(x, bits, inner)
-        bits = segment_bits(x, GELU_BOUNDS)
-        (x2,) = products([(x, x)])
-        x3, x4 = products([(x2, x), (x2, x2)])
-        (x6,) = products([(x3, x3)])
-        f0 = linear_combination((x, x2, x3), GELU_F0, GELU_F0_CONSTANT)
-        f1 = linear_combination((x, x2, x4, x6), GELU_F1, GELU_F1_CONSTANT)
+        bits, (x2, x3, x4, x6) = lockstep(
+            party,
+            lambda link: less_than_bits_steps(link, segment_stack(x, GELU_BOUNDS), 0),
+            lambda link: _puma_powers_steps(link, x),
+        )
+        f0, f1 = linear_combinations([
+            ((x, x2, x3), GELU_F0, GELU_F0_CONSTANT), ((x, x2, x4, x6), GELU_F1, GELU_F1_CONSTANT)
+        ])
         return select(x, bits, f0, f1)
+
+
+def _even_powers_steps(link: RoundLink, x: ArithShare) -> Steps[tuple[ArithShare, ...]]:
+    """x^2, x^4, x^6, x^8, x^10 in four product levels, as steps."""
+    (x2,) = yield from products_steps(link, [(x, x)])
+    (x4,) = yield from products_steps(link, [(x2, x2)])
+    x6, x8 = yield from products_steps(link, [(x4, x2), (x4, x4)])
+    (x10,) = yield from products_steps(link, [(x8, x2)])
+    return x2, x4, x6, x8, x10
+
+
+def _puma_powers_steps(link: RoundLink, x: ArithShare) -> Steps[tuple[ArithShare, ...]]:
+    """x^2, x^3, x^4, x^6 in three product levels, as steps."""
+    (x2,) = yield from products_steps(link, [(x, x)])
+    x3, x4 = yield from products_steps(link, [(x2, x), (x2, x2)])
+    (x6,) = yield from products_steps(link, [(x3, x3)])
+    return x2, x3, x4, x6

@@ -15,7 +15,9 @@ FAR = torch.tensor([-1e5, -3000.0, 3000.0, 1e5], dtype=torch.float64)
 # truncation, 64 per multiplexer on a boolean bit (mux_bits), 32 per B2A, 24 per product
 # with an integer bit.  Per party for large tensors: 26.3 per MSB plus a third of the rest
 # (GeLU: PUMA 260.2, symmetric 217.9; SiLU: relu 305.6, PUMA 238.9, symmetric 175.3).
-GELU = {"puma": (0.0200, 3, 4 * 64 + 2 * 48 + 3 * 64, 16), "symmetric": (0.0011, 2, 5 * 64 + 48 + 2 * 64, 16)}
+# Rounds: the comparison (5) runs beside the powers (:mod:`veil.mpc.lockstep`), so GeLU costs
+# the powers' levels, one truncation for the polynomials and the selection.
+GELU = {"puma": (0.0200, 3, 4 * 64 + 2 * 48 + 3 * 64, 9), "symmetric": (0.0011, 2, 5 * 64 + 48 + 2 * 64, 11)}
 SILU = {
     "relu": (0.0027, 3, 8 * 64 + 48 + 24 + 3 * 32, 15),
     "puma": (0.0720, 3, 3 * 64 + 2 * 48 + 3 * 64, 16),
