@@ -14,7 +14,8 @@ a mean signed error (the bias every hidden unit shares) of -1.7e-5 against 2.3e-
 SmolLM2's last-position logits keep the error they have with SiLU exact (see
 benchmarks/RESULTS.md).  The powers of b carry f + 8 fractional bits (POWER_EXTRA_BITS):
 the coefficients (up to 460 in b) would otherwise multiply the one-ulp rounding of each
-power into about 3e-3.  x^2 needs no |x|, so |x| (one bit product) and b^2 share one round.
+power into about 3e-3.  G(|b|) = E(b) + sign(x) O(b) (even and odd parts of G): the powers
+of the signed b need no comparison, so they run beside it.
 
 Formula (``variant="puma"``):
     silu(x) = 0                      x < -8
@@ -33,8 +34,8 @@ tending to |x|/2, so with T = 5
     silu(x) ~ 0 (x < -5);  x/2 + E(x^2) (|x| <= 5);  x (x > 5),
     E(s) = 0.020496548463330284 + 0.21099913255441075 s - 0.007965792174430242 s^2
            + 0.0001388975712446311 s^3      (a minimax fit; PUMA's P is the T = 4 fit).
-Two comparisons instead of three: max error 0.0335 on [-12, 12] (vs 0.0719), 191
-instead of 262.5 bytes per element, two rounds fewer; but 2.4x less accurate than PUMA's
+Two comparisons instead of three: max error 0.0335 on [-12, 12] (vs 0.0719), fewer
+bytes; but 2.4x less accurate than PUMA's
 where activations live (max 0.0205 vs 0.0085 on [-2, 2]).  For cost-sensitive use.
 
 Valid range: all x (|x| < 2^(63-f)); outside [-T, T] the powers overflow the ring, but the
@@ -44,42 +45,48 @@ Error: twin vs x * sigmoid(x) on [-12, 12]: relu 2.7e-3 (1.8e-4 on [-4, 4]); PUM
 (at x = 4); symmetric 0.0335.  Protocol vs twin: PUMA and symmetric a few ulp; relu at most
 1 + sum_k |c_k| (k - 1) 2^-8 = 26 ulp (b^k's k - 1 truncations at f + 8 bits, each off by one
 ulp, times its coefficient), 5 ulp measured.
-Cost (relu), per element: segment bits [x < 0], [x < -T], [x > T] (one comparison: 6
-rounds, 3 * 36.96 = 110.9 bytes per party), then 8 products truncated from their 3-out-of-3
-components (|x|'s and the powers b^2 .. b^8, in levels of 2 rounds; 64 bytes each summed over
-the parties), one truncation for G (48) and one bit product for the asymptotes (24): 584
-bytes over the parties, 305.6 per party with the comparison; 15 critical-path rounds
-(PUMA's: 238.9 bytes, 16 rounds; tests check both).
-Cost (PUMA): segment bits (boolean MSBs, 5 rounds, 3 * 26.3 = 78.9 bytes), powers
-x^2 | x^4 | x^6 (3 levels of one product truncated from its components, 2 rounds each, 3
-products: 64 bytes), one truncation for both polynomials (2 rounds, 32 bytes), selection
-(bit injection, 1 round, 3 * 21.3 = 64 bytes): 238.9 bytes per element per party, 16
-critical-path rounds.
-Cost (symmetric): 52.6 + 64 + 16 + 42.7 = 175.3 bytes, 14 critical-path rounds (measured).
+Cost (relu), per element: segment bits [x < 0], [x < -T], [x > T] (one boolean MSB, 3 *
+26.3 bytes per party) and [inside AND x < 0] (one AND, 8 bytes), beside the powers of the
+signed b = x / 8 (b^2 .. b^8 in three levels of products truncated from their 3-out-of-3
+components, 64 bytes each summed over the parties) and G's even and odd parts (one
+truncation, 2 x 48); then four bit injections (mux_bits, 4 x 64): 824 bytes over the parties
+besides the MSBs, 353.6 per party; 9 critical-path rounds (15 with the comparison before
+the powers, 305.6 bytes; PUMA's: 238.9 bytes, 9 rounds; tests check both).
+Cost (PUMA): segment bits (boolean MSBs, 5 rounds beside the powers, 3 * 26.3 = 78.9
+bytes), powers x^2 | x^4 | x^6 (3 levels of one product truncated from its components, 2
+rounds each, 3 products: 64 bytes), one truncation for both polynomials (2 rounds, 32
+bytes), selection (bit injection, 1 round, 3 * 21.3 = 64 bytes): 238.9 bytes per element
+per party, 9 critical-path rounds (16 before the comparison ran beside the powers).
+Cost (symmetric): 52.6 + 64 + 16 + 42.7 = 175.3 bytes, 9 critical-path rounds (measured).
 """
 
 from __future__ import annotations
 
 import torch
 
-from veil.mpc.arith import ArithShare, cat
+from veil.mpc.arith import ArithShare, cat, stack
+from veil.mpc.boolean import BoolShare
+from veil.mpc.lockstep import RoundLink, Steps, lockstep
 from veil.protocols.approx._common import (
     FRAC_BITS,
     encoded_coefficients,
     linear_combination,
-    products,
+    linear_combinations,
+    products_steps,
     quantize,
     with_frac,
 )
 from veil.protocols.approx._piecewise import (
-    segment_bits,
+    segment_stack,
     select,
     select_twin,
-    symmetric_bits,
     symmetric_select,
     symmetric_select_twin,
+    symmetric_stack,
 )
-from veil.protocols.comparison import less_than
+from veil.protocols.boolean import and_shares_steps
+from veil.protocols.comparison import less_than_bits_steps
+from veil.protocols.select import mux_bits
 
 SILU_RELU_BOUND = 8.0
 SILU_RELU_SCALE_BITS = 3
@@ -114,17 +121,20 @@ VARIANTS = ("relu", "puma", "symmetric")
 
 
 def _relu_twin(x: torch.Tensor, frac_bits: int | None) -> torch.Tensor:
-    """Float twin of :func:`_relu_silu`."""
+    """Float twin of :func:`_relu_silu`: the powers of the signed b = x / 8, the even and the
+    odd part of G rounded apart, G(|b|) = even + sign(x) odd."""
     power_bits = None if frac_bits is None else frac_bits + POWER_EXTRA_BITS
-    b = x.abs() / 2**SILU_RELU_SCALE_BITS
+    b = x / 2**SILU_RELU_SCALE_BITS
     b2 = quantize(b * b, power_bits)
     b3, b4 = quantize(b2 * b, power_bits), quantize(b2 * b2, power_bits)
-    high = [quantize(b4 * low, power_bits) for low in (b, b2, b3, b4)]
+    powers = (b, b2, b3, b4, *(quantize(b4 * low, power_bits) for low in (b, b2, b3, b4)))
     coeffs = encoded_coefficients(SILU_RELU, power_bits)
-    g = quantize(sum(c * t for c, t in zip(coeffs, (b, b2, b3, b4, *high))), frac_bits)
+    even = quantize(sum(c * t for c, t in zip(coeffs[1::2], powers[1::2])), frac_bits) + SILU_RELU_CONSTANT
+    odd = quantize(sum(c * t for c, t in zip(coeffs[0::2], powers[0::2])), frac_bits)
+    g = even + torch.where(x < 0, -odd, odd)
     relu = x.clamp(min=0)
     t = quantize(torch.tensor(SILU_RELU_BOUND, dtype=torch.float64), frac_bits)
-    return torch.where(x.abs() > t, relu, relu - (g + SILU_RELU_CONSTANT))
+    return torch.where(x.abs() > t, relu, relu - g)
 
 
 def silu_twin(
@@ -162,22 +172,39 @@ def _over_scale(v: ArithShare, power_bits: int) -> ArithShare:
 
 
 def _relu_silu(x: ArithShare) -> ArithShare:
-    """relu(x) - G(|x| / 8) inside [-T, T], relu(x) outside (see the module docstring)."""
-    f = x.party.fxp.frac_bits
+    """relu(x) - G(|x| / 8) inside [-T, T], relu(x) outside (see the module docstring).
+
+    G(|b|) = E(b) + sign(x) O(b) with E and O the even and odd parts of G in the signed
+    b = x / 8, which need no comparison: the segment bits (and inside AND negative) run
+    beside the powers (:mod:`veil.mpc.lockstep`), and one round of bit injections
+    (:func:`veil.protocols.select.mux_bits`) puts them together:
+        silu = x - neg x - (in E + in O - 2 (in AND neg) O).
+    """
+    party = x.party
+    f = party.fxp.frac_bits
     power_bits = f + POWER_EXTRA_BITS
     t = SILU_RELU_BOUND
     stacked = cat([x.unsqueeze(0), (x + t).unsqueeze(0), (t - x).unsqueeze(0)], dim=0)
-    bits = less_than(stacked, 0)
-    negative, outside = bits[0], bits[1] + bits[2]
-    signed_b = _over_scale(x, power_bits)
-    negative_x, b2 = products([(negative, x), (signed_b, signed_b)], out_frac=[f, power_bits])
-    relu = x - negative_x
-    b = _over_scale(relu - negative_x, power_bits)
-    b3, b4 = products([(b2, b), (b2, b2)], out_frac=[power_bits] * 2)
-    high = products([(b4, low) for low in (b, b2, b3, b4)], out_frac=[power_bits] * 4)
-    g = linear_combination((b, b2, b3, b4, *high), SILU_RELU, SILU_RELU_CONSTANT)
-    (g_outside,) = products([(outside, g)])
-    return relu - g + g_outside
+
+    def segments(link: RoundLink) -> Steps[BoolShare]:
+        bits = yield from less_than_bits_steps(link, stacked, 0)
+        negative, inside = bits[0], bits[1] ^ bits[2] ^ 1  # [x < -T] and [x > T] are disjoint
+        (inside_negative,) = yield from and_shares_steps(link, [inside], [negative])
+        return stack([negative, inside, inside, inside_negative])
+
+    def parts(link: RoundLink) -> Steps[list[ArithShare]]:
+        b = _over_scale(x, power_bits)
+        (b2,) = yield from products_steps(link, [(b, b)], out_frac=[power_bits])
+        b3, b4 = yield from products_steps(link, [(b2, b), (b2, b2)], out_frac=[power_bits] * 2)
+        high = yield from products_steps(link, [(b4, low) for low in (b, b2, b3, b4)], out_frac=[power_bits] * 4)
+        return [b, b2, b3, b4, *high]
+
+    bits, powers = lockstep(party, segments, parts)
+    even, odd = linear_combinations([
+        (powers[1::2], SILU_RELU[1::2], SILU_RELU_CONSTANT), (powers[0::2], SILU_RELU[0::2], 0.0)
+    ])
+    picked = mux_bits(bits, stack([x, even, odd, odd * -2]), 0)
+    return x - picked[0] - picked[1] - picked[2] - picked[3]
 
 
 def silu(x: ArithShare, variant: str = "relu") -> ArithShare:
@@ -187,15 +214,22 @@ def silu(x: ArithShare, variant: str = "relu") -> ArithShare:
         if variant == "relu":
             return _relu_silu(x)
         symmetric = variant == "symmetric"
-        bits = (
-            symmetric_bits(x, SILU_SYMMETRIC_BOUND) if symmetric else segment_bits(x, SILU_BOUNDS)
+        stacked = symmetric_stack(x, SILU_SYMMETRIC_BOUND) if symmetric else segment_stack(x, SILU_BOUNDS)
+        bits, (x2, x4, x6) = lockstep(
+            x.party, lambda link: less_than_bits_steps(link, stacked, 0), lambda link: _even_powers_steps(link, x)
         )
-        (x2,) = products([(x, x)])
-        (x4,) = products([(x2, x2)])
-        (x6,) = products([(x4, x2)])
         if symmetric:
             inner = linear_combination((x, x2, x4, x6), SILU_SYMMETRIC, SILU_SYMMETRIC_CONSTANT)
             return symmetric_select(x, bits, inner)
-        q = linear_combination((x, x2), SILU_Q, SILU_Q_CONSTANT)
-        p = linear_combination((x, x2, x4, x6), SILU_P, SILU_P_CONSTANT)
+        q, p = linear_combinations([
+            ((x, x2), SILU_Q, SILU_Q_CONSTANT), ((x, x2, x4, x6), SILU_P, SILU_P_CONSTANT)
+        ])
         return select(x, bits, q, p)
+
+
+def _even_powers_steps(link: RoundLink, x: ArithShare) -> Steps[tuple[ArithShare, ...]]:
+    """x^2, x^4, x^6 in three product levels, as steps (the segments' comparison runs beside)."""
+    (x2,) = yield from products_steps(link, [(x, x)])
+    (x4,) = yield from products_steps(link, [(x2, x2)])
+    (x6,) = yield from products_steps(link, [(x4, x2)])
+    return x2, x4, x6

@@ -18,10 +18,13 @@ FAR = torch.tensor([-1e5, -3000.0, 3000.0, 1e5], dtype=torch.float64)
 # Rounds: the comparison (5) runs beside the powers (:mod:`veil.mpc.lockstep`), so GeLU costs
 # the powers' levels, one truncation for the polynomials and the selection.
 GELU = {"puma": (0.0200, 3, 4 * 64 + 2 * 48 + 3 * 64, 9), "symmetric": (0.0011, 2, 5 * 64 + 48 + 2 * 64, 11)}
+# SiLU relu: 7 power products, the even and odd parts' truncation (2 x 48), one AND (inside
+# AND negative, 24) and four multiplexers on boolean bits; 9 rounds (the powers' 6 and the
+# truncation, the comparison and the AND beside them, then the multiplexers).
 SILU = {
-    "relu": (0.0027, 3, 8 * 64 + 48 + 24 + 3 * 32, 15),
-    "puma": (0.0720, 3, 3 * 64 + 2 * 48 + 3 * 64, 16),
-    "symmetric": (0.0336, 2, 3 * 64 + 48 + 2 * 64, 14),
+    "relu": (0.0027, 3, 7 * 64 + 2 * 48 + 24 + 4 * 64, 9),
+    "puma": (0.0720, 3, 3 * 64 + 2 * 48 + 3 * 64, 9),
+    "symmetric": (0.0336, 2, 3 * 64 + 48 + 2 * 64, 9),
 }
 # Protocol vs twin, in ulp: the final truncation, plus for the relu fit each power b^k
 # (k - 1 truncations of f + 8 bits, floor against the twin's rounding) times |c_k|.
