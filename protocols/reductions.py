@@ -125,7 +125,7 @@ tournament of 8 (28 comparisons), so a level costs 14 critical-path rounds inste
 divides the candidates by 8 instead of 2."""
 
 
-def _tournament_levels(
+def tournament_levels(
     x: ArithShare, group: int
 ) -> tuple[ArithShare, list[tuple[BoolShare, int]]]:
     """(max (...), per level the groups' boolean one-hots (..., G, g) and the level's width n)."""
@@ -165,7 +165,7 @@ def grouped_max_with_argmax(
     """
     party = x.party
     with party.comm.scope("max"):
-        maximum, levels = _tournament_levels(x, group)
+        maximum, levels = tournament_levels(x, group)
     with party.comm.scope("argmax"):
         flags = None  # None: the public all-ones flag of the root
         for winner, n in reversed(levels):

@@ -21,7 +21,7 @@ from veil.mpc.lockstep import RoundLink, Steps, run_alone
 from veil.mpc.party import Party
 from veil.protocols.comparison import less_than_bits
 from veil.protocols.multiplication import local_product
-from veil.protocols.reductions import tournament_fits, tournament_max
+from veil.protocols.reductions import tournament_fits, tournament_levels, tournament_max
 from veil.protocols.select import mux_bits
 from veil.protocols.truncation import truncate, truncate_product_steps
 
@@ -196,22 +196,32 @@ TOURNAMENT_BUDGET_BYTES = 4 << 20
 token against the cached keys, take it."""
 
 
-def row_max(x: ArithShare) -> ArithShare:
+ROW_MAX_GROUP = 4
+"""Candidates per all-pairs tournament in the levels of :func:`row_max` over long rows."""
+
+
+def row_max(x: ArithShare, group: int = ROW_MAX_GROUP) -> ArithShare:
     """max over the last dim, shape (..., 1), exact.
 
     Short rows within :data:`TOURNAMENT_BUDGET_BYTES` take the all-pairs tournament of
     :func:`veil.protocols.reductions.tournament_max` (one comparison depth: 11 rounds for
-    n = 33).  Longer rows take a tree of comparisons and multiplexers: ceil(log2 n) levels
-    of one boolean MSB (5 rounds) and one multiplexer on it by bit injection (1 round,
-    :func:`veil.protocols.select.mux_bits`); n - 1 of each (26.3 + 21.3 bytes) per row of
-    n: about 47.6 bytes per element per party (42 rounds for n = 128; 77 and 55.5 bytes
-    with the 10-round comparison and integer bits).  A tree of 4-way tournaments was no
-    faster on PUMA's LAN or WAN (2.3x the bytes for a third fewer rounds), so the tree
-    stays.  Unlike ``ArithShare.max`` neither rebuilds the argmax one-hot
-    (softmax does not need it).
+    n = 33).  Longer rows take levels of ``group``-way all-pairs tournaments
+    (:func:`veil.protocols.reductions.tournament_levels`); for 4, each level is one boolean
+    MSB of 6 pairs per group (5 rounds), a 2-level AND of each candidate's 3 factors (2
+    rounds) and one bit injection (1 round): 8 rounds per division by 4 against 12 for two
+    levels of the binary tree (n = 128: 30 rounds instead of 42, n = 32: 22 instead of 30),
+    for about 2.4x the tree's bytes (per candidate of a level 1.5 MSBs, 3 ANDs and one bit
+    injection).  ``group=2`` is the binary tree of comparisons and multiplexers:
+    ceil(log2 n) levels of one boolean MSB (5 rounds) and one multiplexer on it by bit
+    injection (1 round, :func:`veil.protocols.select.mux_bits`), about 47.6 bytes per
+    element per party (sampling's max over a vocabulary, where bytes weigh more).
+    Unlike ``ArithShare.max`` neither rebuilds the argmax one-hot (softmax does not need it).
     """
     if tournament_fits(x, TOURNAMENT_BUDGET_BYTES):
         return tournament_max(x)
+    if group > 2:
+        maximum, _ = tournament_levels(x, group)
+        return maximum.unsqueeze(-1)
     current = x
     while current.shape[-1] > 1:
         n = current.shape[-1]

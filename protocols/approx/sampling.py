@@ -98,7 +98,7 @@ def _top_k_keep(x: ArithShare, k: int) -> tuple[ArithShare, ArithShare]:
         top, onehot = max_with_argmax(work, -1)
         first = top.unsqueeze(-1) if first is None else first
         work = work - onehot * REMOVE_OFFSET
-    kth = row_max(work)
+    kth = row_max(work, group=2)
     return (kth if first is None else first), 1 - less_than(x, kth)
 
 
@@ -145,7 +145,7 @@ def sample(
         if top_k is not None and top_k < x.shape[-1]:
             top, keep = _top_k_keep(x, top_k)
         else:
-            top, keep = row_max(x), None
+            top, keep = row_max(x, group=2), None
         z = x - top
         if temperature != 1.0:
             z = z * (1.0 / temperature)
