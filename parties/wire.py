@@ -18,6 +18,7 @@ bytes, which the :class:`Reassembler` copies once into the tensor's own buffer.
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -33,6 +34,8 @@ SMALL_CHUNK_BYTES = 1 << 14
 """Below this, protobuf's parser and its copy of the data beat parsing fields in Python."""
 MAX_TENSOR_BYTES = 16 << 30  # refuse absurd headers at once
 MAX_DIMS = 32
+HUGE_PAGE_TENSOR_BYTES = 4 << 20
+"""From this size on a received tensor goes into a buffer backed by huge pages."""
 
 DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, name)
@@ -237,6 +240,22 @@ def decode_chunk(raw: bytes) -> Chunk:
     return Chunk(veil_pb2.TensorChunk.FromString(b"".join(header_parts)), data)
 
 
+def _huge_page_buffer(nbytes: int) -> mmap.mmap | bytearray:
+    """An anonymous mapping of ``nbytes`` that the kernel backs with 2 MB pages where it can.
+
+    Writing a large tensor into fresh 4 KB pages costs a page fault per 4 KB (a fifth of
+    the link's time at 256 MB); with huge pages it is one per 2 MB.  Only pages written
+    are ever backed by memory, so a header that claims a huge tensor still costs only the
+    data that actually arrives; where the kernel refuses the mapping, the buffer grows.
+    """
+    try:
+        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError:
+        return bytearray()
+    buffer.madvise(mmap.MADV_HUGEPAGE)
+    return buffer
+
+
 class _Header(NamedTuple):
     """What every chunk of a message repeats (kept apart from the first chunk's data)."""
 
@@ -256,8 +275,9 @@ class Reassembler:
 
     def __init__(self) -> None:
         self._header: _Header | None = None
-        self._buffer = bytearray()
+        self._buffer: mmap.mmap | bytearray = bytearray()
         self._expected = 0
+        self._filled = 0
 
     @property
     def in_progress(self) -> bool:
@@ -271,18 +291,21 @@ class Reassembler:
             self._check_continuation(chunk)
         header = self._header
         assert header is not None
-        if len(self._buffer) + len(chunk.data) > self._expected:
+        end = self._filled + len(chunk.data)
+        if end > self._expected:
             raise WireError(f"tensor data exceeds its header ({self._expected} bytes)")
-        self._buffer += chunk.data
+        if isinstance(self._buffer, bytearray):
+            self._buffer += chunk.data
+        else:
+            self._buffer[self._filled : end] = chunk.data
+        self._filled = end
         if chunk.chunk_index + 1 < header.chunk_count:
             return None
-        if len(self._buffer) != self._expected:
-            raise WireError(
-                f"tensor has {len(self._buffer)} bytes, its header says {self._expected}"
-            )
+        if self._filled != self._expected:
+            raise WireError(f"tensor has {self._filled} bytes, its header says {self._expected}")
         dtype = DTYPES[header.dtype]
         buffer = self._buffer
-        self._header, self._buffer, self._expected = None, bytearray(), 0
+        self._header, self._buffer, self._expected, self._filled = None, bytearray(), 0, 0
         if not buffer:
             return torch.empty(header.shape, dtype=dtype)
         return torch.frombuffer(buffer, dtype=dtype).reshape(header.shape)
@@ -306,11 +329,13 @@ class Reassembler:
             )
         self._header = _Header(chunk.seq, chunk.dtype, shape, chunk.chunk_count, chunk.tag)
         self._expected = nbytes
+        if nbytes >= HUGE_PAGE_TENSOR_BYTES:
+            self._buffer = _huge_page_buffer(nbytes)
 
     def _check_continuation(self, chunk: veil_pb2.TensorChunk | Chunk) -> None:
         header = self._header
         assert header is not None
-        expected_index = len(self._buffer) // CHUNK_BYTES
+        expected_index = self._filled // CHUNK_BYTES
         if chunk.seq != header.seq:
             raise WireError(f"chunk of message {chunk.seq} inside message {header.seq}")
         if (
