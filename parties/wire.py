@@ -76,7 +76,7 @@ def _pieces(
     """``tensor`` cut into chunk headers (no data) and views of its bytes, one per chunk."""
     name = dtype_name(tensor.dtype)
     shape = list(tensor.shape)
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    flat = tensor.detach().to("cpu").resolve_conj().contiguous().reshape(-1)
     raw = memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
     count = max(1, math.ceil(len(raw) / CHUNK_BYTES))
     for index in range(count):
@@ -253,7 +253,9 @@ def _huge_page_buffer(nbytes: int) -> mmap.mmap | bytearray:
         buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except OSError:
         return bytearray()
-    buffer.madvise(mmap.MADV_HUGEPAGE)
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
+    if advice is not None:
+        buffer.madvise(advice)
     return buffer
 
 
