@@ -317,8 +317,8 @@ class GrpcCommunicator(Communicator):
         seq = self._send_seq[dst]
         self._send_seq[dst] = seq + 1
         scope = "/".join(self._stack())
-        # Copy off the device here, in the caller's thread and CUDA stream; chunking
-        # happens in gRPC's sender thread so the caller can go on computing.
+        # Copy off the device here, in the caller's thread and CUDA stream; a large tensor
+        # is chunked in gRPC's sender thread so the caller can go on computing.
         stream.put(tensor.detach().to("cpu"), sender=self.rank, seq=seq, tag=scope, clock=clock)
 
     def _recv(self, src: int, timeout: float) -> tuple[torch.Tensor, int]:

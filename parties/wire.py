@@ -272,8 +272,9 @@ class _Header(NamedTuple):
 class Reassembler:
     """Collects the chunks of one tensor at a time, validating each against the first.
 
-    The buffer grows with the data that has arrived, never to the size a header
-    claims: a sender that announces a huge tensor and sends little costs little.
+    The memory used grows with the data that has arrived, never to the size a header
+    claims: a sender that announces a huge tensor and sends little costs little (a
+    huge-page mapping of the claimed size is only address space until it is written).
     """
 
     def __init__(self) -> None:
