@@ -6,8 +6,8 @@
 
 First the median round trip of one int64 between two parties (the latency floor of a
 protocol round).  Then every party repeatedly does the resharing step (send to party i-1, receive from party
-i+1) with one int64 tensor, so all six directed links are busy at once, as in a
-multiplication.  Reported per party: MB/s sent (10^6 bytes / s), bytes and messages
+i+1) with one int64 tensor, so three directed links (0->2, 1->0, 2->1) are busy at once
+and every party sends on one while it receives on another, as in a multiplication.  Reported per party: MB/s sent (10^6 bytes / s), bytes and messages
 sent (from the communicator's counters), over
 
 - memory:       the in-memory communicator (three threads, tensors passed by reference);

@@ -40,11 +40,24 @@ from typing import TYPE_CHECKING
 import grpc
 import torch
 
-from veil.mpc.communicator import WORLD_SIZE, Communicator, PeerError, PeerTimeoutError
+from veil.mpc.communicator import (
+    WORLD_SIZE,
+    Communicator,
+    PeerError,
+    PeerTimeoutError,
+    tensor_nbytes,
+)
 from veil.parties import tls
 from veil.parties.admission import DEFAULT_CLIENT_CALLS, Admission, server_threads
 from veil.parties.config import ClusterConfig, ConfigError
-from veil.parties.wire import Reassembler, WireError, decode_chunk, encoded_chunks
+from veil.parties.wire import (
+    SMALL_CHUNK_BYTES,
+    Reassembler,
+    WireError,
+    decode_chunk,
+    encoded_chunks,
+    small_chunk,
+)
 from veil.proto import veil_pb2, veil_pb2_grpc
 
 if TYPE_CHECKING:
@@ -304,8 +317,8 @@ class GrpcCommunicator(Communicator):
         seq = self._send_seq[dst]
         self._send_seq[dst] = seq + 1
         scope = "/".join(self._stack())
-        # Copy off the device here, in the caller's thread and CUDA stream; chunking
-        # happens in gRPC's sender thread so the caller can go on computing.
+        # Copy off the device here, in the caller's thread and CUDA stream; a large tensor
+        # is chunked in gRPC's sender thread so the caller can go on computing.
         stream.put(tensor.detach().to("cpu"), sender=self.rank, seq=seq, tag=scope, clock=clock)
 
     def _recv(self, src: int, timeout: float) -> tuple[torch.Tensor, int]:
@@ -371,7 +384,13 @@ class _OutgoingStream:
         self._call = stream.future(self._requests(), wait_for_ready=True)
 
     def put(self, tensor: torch.Tensor, *, sender: int, seq: int, tag: str, clock: int) -> None:
-        self._queue.put((tensor, sender, seq, tag, clock))
+        """Queue ``tensor``; a small one is serialized here, in the caller's thread, because
+        it takes microseconds there and leaves gRPC's sender thread only a hand-off on the
+        round trip's critical path."""
+        if tensor_nbytes(tensor) < SMALL_CHUNK_BYTES:
+            self._queue.put(small_chunk(tensor, sender=sender, seq=seq, tag=tag, clock=clock))
+        else:
+            self._queue.put((tensor, sender, seq, tag, clock))
 
     def put_control(self, chunk: veil_pb2.TensorChunk) -> None:
         self._queue.put(chunk)
@@ -411,6 +430,10 @@ class _OutgoingStream:
                 return
             if isinstance(item, veil_pb2.TensorChunk):
                 yield item.SerializeToString()
+                continue
+            if isinstance(item, bytes):
+                self._count(len(item))
+                yield item
                 continue
             tensor, sender, seq, tag, clock = item
             for chunk in encoded_chunks(tensor, sender=sender, seq=seq, tag=tag, clock=clock):

@@ -95,6 +95,26 @@ def test_failing_party_fails_peers_fast_and_cluster_recovers(grpc_threads) -> No
     assert grpc_threads.run(lambda p: p.rank * 2) == [0, 2, 4]
 
 
+def overwrite_after_send(party, big_numel):
+    """Party 0 sends a large tensor, then a small one that it overwrites at once."""
+    comm = party.comm
+    if party.rank == 0:
+        comm.send(1, torch.zeros(big_numel, dtype=torch.int64))
+        small = torch.arange(4)
+        comm.send(1, small)
+        small.fill_(-1)
+    elif party.rank == 1:
+        comm.recv(0)
+        return comm.recv(0)
+    return None
+
+
+def test_small_tensor_is_serialized_in_send(grpc_threads) -> None:
+    """gRPC's sender thread is still busy with 32 MB when party 0 overwrites the small
+    tensor: it arrives intact only if send() serialized it in the caller's thread."""
+    assert torch.equal(grpc_threads.run(overwrite_after_send, 4 << 20)[1], torch.arange(4))
+
+
 # -- a single party under attack ------------------------------------------------------
 
 

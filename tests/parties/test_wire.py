@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -132,3 +134,48 @@ def test_decode_chunk_rejects_truncated_messages(cut: int) -> None:
     (raw,) = wire.encoded_chunks(torch.arange(CHUNK_BYTES // 8), tag="t")
     with pytest.raises(WireError):
         wire.decode_chunk(raw[:-cut])
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.arange(12, dtype=torch.int64).reshape(3, 4).t(),
+        torch.randn(4, 3).to(torch.bfloat16).t(),
+        torch.tensor([1 + 2j, -3j], dtype=torch.complex64).conj(),
+        torch.arange(6, dtype=torch.int16)[::2],
+    ],
+    ids=["transposed", "bfloat16-transposed", "conjugate-view", "strided"],
+)
+def test_small_chunk_keeps_the_logical_layout(tensor: torch.Tensor) -> None:
+    """The one-message path reads views as the tensor they show, not their storage."""
+    (raw,) = wire.encoded_chunks(tensor, sender=1, seq=2, tag="t", clock=3)
+    assert veil_pb2.TensorChunk.FromString(raw) == next(
+        tensor_chunks(tensor, sender=1, seq=2, tag="t", clock=3)
+    )
+    assert torch.equal(Reassembler().add(wire.decode_chunk(raw)), tensor.resolve_conj())
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of this process's mapping that holds ``address`` (Linux's smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        first = line.split(maxsplit=1)[0]
+        if "-" in first and not first.endswith(":"):
+            start, end = (int(x, 16) for x in first.split("-"))
+            inside = start <= address < end
+        elif inside and first == "VmFlags:":
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds address {address:#x}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc")
+def test_large_tensors_land_in_huge_pages_of_their_own() -> None:
+    tensor = torch.arange(wire.HUGE_PAGE_TENSOR_BYTES // 8, dtype=torch.int64)
+    reassembler = Reassembler()
+    first, second = (
+        [reassembler.add(wire.decode_chunk(raw)) for raw in wire.encoded_chunks(t)][-1]
+        for t in (tensor, tensor + 1)
+    )
+    assert "hg" in _vm_flags(first.data_ptr())  # madvise(MADV_HUGEPAGE)
+    first.fill_(0)  # writable, and no buffer is shared between messages
+    assert torch.equal(second, tensor + 1)
