@@ -88,6 +88,17 @@ def _factor_bits(f: int, lo_exp: int, scale: float) -> int:
     return max(0, min(61 - f, math.floor(RING_HEADROOM_BITS - largest_factor_log2 - guess_log2)))
 
 
+def _window(f: int, lo_exp: int, hi_exp: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """The bracket's bit positions p of v = x * 2^f, the normaliser's extra bits, and the
+    exponent of x = u * 2^exponent at each position (u in [0.25, 0.5))."""
+    if not 0 < hi_exp - lo_exp <= MAX_WINDOW or lo_exp < -f:
+        raise ValueError(f"rsqrt window [2^{lo_exp}, 2^{hi_exp}) is not supported")
+    positions = torch.arange(f + lo_exp, f + hi_exp)
+    # u = v / 2^(p+2); the normaliser 2^(2f-2-p) gets `lift` extra bits where p > 2f - 2.
+    lift = max(0, f + hi_exp - 1 - (2 * f - 2))
+    return positions, lift, positions.to(torch.float64) + 2 - f
+
+
 def rsqrt(
     x: ArithShare,
     lo_exp: int = DEFAULT_LO_EXP,
@@ -109,12 +120,7 @@ def rsqrt(
     f = party.fxp.frac_bits
     if x.frac_bits != f:
         raise ValueError("rsqrt expects a fixed-point share with f fractional bits")
-    if not 0 < hi_exp - lo_exp <= MAX_WINDOW or lo_exp < -f:
-        raise ValueError(f"rsqrt window [2^{lo_exp}, 2^{hi_exp}) is not supported")
-    positions = torch.arange(f + lo_exp, f + hi_exp)  # bit position p of v = x * 2^f
-    # u = v / 2^(p+2); the normaliser 2^(2f-2-p) gets `lift` extra bits where p > 2f - 2.
-    lift = max(0, f + hi_exp - 1 - (2 * f - 2))
-    exponents = positions.to(torch.float64) + 2 - f  # x = u * 2^exponent
+    positions, lift, exponents = _window(f, lo_exp, hi_exp)
     extra = _factor_bits(f, lo_exp, scale)
     factors = torch.round(scale * torch.pow(2.0, f + extra - exponents / 2)).to(torch.int64)
     with party.comm.scope("rsqrt"):
@@ -200,11 +206,7 @@ def rsqrt_product(
     f = party.fxp.frac_bits
     if x.frac_bits != f or y.frac_bits != f:
         raise ValueError("rsqrt_product expects fixed-point shares with f fractional bits")
-    if not 0 < hi_exp - lo_exp <= MAX_WINDOW or lo_exp < -f:
-        raise ValueError(f"rsqrt window [2^{lo_exp}, 2^{hi_exp}) is not supported")
-    positions = torch.arange(f + lo_exp, f + hi_exp)  # bit position p of v = x * 2^f
-    lift = max(0, f + hi_exp - 1 - (2 * f - 2))
-    exponents = positions.to(torch.float64) + 2 - f  # x = u * 2^exponent
+    positions, lift, exponents = _window(f, lo_exp, hi_exp)
     extra = _scaled_factor_bits(f, ratio_bound)
     factors = torch.round(scale * torch.pow(2.0, f + extra - exponents / 2)).to(torch.int64)
     y_frac = f + y_bits
