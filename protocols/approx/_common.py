@@ -198,6 +198,14 @@ token against the cached keys, take it."""
 
 ROW_MAX_GROUP = 4
 """Candidates per all-pairs tournament in the levels of :func:`row_max` over long rows."""
+LEVELS_EXTRA_BYTES_PER_ELEMENT = 66.0
+"""Bytes per element per party that 4-way tournament levels send beyond the binary tree's
+47.6 (about 113 in all: per candidate of a level 1.5 MSBs, 3 ANDs and one bit injection,
+over the levels' 4/3 candidates per element)."""
+LEVELS_BUDGET_BYTES = 4 << 20
+"""Extra bytes per party one :func:`row_max` may spend on 4-way levels instead of the tree:
+GPT-2's and MiniLM's prompt rows take them, BERT-base's 12 x 128 x 128 scores (12.9 MB more
+for 12 rounds fewer) keep the tree."""
 
 
 def row_max(x: ArithShare, group: int = ROW_MAX_GROUP) -> ArithShare:
@@ -211,7 +219,8 @@ def row_max(x: ArithShare, group: int = ROW_MAX_GROUP) -> ArithShare:
     rounds) and one bit injection (1 round): 8 rounds per division by 4 against 12 for two
     levels of the binary tree (n = 128: 30 rounds instead of 42, n = 32: 22 instead of 30),
     for about 2.4x the tree's bytes (per candidate of a level 1.5 MSBs, 3 ANDs and one bit
-    injection).  ``group=2`` is the binary tree of comparisons and multiplexers:
+    injection), taken while the extra bytes stay within :data:`LEVELS_BUDGET_BYTES`.
+    Otherwise, and for ``group=2``, the binary tree of comparisons and multiplexers:
     ceil(log2 n) levels of one boolean MSB (5 rounds) and one multiplexer on it by bit
     injection (1 round, :func:`veil.protocols.select.mux_bits`), about 47.6 bytes per
     element per party (sampling's max over a vocabulary, where bytes weigh more).
@@ -219,7 +228,7 @@ def row_max(x: ArithShare, group: int = ROW_MAX_GROUP) -> ArithShare:
     """
     if tournament_fits(x, TOURNAMENT_BUDGET_BYTES):
         return tournament_max(x)
-    if group > 2:
+    if group > 2 and x.numel() * LEVELS_EXTRA_BYTES_PER_ELEMENT <= LEVELS_BUDGET_BYTES:
         maximum, _ = tournament_levels(x, group)
         return maximum.unsqueeze(-1)
     current = x

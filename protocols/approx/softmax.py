@@ -16,18 +16,20 @@ causal-masked, 12x128x128): 9.1e-4 max abs (t = 5: 3.9e-3; bound 1e-2; PUMA's t 
 exp: 6.4e-2); protocol vs twin about 6e-5.  See :mod:`veil.protocols.approx.exp` for the exp
 trade-off table.
 Cost per party, 12x128x128 (logits ~ N(0, 3^2); measured with the communicator counters):
-61 critical-path rounds, 61.17 MB (busiest party); the max takes 4-way all-pairs
-tournaments (``row_max``: 3 levels of 8 rounds and a last one of 6, about 113 bytes per
-element), exp's clip runs beside its squarings (:mod:`veil.mpc.lockstep`), exp's 7
-products 26.7 MB (6 truncated from their 3-out-of-3 components, 21.3 bytes each, the last
-one left untruncated, 8 bytes), then the final product and the per-row sum and reciprocal
-(its bracket's comparisons with the fused root, 5 rounds).  Before the 4-way tournaments
-and the clip beside the squarings: 78 rounds, 50.55 MB (busiest party); before the 6-round
-comparison and the bit-injection multiplexers: 123 rounds, 53.40 MB.
-SPU's PUMA: 160 send steps, 47.0 MB (ours: 30% more bytes, 99 fewer rounds).
+73 critical-path rounds, 50.55 MB (busiest party); the max tree takes 7 levels of a boolean
+MSB (5 rounds) and a multiplexer by bit injection (1 round), 47.6 bytes per element (rows
+this long and this many would spend 12.9 MB more on ``row_max``'s 4-way tournament levels
+than its budget allows; GPT-2's 12x32x32 take them: 53 rounds instead of 61), exp's clip
+the same but beside its squarings (:mod:`veil.mpc.lockstep`), exp's 7 products 26.7 MB (6
+truncated from their 3-out-of-3 components, 21.3 bytes each, the last one left untruncated,
+8 bytes), then the final product and the per-row sum and reciprocal (its bracket's
+comparisons with the fused root, 5 rounds).  Before the clip ran beside the squarings: 78
+rounds; before the 6-round comparison and the bit-injection multiplexers: 123 rounds,
+53.40 MB.
+SPU's PUMA: 160 send steps, 47.0 MB (ours: 7.6% more bytes, 87 fewer rounds).
 Trading robustness for bytes, ``clip=None`` (exp valid for x - max >= -50
-at t = 5, or >= -120 with ``squarings=6``, garbage below) costs 47.62 MB and 58 rounds
-(t = 5) or 51.81 MB and 60 rounds (t = 6, error 9e-4): only for logits with a known spread.
+at t = 5, or >= -120 with ``squarings=6``, garbage below) costs 36.99 MB and 70 rounds
+(t = 5) or 41.18 MB and 72 rounds (t = 6, error 9e-4): only for logits with a known spread.
 """
 
 from __future__ import annotations

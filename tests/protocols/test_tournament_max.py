@@ -53,7 +53,7 @@ def test_row_max_takes_the_tournament_only_within_the_budget() -> None:
         return depth_short, depth_long, max_short.reveal(), max_long.reveal()
 
     depth_short, depth_long, max_short, max_long = mpc.simulate(fn)[0]
-    assert depth_short <= 11 < depth_long  # tournament (11) against the 4-way levels
+    assert depth_short <= 11 < depth_long  # tournament (11) against the tree (over both budgets)
     torch.testing.assert_close(max_short, short.amax(-1, keepdim=True), atol=2e-6, rtol=0)
     torch.testing.assert_close(max_long, long.amax(-1, keepdim=True), atol=2e-6, rtol=0)
 
@@ -83,7 +83,8 @@ def test_long_rows_take_4_way_tournament_levels_in_fewer_rounds_than_the_tree(rn
     """n = 128 and 32 (a BERT and a GPT-2 prompt's attention rows; 130 gives levels of 132,
     33, 9 and 3 candidates): 8 rounds per 4-way level (one boolean MSB, a 2-level AND, one
     bit injection), a last level of 2 takes 6 and one of 3 takes 7; against 6 per binary
-    level.  Exact, with ties."""
+    level.  Exact, with ties.  Beyond LEVELS_BUDGET_BYTES (BERT-base's 12 x 128 x 128 scores)
+    the binary tree stays."""
     cases = ((40, 128, 3 * 8 + 6, 7 * 6), (384, 32, 2 * 8 + 6, 5 * 6), (40, 130, 3 * 8 + 7, 8 * 6))
     for rows, n, four_way, binary in cases:  # too many rows for one all-pairs tournament
         x = torch.randn(rows, n, generator=rng, dtype=torch.float64).mul(4).round().div(4)
@@ -98,3 +99,11 @@ def test_long_rows_take_4_way_tournament_levels_in_fewer_rounds_than_the_tree(rn
         assert (depth_levels, depth_tree) == (four_way, binary)
         torch.testing.assert_close(out, x.amax(-1, keepdim=True), atol=0, rtol=0)
         torch.testing.assert_close(tree, x.amax(-1, keepdim=True), atol=0, rtol=0)
+
+    scores = torch.randn(12 * 128, 128, generator=rng, dtype=torch.float64)
+
+    def bert(party):
+        s = mpc.share(party, scores, owner=0)
+        return _depth(party, lambda: row_max(s))[0]
+
+    assert mpc.simulate(bert)[0] == 7 * 6
