@@ -81,6 +81,7 @@ class StepStreams:
         self.keep_seconds = keep_seconds
         self.changed = threading.Condition()
         self._streams: dict[str, StepStream] = {}
+        self._ended: dict[str, tuple[float, str | None]] = {}  # finished with no stream yet
 
     @contextmanager
     def serving(self, request_id: str, options: dict[str, str]) -> Iterator[None]:
@@ -101,7 +102,11 @@ class StepStreams:
         """The request ended (with ``error`` if it failed or was refused)."""
         with self.changed:
             stream = self._streams.get(request_id)
-            if stream is None or stream.finished:
+            if stream is None:  # a FetchSteps call arriving later must end at once
+                self._forget_ended()
+                self._ended[request_id] = (time.monotonic(), error)
+                return
+            if stream.finished:
                 return
             stream.finished, stream.error = True, error
             if not stream.reading and stream.listener_gone.is_set():
@@ -121,6 +126,11 @@ class StepStreams:
         """Relay a request's steps as chunks of tensors tagged ``name``, until it ends;
         ``party`` names this party in errors."""
         with self.changed:
+            ended = self._ended.pop(request_id, None)
+            if ended is not None:  # the request ended before this call came: nothing to wait for
+                if ended[1] is not None:
+                    context.abort(grpc.StatusCode.ABORTED, ended[1])
+                return
             stream = self._open(request_id)
             if stream.reading:
                 context.abort(
@@ -168,6 +178,7 @@ class StepStreams:
 
     def _open(self, request_id: str) -> StepStream:
         """The request's stream, created if new; drops streams nobody came for (lock held)."""
+        self._forget_ended()
         horizon = time.monotonic() - self.keep_seconds
         for stale in [
             r for r, s in self._streams.items() if s.created < horizon and not s.reading
@@ -175,6 +186,12 @@ class StepStreams:
             if self._streams[stale].finished or not self._streams[stale].started:
                 del self._streams[stale]
         return self._streams.setdefault(request_id, StepStream())
+
+    def _forget_ended(self) -> None:
+        """Drop the marks of requests that ended more than ``keep_seconds`` ago (lock held)."""
+        horizon = time.monotonic() - self.keep_seconds
+        for gone in [r for r, (when, _) in self._ended.items() if when < horizon]:
+            del self._ended[gone]
 
     def __len__(self) -> int:
         with self.changed:
