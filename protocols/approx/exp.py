@@ -47,18 +47,55 @@ caller that multiplies the result again (softmax).
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
+from numpy.polynomial import chebyshev, polynomial
 
 from veil.mpc.arith import ArithShare
 from veil.mpc.lockstep import RoundLink, Steps, lockstep, run_alone
 from veil.protocols.approx._common import FRAC_BITS, products_steps, quantize, with_frac
 from veil.protocols.comparison import less_than_bits_steps
+from veil.protocols.multiplication import local_product
 from veil.protocols.select import mux_bits
+from veil.protocols.truncation import truncate_product_steps
 
 EXP_CLIP = -14.0
 """Below this exp(x) is taken as 0 (PUMA's T_exp)."""
 DEFAULT_SQUARINGS = 5
-BASES = ("quadratic", "linear")
+BASES = ("quadratic", "linear", "poly8")
+POLY_DEGREE = 8
+POLY_SQUARINGS = 2
+"""t for ``base="poly8"``: a degree-8 base on [-14/4, 0] and two squarings."""
+POLY_RAW_BITS = 60
+"""Fractional bits of poly8's combination before its one truncation (the base is <= 1)."""
+
+
+@functools.cache
+def poly_coefficients(squarings: int = POLY_SQUARINGS, clip: float = EXP_CLIP) -> tuple[float, ...]:
+    """Power-basis coefficients c_0..c_8 of q(v) ~ exp(2 (v - 1)) on v in [1 + clip / 2^(t+1), 1].
+
+    Chebyshev interpolation of degree 8 (near-minimax): with t = 2, v in [-0.75, 1] and
+    max |q - exp| = 3.7e-7 on it, 1.5e-6 after the two squarings.  exp(x) = q(v)^(2^t) with
+    v = 1 + x / 2^(t+1)."""
+    lo = 1 + clip / 2 ** (squarings + 1)
+    fit = chebyshev.Chebyshev.interpolate(lambda v: np.exp(2 * (v - 1)), POLY_DEGREE, domain=[lo, 1])
+    return tuple(float(c) for c in fit.convert(kind=polynomial.Polynomial).coef)
+
+
+def _poly_encoding(f: int, squarings: int) -> tuple[int, list[int], list[int], int]:
+    """(raw bits R, integer weights of the low terms v..v^4, of the high factor's terms
+    v..v^4 (for c_5..c_8), encoded constant c_0), exactly as the protocol applies them.
+
+    v carries f + t + 1 fractional bits, v^2..v^4 carry f; low terms land on R bits, the
+    high factor B = sum_k c_k v^(k-4) on R - f bits (times v^4 with f bits: R)."""
+    coeffs = poly_coefficients(squarings)
+    raw = POLY_RAW_BITS
+    bits = [f + squarings + 1, f, f, f]  # fractional bits of v, v^2, v^3, v^4
+    low = [round(c * 2.0 ** (raw - b)) for c, b in zip(coeffs[1:5], bits)]
+    high = [round(c * 2.0 ** (raw - f - b)) for c, b in zip(coeffs[5:9], bits)]
+    return raw, low, high, round(coeffs[0] * 2.0**raw)
 
 
 def exp_twin(
@@ -70,18 +107,45 @@ def exp_twin(
     untruncated: bool = False,
 ) -> torch.Tensor:
     """Float twin of :func:`exp` (rounded where the protocol truncates)."""
-    if base not in BASES:
-        raise ValueError(f"unknown exp base {base!r}: expected one of {BASES}")
+    _check_base(base, squarings, clip)
     x = x.to(torch.float64)
-    z = 1 + x / 2**squarings
-    if base == "quadratic":
-        z = (quantize(z * z, frac_bits) + 1) / 2
+    z = base_twin(x, squarings, base, frac_bits)
     last_bits = None if frac_bits is None or untruncated else frac_bits
     for step in range(squarings):
         z = quantize(z * z, last_bits if step == squarings - 1 else frac_bits)
     if clip is not None:
         z = torch.where(x < clip, torch.zeros_like(z), z)
     return z
+
+
+def base_twin(x: torch.Tensor, squarings: int, base: str, frac_bits: int | None) -> torch.Tensor:
+    """Float twin of :func:`base_steps`: the base p(x / 2^t) before the squarings."""
+    x = x.to(torch.float64)
+    if base == "poly8":
+        return _poly_base_twin(x, squarings, frac_bits)
+    z = 1 + x / 2**squarings
+    if base == "quadratic":
+        z = (quantize(z * z, frac_bits) + 1) / 2
+    return z
+
+
+def _poly_base_twin(x: torch.Tensor, squarings: int, frac_bits: int | None) -> torch.Tensor:
+    """Float twin of poly8's base q(v), v = 1 + x / 2^(t+1), rounded where the protocol truncates."""
+    v = 1 + x / 2 ** (squarings + 1)
+    v2 = quantize(v * v, frac_bits)
+    powers = [v, v2, quantize(v2 * v, frac_bits), quantize(v2 * v2, frac_bits)]
+    if frac_bits is None:
+        coeffs = poly_coefficients(squarings)
+        low, high, constant = coeffs[1:5], coeffs[5:9], coeffs[0]
+    else:
+        raw, low_w, high_w, constant_w = _poly_encoding(frac_bits, squarings)
+        bits = [frac_bits + squarings + 1, frac_bits, frac_bits, frac_bits]
+        low = [w / 2.0 ** (raw - b) for w, b in zip(low_w, bits)]
+        high = [w / 2.0 ** (raw - frac_bits - b) for w, b in zip(high_w, bits)]
+        constant = constant_w / 2.0**raw
+    a = constant + sum(c * p for c, p in zip(low, powers))
+    b = sum(c * p for c, p in zip(high, powers))
+    return quantize(a + powers[3] * b, frac_bits)
 
 
 def exp(
@@ -98,8 +162,7 @@ def exp(
     The clip's comparison runs beside the squarings (:mod:`veil.mpc.lockstep`): it depends
     on x alone, so its 5 rounds share the squarings' rounds.
     """
-    if base not in BASES:
-        raise ValueError(f"unknown exp base {base!r}: expected one of {BASES}")
+    _check_base(base, squarings, clip)
     party = x.party
     f = party.fxp.frac_bits
     if x.frac_bits != f:
@@ -114,15 +177,55 @@ def exp(
         return mux_bits(below, 0, z)
 
 
-def _limit_steps(link: RoundLink, x: ArithShare, squarings: int, base: str, untruncated: bool) -> Steps[ArithShare]:
-    """p(x / 2^t)^(2^t) as steps: the first step and the t squarings."""
+def _check_base(base: str, squarings: int, clip: float | None) -> None:
+    if base not in BASES:
+        raise ValueError(f"unknown exp base {base!r}: expected one of {BASES}")
+    if base == "poly8" and (clip is None or squarings < POLY_SQUARINGS):
+        raise ValueError("exp base 'poly8' needs the clip and at least 2 squarings (it is fitted on [clip, 0])")
+
+
+def base_steps(link: RoundLink, x: ArithShare, squarings: int, base: str) -> Steps[ArithShare]:
+    """The base p(x / 2^t) (f bits) as steps, before the squarings."""
     f = link.party.fxp.frac_bits
+    if base == "poly8":
+        return (yield from _poly_base_steps(link, x, squarings))
     # 1 + x / 2^t, read with f + t fractional bits: no truncation needed.
     z = with_frac(x, f + squarings) + 1
     if base == "quadratic":
         (z,) = yield from products_steps(link, [(z, z)])  # (1 + y)^2, truncated by f + 2t
         # p = ((1 + y)^2 + 1) / 2: reading it with f + 1 bits halves it for free.
         z = with_frac(z + 1, f + 1)
+    return z
+
+
+def _poly_base_steps(link: RoundLink, x: ArithShare, squarings: int) -> Steps[ArithShare]:
+    """q(v) = A(v) + v^4 B(v) (Paterson-Stockmeyer split of the degree-8 fit), 6 rounds.
+
+    v = 1 + x / 2^(t+1) is x relabelled plus 1 (free); v^2 (level 1), v^3 and v^4 (level 2);
+    then one local product v^4 * B with B = c_5 v + .. + c_8 v^4 a public combination, plus
+    A = c_0 + c_1 v + .. + c_4 v^4 on the same 3-out-of-3 components, truncated once
+    (level 3).  3 products truncated from their components (64 bytes) and one truncation
+    of the combination (21.3 bytes) per element per party."""
+    party = link.party
+    f = party.fxp.frac_bits
+    raw, low, high, constant = _poly_encoding(f, squarings)
+    v = with_frac(x, f + squarings + 1) + 1
+    (v2,) = yield from products_steps(link, [(v, v)])
+    v3, v4 = yield from products_steps(link, [(v2, v), (v2, v2)])
+    powers = [v, v2, v3, v4]
+    factor = sum((with_frac(p, 0) * w for p, w in zip(powers[1:], high[1:])), with_frac(v, 0) * high[0])
+    components = local_product(v4.data, factor.data)
+    for p, w in zip(powers, low):
+        components += p.data[0] * w
+    if party.rank == 0:
+        components += constant
+    return (yield from truncate_product_steps(link, components, raw - f, raw))
+
+
+def _limit_steps(link: RoundLink, x: ArithShare, squarings: int, base: str, untruncated: bool) -> Steps[ArithShare]:
+    """p(x / 2^t)^(2^t) as steps: the first step and the t squarings."""
+    f = link.party.fxp.frac_bits
+    z = yield from base_steps(link, x, squarings, base)
     for step in range(squarings):
         last = step == squarings - 1
         (z,) = yield from products_steps(link, [(z, z)], out_frac=[2 * f if last and untruncated else f])

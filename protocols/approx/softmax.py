@@ -39,29 +39,65 @@ import math
 import torch
 
 from veil.mpc.arith import ArithShare
-from veil.protocols.approx._common import FRAC_BITS, products, quantize, row_max, with_frac
-from veil.protocols.approx.exp import EXP_CLIP, exp, exp_twin
+from veil.mpc.lockstep import lockstep, run_alone
+from veil.protocols.approx._common import (
+    FRAC_BITS,
+    products,
+    quantize,
+    row_max,
+    truncate_components,
+)
+from veil.protocols.approx.exp import EXP_CLIP, base_steps, base_twin
 from veil.protocols.approx.reciprocal import reciprocal, reciprocal_twin
-from veil.protocols.truncation import truncate
+from veil.protocols.comparison import less_than_bits_steps
+from veil.protocols.multiplication import local_product
+from veil.protocols.select import mux_bits
 
 MASK_OFFSET = float(2**20)
 """Subtracted from masked logits so that they never win the max."""
 RECIPROCAL_EXTRA_BITS = 6
-"""1/s carries f + 6 bits (at f = 18: e with 2f bits times 1/s stays below 2^60)."""
+"""1/s carries f + 6 bits (at f = 18: e with f bits times 1/s stays far below 2^60)."""
 PRODUCT_BITS = 60
-SOFTMAX_SQUARINGS = 6
-"""exp's squarings inside softmax: t = 6 (one product more than exp's default t = 5) cuts the
-softmax error 4x (9.2e-4 instead of 3.9e-3 on N(0, 3^2) rows) and SmolLM2's worst logit error
-from 0.13 to 0.06 once SiLU is accurate (benchmarks/RESULTS.md), for 24 bytes and 3 rounds
-per element."""
+SOFTMAX_SQUARINGS = 2
+SOFTMAX_BASE = "poly8"
+"""exp inside softmax: the degree-8 base and t = 2 (:mod:`veil.protocols.approx.exp`), 6 rounds
+of base and 4 of squarings.  Before, quadratic t = 6 (2 + 12 rounds), which had cut the
+softmax error 4x against t = 5 (9.2e-4 instead of 3.9e-3 on N(0, 3^2) rows)."""
 
 
-def _plan(f: int) -> tuple[bool, int]:
-    """(exp's last product left untruncated?, extra bits of 1/s) for f fractional bits:
-    e (2f bits, <= 1) times 1/s (f + extra bits, <= 1) must stay below 2^PRODUCT_BITS."""
-    if 3 * f <= PRODUCT_BITS:
-        return True, min(RECIPROCAL_EXTRA_BITS, PRODUCT_BITS - 3 * f)
-    return False, RECIPROCAL_EXTRA_BITS
+def _extra_bits(f: int) -> int:
+    """Extra bits of 1/s for f fractional bits: e (f bits, <= 1) times 1/s (f + extra bits,
+    <= 1) must stay below 2^PRODUCT_BITS."""
+    return max(0, min(RECIPROCAL_EXTRA_BITS, PRODUCT_BITS - 2 * f))
+
+
+def exp_and_row_sums(
+    z: ArithShare, mask: torch.Tensor | None, squarings: int, base: str, clip: float | None
+) -> tuple[ArithShare, ArithShare]:
+    """(e = exp(z) * mask, its row sums), both with f bits, for z = x - max(x) <= 0.
+
+    The clip zeroes the *base* (its comparison runs beside the base's products), so the
+    squarings keep the zeros; the last squaring is truncated twice from the same
+    3-out-of-3 components, once per element and once per row sum, in one call: the sum
+    needs no truncation of its own.  The public mask multiplies those components (exact 0).
+    """
+    party = z.party
+    f = party.fxp.frac_bits
+    if clip is None:
+        p = run_alone(party, lambda link: base_steps(link, z, squarings, base))
+    else:
+        p, below = lockstep(
+            party, lambda link: base_steps(link, z, squarings, base), lambda link: less_than_bits_steps(link, z, clip)
+        )
+        p = mux_bits(below, 0, p)
+    for _ in range(squarings - 1):
+        (p,) = products([(p, p)])
+    components = local_product(p.data, p.data)  # e with 2f bits
+    if mask is not None:
+        components = components * mask.to(torch.int64)
+    rows = components.sum(-1, keepdim=True)
+    e, total = truncate_components(party, [(components, f, f), (rows, f, f)])
+    return e, total
 
 
 def _row_window(n: int) -> tuple[int, int]:
@@ -73,7 +109,7 @@ def softmax_twin(
     x: torch.Tensor,
     mask: torch.Tensor | None = None,
     squarings: int = SOFTMAX_SQUARINGS,
-    base: str = "quadratic",
+    base: str = SOFTMAX_BASE,
     clip: float | None = EXP_CLIP,
     frac_bits: int | None = FRAC_BITS,
 ) -> torch.Tensor:
@@ -82,13 +118,18 @@ def softmax_twin(
     if mask is not None:
         x = x - (~mask).to(torch.float64) * MASK_OFFSET
     z = x - x.amax(-1, keepdim=True)
-    untruncated, extra_bits = _plan(FRAC_BITS if frac_bits is None else frac_bits)
-    e = exp_twin(z, squarings, base, clip, frac_bits, untruncated)
+    p = base_twin(z, squarings, base, frac_bits)
+    if clip is not None:
+        p = torch.where(z < clip, torch.zeros_like(p), p)
+    for _ in range(squarings - 1):
+        p = quantize(p * p, frac_bits)
+    e = p * p
     if mask is not None:
         e = e * mask
-    lo, hi = _row_window(x.shape[-1])
     total = quantize(e.sum(-1, keepdim=True), frac_bits)
-    r = reciprocal_twin(total, lo, hi, extra_bits, frac_bits)
+    e = quantize(e, frac_bits)
+    lo, hi = _row_window(x.shape[-1])
+    r = reciprocal_twin(total, lo, hi, _extra_bits(FRAC_BITS if frac_bits is None else frac_bits), frac_bits)
     return quantize(e * r, frac_bits)
 
 
@@ -96,7 +137,7 @@ def softmax(
     x: ArithShare,
     mask: torch.Tensor | None = None,
     squarings: int = SOFTMAX_SQUARINGS,
-    base: str = "quadratic",
+    base: str = SOFTMAX_BASE,
     clip: float | None = EXP_CLIP,
 ) -> ArithShare:
     """Softmax of secret logits over the last dim (see the module docstring)."""
@@ -107,15 +148,8 @@ def softmax(
             mask = torch.as_tensor(mask, dtype=torch.bool, device=x.device)
             x = x - (~mask).to(torch.float64) * MASK_OFFSET
         z = x - row_max(x)
-        # e keeps 2f bits: its truncation is folded into the final product's.
-        untruncated, extra_bits = _plan(f)
-        e = exp(z, squarings, base, clip, untruncated)
-        if mask is not None:
-            e = with_frac(with_frac(e, 0) * mask.to(torch.int64), e.frac_bits)
-        total = e.sum(-1, keepdim=True)
-        if untruncated:
-            total = truncate(total, f)
+        e, total = exp_and_row_sums(z, mask, squarings, base, clip)
         lo, hi = _row_window(x.shape[-1])
-        r = reciprocal(total, lo, hi, extra_bits)
+        r = reciprocal(total, lo, hi, _extra_bits(f))
         (y,) = products([(e, r)], out_frac=[f])
     return y
