@@ -71,14 +71,14 @@ def _cases(quick: bool) -> list[tuple[str, dict, object, object, dict]]:
         (
             f"softmax {heads}x{seq}x{seq} no clip (t=5, x-max >= -50)",
             {"x": logits},
-            lambda x: softmax(x, squarings=5, clip=None),
+            lambda x: softmax(x, squarings=5, base="quadratic", clip=None),
             lambda x: torch.softmax(x, -1),
             {},
         ),
         (
             f"softmax {heads}x{seq}x{seq} no clip (t=6, x-max >= -120)",
             {"x": logits},
-            lambda x: softmax(x, squarings=6, clip=None),
+            lambda x: softmax(x, squarings=6, base="quadratic", clip=None),
             lambda x: torch.softmax(x, -1),
             {},
         ),

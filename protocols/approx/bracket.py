@@ -28,8 +28,9 @@ import torch
 
 from veil.mpc.arith import ArithShare, cat
 from veil.mpc.boolean import BoolShare
+from veil.mpc.lockstep import RoundLink, Steps, run_alone
 from veil.protocols.approx._common import with_frac
-from veil.protocols.comparison import less_than
+from veil.protocols.carry import msb_split_arith_steps
 from veil.protocols.conversions import a2b, b2a_bit
 
 METHODS = ("compare", "bits")
@@ -37,8 +38,14 @@ RING_BITS = 64
 
 
 def _by_comparison(v: ArithShare, positions: torch.Tensor) -> ArithShare:
+    return run_alone(v.party, lambda link: _by_comparison_steps(link, v, positions))
+
+
+def _by_comparison_steps(link: RoundLink, v: ArithShare, positions: torch.Tensor) -> Steps[ArithShare]:
     thresholds = torch.pow(2, positions[1:].to(torch.int64))
-    at_least = 1 - less_than(v.unsqueeze(-1), thresholds, fused_root=True)  # [v >= 2^p], p = p_1 .. p_{W-1}
+    with v.party.comm.scope("less_than"):
+        below = yield from msb_split_arith_steps(link, v.unsqueeze(-1) - thresholds)
+    at_least = 1 - below  # [v >= 2^p], p = p_1 .. p_{W-1}
     width = positions.numel()
     first = 1 - at_least[..., 0:1]
     last = at_least[..., width - 2 : width - 1]
@@ -72,6 +79,15 @@ def power_of_two_bracket(
     if method == "compare":
         return _by_comparison(v, positions)
     return _by_bits(v, positions)
+
+
+def power_of_two_bracket_steps(link: RoundLink, x: ArithShare, positions: torch.Tensor) -> Steps[ArithShare]:
+    """:func:`power_of_two_bracket` by comparison, as steps (:mod:`veil.mpc.lockstep`): its
+    5 rounds can carry work that does not need the bracket."""
+    v = with_frac(x, 0)
+    if positions.numel() == 1:
+        return ArithShare.from_public(v.party, torch.ones(1, dtype=torch.int64)).expand(*v.shape, 1)
+    return (yield from _by_comparison_steps(link, v, positions))
 
 
 def bracket_dot(onehot: ArithShare, table: torch.Tensor) -> ArithShare:

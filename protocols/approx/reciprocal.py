@@ -25,7 +25,15 @@ Error (measured): the iteration's relative error is <= 5.4e-5; the f-bit result 
 one ulp, 2^-f x relative.  Protocol vs 1/x: 3.7e-4 relative on [2^-10, 2^7] (bound 1e-3);
 with ``extra_bits=4``, 1.6e-4 on the whole default window.  Protocol vs twin: 4.7e-4
 relative (one or two ulp of the result).
-Cost (measured, default window W = 20), per element per party: 13 critical-path rounds,
+First level fused (``bracket="compare"`` and 2 (f + hi_exp) <= 60, e.g. every softmax
+row sum): with N = 2^-e from the bracket, e0 = 1 - c w0 = 1 - a x N - b x^2 N^2 and
+w0 N = a N + b x N^2 are sums of products of x or x^2 with public tables of the one-hot,
+so both take one truncation of 3-out-of-3 components right after the bracket, x^2 (an
+exact 1-round square) riding beside the bracket's comparisons: 11 rounds instead of 13
+(c, c w0 and w0 N took two levels), c never truncated; measured 5.6e-5 relative on
+[1, 2^6) with extra_bits = 6 (twin 5.7e-5), 11 rounds, 459.4 bytes per element for W = 6,
+1422.7 (was 1436.1) for the default window.
+Cost (measured, default window W = 20, unfused), per element per party: 13 critical-path rounds,
 1436.1 bytes with ``bracket="compare"`` (comparisons: 5 rounds, 68.9 (W - 1) bytes),
 23 rounds, 493.3 bytes with ``bracket="bits"`` (15 rounds, 152 + 10.67 W bytes); plus 4
 product levels (6 products truncated from their 3-out-of-3 components, 128 bytes) either
@@ -38,13 +46,21 @@ from __future__ import annotations
 import torch
 
 from veil.mpc.arith import ArithShare
+from veil.mpc.lockstep import lockstep
 from veil.protocols.approx._common import (
     FRAC_BITS,
     products,
+    products_steps,
     quantize,
+    truncate_components,
     with_frac,
 )
-from veil.protocols.approx.bracket import bracket_dot, power_of_two_bracket
+from veil.protocols.approx.bracket import (
+    bracket_dot,
+    power_of_two_bracket,
+    power_of_two_bracket_steps,
+)
+from veil.protocols.multiplication import local_product
 
 GOLDSCHMIDT_W0_OFFSET = 2.9142
 GOLDSCHMIDT_W0_SLOPE = -2.0
@@ -71,11 +87,13 @@ def reciprocal_twin(
     x = x.to(torch.float64)
     e = _exponents(x, lo_exp, hi_exp)
     scale = torch.pow(2.0, -e)
-    c = quantize(x * scale, frac_bits)
+    fused = frac_bits is not None and _fits_fused(frac_bits, lo_exp, hi_exp)
+    c = x * scale if fused else quantize(x * scale, frac_bits)  # fused: c is never truncated
     w0 = GOLDSCHMIDT_W0_OFFSET + GOLDSCHMIDT_W0_SLOPE * c
     e0 = 1 - quantize(c * w0, frac_bits)
     wide = None if frac_bits is None else frac_bits + hi_exp
-    r1 = quantize(w0 * scale * (1 + e0), wide)
+    w0_scaled = quantize(w0 * scale, wide) if fused else w0 * scale
+    r1 = quantize(w0_scaled * (1 + e0), wide)
     e1 = quantize(e0 * e0, frac_bits)
     return quantize(r1 * (1 + e1), None if frac_bits is None else frac_bits + extra_bits)
 
@@ -102,14 +120,53 @@ def reciprocal(
     wide = hi_exp  # extra fractional bits of the scaled guess (so 2^(f-1-p+wide) >= 1)
     positions = torch.arange(f + lo_exp, f + hi_exp)  # bit position p of v = x * 2^f
     with party.comm.scope("reciprocal"):
-        onehot = power_of_two_bracket(x, positions, bracket)
-        normalise = bracket_dot(onehot, torch.pow(2, 2 * f - 1 - positions))
-        rescale = bracket_dot(onehot, torch.pow(2, f - 1 - positions + wide))
-        # c = v * 2^(2f-1-p) / 2^(2f): in [0.5, 1) with f bits.
-        (c,) = products([(x, with_frac(normalise, f))])
-        w0 = c * int(GOLDSCHMIDT_W0_SLOPE) + GOLDSCHMIDT_W0_OFFSET
-        cw0, w0_scaled = products([(c, w0), (w0, with_frac(rescale, wide))], out_frac=[f, f + wide])
-        e0 = 1 - cw0
+        if bracket == "compare" and _fits_fused(f, lo_exp, hi_exp):
+            w0_scaled, e0 = _first_level_fused(x, positions, wide)
+        else:
+            onehot = power_of_two_bracket(x, positions, bracket)
+            normalise = bracket_dot(onehot, torch.pow(2, 2 * f - 1 - positions))
+            rescale = bracket_dot(onehot, torch.pow(2, f - 1 - positions + wide))
+            # c = v * 2^(2f-1-p) / 2^(2f): in [0.5, 1) with f bits.
+            (c,) = products([(x, with_frac(normalise, f))])
+            w0 = c * int(GOLDSCHMIDT_W0_SLOPE) + GOLDSCHMIDT_W0_OFFSET
+            cw0, w0_scaled = products([(c, w0), (w0, with_frac(rescale, wide))], out_frac=[f, f + wide])
+            e0 = 1 - cw0
         r1, e1 = products([(w0_scaled, 1 + e0), (e0, e0)], out_frac=[f + wide, f])
         (r,) = products([(r1, 1 + e1)], out_frac=[f + extra_bits])
     return r
+
+
+def _fits_fused(f: int, lo_exp: int, hi_exp: int) -> bool:
+    """x^2 with 2f bits (< 2^(2 (f + hi))) and c^2 with 2f + 2 hi bits stay below 2^60."""
+    return hi_exp > 0 and 2 * (f + hi_exp) <= 60 and f - 1 - lo_exp >= 0
+
+
+def _first_level_fused(x: ArithShare, positions: torch.Tensor, wide: int) -> tuple[ArithShare, ArithShare]:
+    """(w0 2^-e with f + wide bits, e0 = 1 - c w0 with f bits) in one product level after the
+    bracket, x^2 riding beside the bracket's comparisons (:mod:`veil.mpc.lockstep`).
+
+    With N = 2^-e the bracket's secret power (c = x N) and w0 = a + b c (a = 2.9142,
+    b = -2): e0 = 1 - a x N - b x^2 N^2 and w0 N = a N + b x N^2, where N, N^2 and a N
+    are dot products of the bracket's one-hot with public tables (free) and x^2 is x's
+    exact square (reshared, 2f bits).  Both sums are formed on 3-out-of-3 components and
+    truncated in one call: 2 rounds, where c, then c w0 and w0 N took 4.  Bits: x^2 N^2 =
+    c^2 carries 2f + F with F = 2 hi (so N^2 = 2^(2 (f - 1 - p) + F) is an integer)."""
+    party = x.party
+    f = party.fxp.frac_bits
+    big = 2 * (positions[-1] - f + 1).item()  # F = 2 hi: N^2's fractional bits
+    onehot, (square,) = lockstep(
+        party,
+        lambda link: power_of_two_bracket_steps(link, x, positions),
+        lambda link: products_steps(link, [(x, x)], out_frac=[2 * f]),
+    )
+    exponent = f - 1 - positions  # N = 2^exponent
+    a, b = GOLDSCHMIDT_W0_OFFSET, int(GOLDSCHMIDT_W0_SLOPE)
+    a_n = bracket_dot(onehot, torch.round(a * torch.pow(2.0, exponent + f + big)).to(torch.int64))  # a N, f + F bits
+    n2 = bracket_dot(onehot, torch.pow(2, 2 * exponent + big))  # N^2 with F bits
+    raw = 2 * f + big  # e0's components: x^2 N^2 and x (a N), both with 2f + F bits
+    e0 = local_product(square.data, n2.data) * (-b) - local_product(x.data, a_n.data)
+    if party.rank == 0:
+        e0 += 1 << raw
+    w0n = local_product(x.data, n2.data) * b + a_n.data[0]  # f + F bits
+    e0_share, w0_scaled = truncate_components(party, [(e0, raw - f, f), (w0n, f + big - f - wide, f + wide)])
+    return w0_scaled, e0_share

@@ -1,35 +1,37 @@
 """Softmax over the last dimension with an optional public mask.
 
-Formula (PUMA, arXiv 2307.12533 §4.2): z = x - max(x) (tree of comparisons), e = exp(z)
-(:mod:`veil.protocols.approx.exp`, quadratic base, t = 6 = SOFTMAX_SQUARINGS, clipped below
--14), s = sum(e), one reciprocal per row (:mod:`veil.protocols.approx.reciprocal`, on [1, 2^ceil(log2(n+1))), result
-with 6 extra fractional bits), softmax = e * (1/s).  The last squaring of exp is left
-untruncated (2f bits) and truncated together with the final product: one truncation
-per element fewer.
+Formula (PUMA, arXiv 2307.12533 §4.2): z = x - max(x) (comparisons), e = exp(z)
+(:mod:`veil.protocols.approx.exp`: degree-8 base on [-14/4, 0] and t = 2 squarings, clipped
+below -14), s = sum(e), one reciprocal per row (:mod:`veil.protocols.approx.reciprocal`, on
+[1, 2^ceil(log2(n+1))), result with 6 extra fractional bits), softmax = e * (1/s).  The clip
+zeroes exp's base (the squarings keep the zeros) and the last squaring is truncated per
+element and per row sum in one call, so s needs no truncation of its own
+(:func:`exp_and_row_sums`).
 Mask: a public bool tensor broadcastable to x, True = keep.  Masked logits are pushed down
-by 2^20 before the max (so they never win) and their exp is multiplied by the public 0/1
-mask, so masked probabilities are exactly 0.  Every row needs at least one kept entry.
+by 2^20 before the max (so they never win) and exp's components are multiplied by the
+public 0/1 mask, so masked probabilities are exactly 0.  Every row needs at least one kept
+entry.
 
 Valid range: |x| < 2^20 for the logits (comparisons and the mask offset stay in range).
 Error vs torch.softmax (measured, f = 18, rows of 128 logits ~ N(0, 3^2), plain and
-causal-masked, 12x128x128): 9.1e-4 max abs (t = 5: 3.9e-3; bound 1e-2; PUMA's t = 5 linear
-exp: 6.4e-2); protocol vs twin about 6e-5.  See :mod:`veil.protocols.approx.exp` for the exp
-trade-off table.
-Cost per party, 12x128x128 (logits ~ N(0, 3^2); measured with the communicator counters):
-73 critical-path rounds, 50.55 MB (busiest party); the max tree takes 7 levels of a boolean
-MSB (5 rounds) and a multiplexer by bit injection (1 round), 47.6 bytes per element (rows
-this long and this many would spend 12.9 MB more on ``row_max``'s 4-way tournament levels
-than its budget allows; GPT-2's 12x32x32 take them: 53 rounds instead of 61), exp's clip
-the same but beside its squarings (:mod:`veil.mpc.lockstep`), exp's 7 products 26.7 MB (6
-truncated from their 3-out-of-3 components, 21.3 bytes each, the last one left untruncated,
-8 bytes), then the final product and the per-row sum and reciprocal (its bracket's
-comparisons with the fused root, 5 rounds).  Before the clip ran beside the squarings: 78
-rounds; before the 6-round comparison and the bit-injection multiplexers: 123 rounds,
-53.40 MB.
-SPU's PUMA: 160 send steps, 47.0 MB (ours: 7.6% more bytes, 87 fewer rounds).
-Trading robustness for bytes, ``clip=None`` (exp valid for x - max >= -50
-at t = 5, or >= -120 with ``squarings=6``, garbage below) costs 36.99 MB and 70 rounds
-(t = 5) or 41.18 MB and 72 rounds (t = 6, error 9e-4): only for logits with a known spread.
+causal-masked, 12x128x128): 3.0e-5 max abs (the quadratic t = 6 exp before: 9.1e-4; bound
+1e-2; PUMA's t = 5 linear exp: 6.4e-2); protocol vs twin 2-3 ulp.  See
+:mod:`veil.protocols.approx.exp` for the exp trade-off table.
+Cost per party, 12x128x128 (logits ~ N(0, 3^2); ``python -m benchmarks.nonlinear --only
+softmax``): 66 critical-path rounds, 48.96 MB (busiest party); the max tree takes 7 levels
+of a boolean MSB (5 rounds) and a multiplexer by bit injection (1 round), 47.6 bytes per
+element (rows this long and this many would spend 12.9 MB more on ``row_max``'s 4-way
+tournament levels than its budget allows; GPT-2's 12x32x32 take them: 46 rounds), exp's base
+6 rounds with the clip's comparison beside it, the clip's multiplexer 1, the squarings 4
+(the last one truncated per element and per row), the reciprocal 11 (x^2 beside its
+bracket), the final product 2.  Before this exp (quadratic t = 6, the row sum truncated on
+its own, reciprocal 13): 73 rounds, 50.55 MB; before the 6-round comparison and the
+bit-injection multiplexers: 123 rounds, 53.40 MB.
+SPU's PUMA: 160 send steps, 47.0 MB (ours: 4.2% more bytes, 94 fewer rounds).
+Trading robustness for bytes, ``base="quadratic", clip=None`` (exp valid for x - max >= -50
+at t = 5, or >= -120 with ``squarings=6``, garbage below) costs 39.60 MB and 67 rounds
+(t = 5, error 3.9e-3) or 43.79 MB and 69 rounds (t = 6, error 8.9e-4): only for logits
+with a known spread.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.protocols.approx_helpers import msb_bytes, on_grid, run_protocol
+from tests.protocols.approx_helpers import ULP, msb_bytes, on_grid, run_protocol
 from veil.protocols.approx.exp import exp, exp_twin
 
 X = on_grid(
@@ -47,3 +47,26 @@ def test_protocol_without_clip_is_cheaper():
     assert (y - xs.exp()).abs().max() <= 5e-4
     assert traffic.depth <= 12
     assert traffic.bytes_sent == 6 * 64 * xs.numel()  # summed over the parties
+
+
+def test_poly8_base_twin_error_protocol_and_cost():
+    """Degree-8 base, t = 2: the fit's 1.5e-6 plus f-bit rounding passed through two
+    squarings (measured 1.8e-5 twin vs exp); protocol vs twin within 16 ulp (each of the
+    base's 4 truncations is off by at most 1 ulp, about 3 ulp after the coefficients, and
+    each squaring doubles a relative error and adds 1 ulp: 2 (2 * 3 + 1) + 1 = 15).  11
+    rounds (3 product levels, 2 squarings, the clip beside them and its multiplexer) and
+    the bytes of quadratic t = 5: 6 truncations of 64 bytes, the clip's MSB and multiplexer."""
+    xs = on_grid(torch.linspace(-14, 0, 100001, dtype=torch.float64))
+    assert (exp_twin(xs, 2, "poly8") - xs.exp()).abs().max() <= 2.5e-5
+    y, traffic = run_protocol(lambda x: exp(x, 2, "poly8"), X)
+    assert (y - exp_twin(X, 2, "poly8")).abs().max() <= 16 * ULP
+    assert (y - torch.where(X < -14, 0.0, X.exp())).abs().max() <= 2.5e-5 + 16 * ULP
+    assert y[-2:].eq(0).all()
+    assert traffic.depth == 11
+    assert traffic.bytes_sent == msb_bytes(X.numel()) + (6 * 64 + 64) * X.numel()
+
+
+def test_poly8_base_needs_the_clip():
+    """The fit holds on [clip, 0] only: without the clip the base is garbage below it."""
+    with pytest.raises(ValueError, match="poly8"):
+        exp_twin(X, 2, "poly8", clip=None)
