@@ -27,13 +27,16 @@ x times the bracket's power-of-two factor, then times gamma, ride beside the qua
 powers, and one product by the quartic's value ends the norm.
 Cost per row of n, per party: the mean (2 rounds, 16 bytes), S truncated from its
 3-out-of-3 components (2 rounds, 21.3 bytes), rsqrt_product's bracket (5 rounds, 68.9 * 33
-bytes; with ``bracket="bits"`` 15 rounds, 152 + 10.67 * 34), its four power products and
-the quartic's truncation (8 rounds, 101.3 bytes); per element three products truncated
-from their 3-out-of-3 components (x f, x f gamma, and the last one), 64 bytes (42.7 without
-gamma): 19 rounds in all (17 for RMSNorm, which has no mean), with or without gamma.
-Measured, 128x768 (benchmarks/nonlinear.py): 19 critical-path rounds, 6.60 MB; with
-``bracket="bits"`` 29 rounds, 6.38 MB; without the affine step (gamma and beta folded into
-the next linear layer by the model owner) 19 rounds, 4.50 MB.  Before, with r formed first
+bytes; with ``bracket="bits"`` 15 rounds, 152 + 10.67 * 34), u and w^2 and the quartic in
+w = u - 0.375 as one truncation of components (6 rounds, 64 bytes); per element three
+products truncated from their 3-out-of-3 components (x f, x f gamma, and the last one), 64
+bytes (42.7 without gamma): 17 rounds in all (15 for RMSNorm, which has no mean), with or
+without gamma.
+Measured, 128x768 (``python -m benchmarks.nonlinear --only layernorm``): 17 critical-path
+rounds, 6.60 MB, error 4.78e-4; with ``bracket="bits"`` 27 rounds, 6.37 MB; without the
+affine step (gamma and beta folded into the next linear layer by the model owner) 17
+rounds, 4.50 MB.  Before the quartic took one truncation (u^3, u^4 and then the linear
+combination): 19 rounds, 6.60 MB.  Before, with r formed first
 and then x r * gamma: 22 rounds and 3.21 MB (21 and 2.41 MB without gamma).  SPU's PUMA:
 55 send steps, 3.2 MB.
 """

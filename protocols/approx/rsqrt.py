@@ -17,11 +17,14 @@ bits (f + 8 at f = 18) so the large alternating coefficients add little; the res
 (2^-(f + extra_bits) / rsqrt(x) relative).  Protocol vs 1/sqrt(x): 4.0e-4 relative over
 the default window (bound 1e-3), 9.7e-5 with ``extra_bits=4``; protocol vs twin 4.7e-4
 (one or two ulp of the result).
-Cost (measured, default window W = 28), per element per party: 15 critical-path rounds,
-1982.0 bytes with ``bracket="compare"`` (comparisons: 5 rounds, 68.9 (W - 1) bytes),
-22 rounds, 573.4 bytes with ``bracket="bits"`` (15 rounds, 152 + 10.67 W bytes); plus 4
-product levels (5 products truncated from their 3-out-of-3 components) and the
-polynomial's truncation (122.7 bytes).
+The quartic is evaluated in w = u - 0.375 (:func:`centered_coefficients`, the same
+polynomial) as d_0 + d_1 w + d_2 w^2 + w^2 (d_3 w + d_4 w^2): after w^2, one local product
+and one truncation of 3-out-of-3 components (:func:`_guess_share`); w^3 and w^4 are never
+formed, which saves a product level (2 rounds) against u^2 | u^3, u^4 | linear combination.
+Cost, per element per party: 13 critical-path rounds with ``bracket="compare"``
+(comparisons: 5 rounds, 68.9 (W - 1) bytes), 20 with ``bracket="bits"`` (15 rounds,
+152 + 10.67 W bytes); plus 3 product levels (u, w^2, the quartic) and the final product,
+each truncated from 3-out-of-3 components (21.3 bytes each).
 LayerNorm and RMSNorm use it once per row, where rounds matter more than bytes.
 """
 
@@ -34,12 +37,13 @@ import torch
 from veil.mpc.arith import ArithShare
 from veil.protocols.approx._common import (
     FRAC_BITS,
-    linear_combination,
     products,
     quantize,
+    truncate_components,
     with_frac,
 )
 from veil.protocols.approx.bracket import bracket_dot, power_of_two_bracket
+from veil.protocols.multiplication import local_product
 
 # rsqrt(u) on [0.25, 0.5): coefficients of u^1..u^4 and the constant (SPU).
 RSQRT_COEFFS = (-15.47994394, 38.4714796, -49.86605845, 26.02942339)
@@ -54,13 +58,59 @@ in range): the quartic's coefficients (up to 50, alternating) would otherwise tu
 truncation errors into 2.5e-4 relative error."""
 
 
+GUESS_CENTER = 0.375
+"""The quartic is evaluated in w = u - 0.375 (|w| <= 1/8): the same polynomial, but its w^3 and
+w^4 terms are small enough (<= 0.021, 0.0064) to take coefficients with few bits."""
+GUESS_RAW_BITS = 60
+"""Fractional bits of the quartic's 3-out-of-3 components before its one truncation."""
+
+
+def centered_coefficients() -> list[float]:
+    """d_0..d_4 with sum_k d_k w^k = SPU's quartic at u = w + 0.375 (binomial re-expansion)."""
+    coeffs = [RSQRT_CONSTANT, *RSQRT_COEFFS]
+    return [
+        sum(coeffs[j] * math.comb(j, k) * GUESS_CENTER ** (j - k) for j in range(k, 5)) for k in range(5)
+    ]
+
+
+def _guess_encoding(wide: int) -> tuple[int, list[int], list[int], int]:
+    """(raw bits R, weights of w and w^2 (onto R bits), of w and w^2 inside the high factor
+    B = d_3 w + d_4 w^2 (onto R - wide bits, so that w^2 B lands on R), constant d_0 on R)."""
+    d = centered_coefficients()
+    raw = GUESS_RAW_BITS
+    low = [round(c * 2.0 ** (raw - wide)) for c in d[1:3]]
+    high = [round(c * 2.0 ** (raw - 2 * wide)) for c in d[3:5]]
+    return raw, low, high, round(d[0] * 2.0**raw)
+
+
 def _guess(u: torch.Tensor, frac_bits: int | None) -> torch.Tensor:
-    wide = None if frac_bits is None else max(frac_bits, POWER_BITS)
-    u2 = quantize(u * u, wide)
-    u3, u4 = quantize(u2 * u, wide), quantize(u2 * u2, wide)
-    terms = (u, u2, u3, u4)
-    poly = sum(c * t for c, t in zip(RSQRT_COEFFS, terms))
-    return quantize(poly, frac_bits) + RSQRT_CONSTANT
+    """Twin of :func:`_guess_share`: the quartic at u, rounded where the protocol truncates."""
+    w = u - GUESS_CENTER
+    if frac_bits is None:
+        d = centered_coefficients()
+        return sum(c * w**k for k, c in enumerate(d))
+    wide = max(frac_bits, POWER_BITS)
+    w2 = quantize(w * w, wide)
+    raw, low, high, constant = _guess_encoding(wide)
+    a = constant / 2.0**raw + (low[0] * w + low[1] * w2) / 2.0 ** (raw - wide)
+    b = (high[0] * w + high[1] * w2) / 2.0 ** (raw - 2 * wide)
+    return quantize(a + w2 * b, frac_bits)
+
+
+def _guess_share(w: ArithShare, w2: ArithShare) -> ArithShare:
+    """The quartic d_0 + d_1 w + d_2 w^2 + w^2 (d_3 w + d_4 w^2) with f bits in one
+    truncation (2 rounds): w^3 and w^4 are never formed, the local product w^2 B and the
+    low terms are summed on 3-out-of-3 components (w, w^2 with ``wide`` bits)."""
+    party = w.party
+    f = party.fxp.frac_bits
+    wide = w.frac_bits
+    raw, low, high, constant = _guess_encoding(wide)
+    factor = with_frac(w, 0) * high[0] + with_frac(w2, 0) * high[1]
+    components = local_product(w2.data, factor.data) + w.data[0] * low[0] + w2.data[0] * low[1]
+    if party.rank == 0:
+        components += constant
+    (guess,) = truncate_components(party, [(components, raw - f, f)])
+    return guess
 
 
 def rsqrt_twin(
@@ -129,9 +179,9 @@ def rsqrt(
         factor = bracket_dot(onehot, factors)
         wide = max(f, POWER_BITS)
         (u,) = products([(x, with_frac(normalise, f + lift))], out_frac=[wide])
-        (u2,) = products([(u, u)], out_frac=[wide])
-        u3, u4 = products([(u2, u), (u2, u2)], out_frac=[wide, wide])
-        guess = linear_combination((u, u2, u3, u4), RSQRT_COEFFS, RSQRT_CONSTANT)
+        w = u - GUESS_CENTER
+        (w2,) = products([(w, w)], out_frac=[wide])
+        guess = _guess_share(w, w2)
         (r,) = products([(guess, with_frac(factor, f + extra))], out_frac=[f + extra_bits])
     return r
 
@@ -191,16 +241,16 @@ def rsqrt_product(
     levels after the guess.  Here the factor and gamma go into y while the quartic's
     powers are computed, in the same rounds (y * factor beside u = x * 2^-(e+1), then
     * gamma beside u^2), and one product by the guess follows it:
-        bracket (5) -> [u, y f] (2) -> [u^2, y f gamma] (2) -> [u^3, u^4] (2)
-        -> guess (2) -> y f gamma * guess (2)                     = 15 rounds,
-    against rsqrt's 15 plus 1 (x r, untruncated) plus 2 (* gamma) for the same result.
+        bracket (5) -> [u, y f] (2) -> [w^2, y f gamma] (2) -> guess (2)
+        -> y f gamma * guess (2)                                  = 13 rounds,
+    against rsqrt's 13 plus 1 (x r, untruncated) plus 2 (* gamma) for the same result.
     y f and y f gamma carry f + ``y_bits`` fractional bits (|y f| <= 0.71 ``ratio_bound``,
     u < 0.5); the factor table gets as many extra bits as keep y * factor below 2^60.
     Error: the quartic's relative 8.2e-5, plus one ulp (2^-(f + y_bits)) of y f and of
     y f gamma, each times |gamma| * guess, plus one ulp of the result.
     Cost per element of y per party: three products truncated from their 3-out-of-3
     components, 64 bytes (two without weight, 42.7); per row rsqrt's bracket and its
-    five products and one truncation.
+    two products and the quartic's one truncation.
     """
     party = x.party
     f = party.fxp.frac_bits
@@ -218,11 +268,11 @@ def rsqrt_product(
         u, scaled = products(
             [(x, with_frac(normalise, f + lift)), (y, with_frac(factor, f + extra))], out_frac=[wide, y_frac]
         )
+        w = u - GUESS_CENTER
         if weight is None:
-            (u2,) = products([(u, u)], out_frac=[wide])
+            (w2,) = products([(w, w)], out_frac=[wide])
         else:
-            u2, scaled = products([(u, u), (scaled, weight)], out_frac=[wide, y_frac])
-        u3, u4 = products([(u2, u), (u2, u2)], out_frac=[wide, wide])
-        guess = linear_combination((u, u2, u3, u4), RSQRT_COEFFS, RSQRT_CONSTANT)
+            w2, scaled = products([(w, w), (scaled, weight)], out_frac=[wide, y_frac])
+        guess = _guess_share(w, w2)
         (out,) = products([(scaled, guess)], out_frac=[f])
     return out

@@ -54,14 +54,14 @@ def test_rsqrt_protocol_relative_error_and_cost():
     """Range [2^-14, 2^14): relative error <= 1e-3; 20 rounds."""
     y, traffic = run_protocol(rsqrt, RSQRT_X)
     assert (y * RSQRT_X.sqrt() - 1).abs().max() <= 1e-3
-    assert traffic.depth <= 20
+    assert traffic.depth == 13
 
 
 def test_rsqrt_public_scale_is_free():
     """scale folds into the public factor table: same cost, scale * rsqrt."""
     y, traffic = run_protocol(rsqrt, RSQRT_X, scale=27.7)
     assert (y * RSQRT_X.sqrt() / 27.7 - 1).abs().max() <= 1e-3
-    assert traffic.depth <= 20
+    assert traffic.depth == 13
 
 
 @pytest.mark.parametrize("method", ["compare", "bits"])
@@ -104,6 +104,6 @@ def test_rsqrt_product_scales_rows_without_forming_the_root():
     assert (out - expected).abs().max() <= 2.0**-10
     twin = rsqrt_product_twin(x, y, weight, scale=3.0, ratio_bound=3.0, y_bits=3)
     assert (out - twin).abs().max() <= 2 * 2.0**-18 + 1e-4 * twin.abs().max()
-    assert traffic.depth == 15
+    assert traffic.depth == 13
     _, plain = run_protocol(lambda a, b: rsqrt_product(a, b, None, scale=3.0, ratio_bound=3.0), x, y)
-    assert plain.depth == 15
+    assert plain.depth == 13
