@@ -53,6 +53,9 @@ class Backend(Protocol):
         """Softmax over ``dim``; ``mask`` is a public bool tensor broadcastable to ``x``,
         True = keep, False = probability 0."""
 
+    def attend(self, scores: TensorLike, v: TensorLike, mask: torch.Tensor | None = None) -> TensorLike:
+        """``softmax(scores, mask) @ v`` over the last dim of the scores (attention's values)."""
+
     def layernorm(
         self, x: TensorLike, weight: TensorLike | None, bias: TensorLike | None, eps: float
     ) -> TensorLike:
@@ -112,6 +115,9 @@ class ExactBackend:
             x = x.masked_fill(~mask, float("-inf"))
         return torch.softmax(x, dim=dim)
 
+    def attend(self, scores: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.softmax(scores, -1, mask) @ v
+
     def layernorm(
         self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
     ) -> torch.Tensor:
@@ -154,6 +160,7 @@ class ApproxBackend(ExactBackend):
 
     Each twin is given to the constructor with the signature of the method it replaces
     (``gelu`` and ``silu``, ``tanh``: one tensor; ``softmax(x, mask)`` over the last dim;
+    ``attend(scores, v, mask)`` = softmax(scores) @ v (without it: ``softmax``, then @ v);
     ``layernorm(x, weight, bias, eps)``; ``rmsnorm(x, weight, eps)``;
     ``sample(x, u, temperature, top_k, top_p)`` -> one-hot, for uniforms u); one left out is
     computed exactly, so ``ApproxBackend()`` equals :class:`ExactBackend`.  :meth:`puma`
@@ -169,6 +176,7 @@ class ApproxBackend(ExactBackend):
         silu: Callable[[torch.Tensor], torch.Tensor] | None = None,
         tanh: Callable[[torch.Tensor], torch.Tensor] | None = None,
         softmax: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+        attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
         layernorm: Callable[..., torch.Tensor] | None = None,
         rmsnorm: Callable[..., torch.Tensor] | None = None,
         sample: Callable[..., torch.Tensor] | None = None,
@@ -179,6 +187,7 @@ class ApproxBackend(ExactBackend):
         self._silu = silu
         self._tanh = tanh
         self._softmax = softmax
+        self._attend = attend
         self._layernorm = layernorm
         self._rmsnorm = rmsnorm
         self._sample = sample
@@ -200,7 +209,7 @@ class ApproxBackend(ExactBackend):
         from veil.protocols.approx.layernorm import layernorm_twin, rmsnorm_twin
         from veil.protocols.approx.sampling import sample_twin
         from veil.protocols.approx.silu import silu_twin
-        from veil.protocols.approx.softmax import softmax_twin
+        from veil.protocols.approx.softmax import softmax_matmul_twin, softmax_twin
         from veil.protocols.approx.tanh import tanh_twin
 
         twins: dict[str, Callable[..., torch.Tensor]] = {
@@ -208,10 +217,13 @@ class ApproxBackend(ExactBackend):
             "silu": silu_twin,
             "tanh": tanh_twin,
             "softmax": softmax_twin,
+            "attend": softmax_matmul_twin,
             "layernorm": partial(layernorm_twin, headroom_bits=norm_headroom_bits),
             "rmsnorm": partial(rmsnorm_twin, headroom_bits=norm_headroom_bits),
             "sample": sample_twin,
         }
+        if "softmax" in overrides and "attend" not in overrides:
+            del twins["attend"]  # attention then takes the overriding softmax, then @ v
         return cls(generator=generator, **(twins | overrides))
 
     def gelu(self, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -233,6 +245,11 @@ class ApproxBackend(ExactBackend):
         if dim not in (-1, x.dim() - 1):
             raise ValueError("the softmax protocol works over the last dim only")
         return self._softmax(x, mask).to(x.dtype)
+
+    def attend(self, scores: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self._attend is None:
+            return super().attend(scores, v, mask)
+        return self._attend(scores, v, mask).to(scores.dtype)
 
     def layernorm(
         self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float

@@ -343,7 +343,7 @@ class Attention(Module):
         k = self._repeat_kv(k)
         v = self._repeat_kv(v)
         scores = q @ k.transpose(2, 3)
-        y = ops.softmax(scores, dim=-1, mask=mask) @ v
+        y = ops.attend(scores, v, mask)  # MPC: e @ v beside the reciprocal of the row sums
         return self.out(y.transpose(1, 2).reshape(batch, seq, q_width))
 
     def _rotate(

@@ -86,6 +86,9 @@ class MPCBackend:
             raise ValueError("the softmax protocol works over the last dimension")
         return softmax_protocol.softmax(x, mask=mask)
 
+    def attend(self, scores: ArithShare, v: ArithShare, mask: torch.Tensor | None = None) -> ArithShare:
+        return softmax_protocol.softmax_matmul(scores, v, mask=mask)
+
     def layernorm(
         self, x: ArithShare, weight: ArithShare, bias: ArithShare, eps: float
     ) -> ArithShare:

@@ -43,10 +43,13 @@ where rounds matter more than bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import torch
 
 from veil.mpc.arith import ArithShare
-from veil.mpc.lockstep import lockstep
+from veil.mpc.lockstep import RoundLink, Steps, lockstep, run_alone
 from veil.protocols.approx._common import (
     FRAC_BITS,
     products,
@@ -62,6 +65,7 @@ from veil.protocols.approx.bracket import (
 )
 from veil.protocols.multiplication import local_product
 
+T = TypeVar("T")
 GOLDSCHMIDT_W0_OFFSET = 2.9142
 GOLDSCHMIDT_W0_SLOPE = -2.0
 DEFAULT_LO_EXP = -10
@@ -98,6 +102,44 @@ def reciprocal_twin(
     return quantize(r1 * (1 + e1), None if frac_bits is None else frac_bits + extra_bits)
 
 
+def reciprocal_beside(
+    x: ArithShare,
+    lo_exp: int,
+    hi_exp: int,
+    extra_bits: int,
+    beside: Callable[[RoundLink], Steps[T]],
+) -> tuple[ArithShare, T]:
+    """(:func:`reciprocal` of x, the result of ``beside``), with the independent steps
+    ``beside`` run beside the bracket's comparisons (:mod:`veil.mpc.lockstep`): softmax's
+    e @ V shares their rounds.  Falls back to running ``beside`` first where the first level
+    cannot be fused."""
+    party = x.party
+    f = party.fxp.frac_bits
+    _check_window(x, f, lo_exp, hi_exp)
+    if not _fits_fused(f, lo_exp, hi_exp):
+        other = run_alone(party, beside)
+        return reciprocal(x, lo_exp, hi_exp, extra_bits), other
+    with party.comm.scope("reciprocal"):
+        positions = torch.arange(f + lo_exp, f + hi_exp)
+        w0_scaled, e0, other = _first_level_fused(x, positions, hi_exp, beside)
+        return _iterations(w0_scaled, e0, f, hi_exp, extra_bits), other
+
+
+def _check_window(x: ArithShare, f: int, lo_exp: int, hi_exp: int) -> None:
+    if x.frac_bits != f:
+        raise ValueError("reciprocal expects a fixed-point share with f fractional bits")
+    if not 0 < hi_exp - lo_exp <= RING_BITS_USED - 2 * f or hi_exp > f or lo_exp < -f:
+        raise ValueError(f"reciprocal window [2^{lo_exp}, 2^{hi_exp}) is not supported")
+
+
+def _iterations(w0_scaled: ArithShare, e0: ArithShare, f: int, wide: int, extra_bits: int) -> ArithShare:
+    """The two Goldschmidt steps after the first level: r1 = w0 2^-e (1 + e0), e1 = e0^2,
+    r = r1 (1 + e1) (4 rounds)."""
+    r1, e1 = products([(w0_scaled, 1 + e0), (e0, e0)], out_frac=[f + wide, f])
+    (r,) = products([(r1, 1 + e1)], out_frac=[f + extra_bits])
+    return r
+
+
 def reciprocal(
     x: ArithShare,
     lo_exp: int = DEFAULT_LO_EXP,
@@ -113,15 +155,12 @@ def reciprocal(
     """
     party = x.party
     f = party.fxp.frac_bits
-    if x.frac_bits != f:
-        raise ValueError("reciprocal expects a fixed-point share with f fractional bits")
-    if not 0 < hi_exp - lo_exp <= RING_BITS_USED - 2 * f or hi_exp > f or lo_exp < -f:
-        raise ValueError(f"reciprocal window [2^{lo_exp}, 2^{hi_exp}) is not supported")
+    _check_window(x, f, lo_exp, hi_exp)
     wide = hi_exp  # extra fractional bits of the scaled guess (so 2^(f-1-p+wide) >= 1)
     positions = torch.arange(f + lo_exp, f + hi_exp)  # bit position p of v = x * 2^f
     with party.comm.scope("reciprocal"):
         if bracket == "compare" and _fits_fused(f, lo_exp, hi_exp):
-            w0_scaled, e0 = _first_level_fused(x, positions, wide)
+            w0_scaled, e0, _ = _first_level_fused(x, positions, wide)
         else:
             onehot = power_of_two_bracket(x, positions, bracket)
             normalise = bracket_dot(onehot, torch.pow(2, 2 * f - 1 - positions))
@@ -131,8 +170,7 @@ def reciprocal(
             w0 = c * int(GOLDSCHMIDT_W0_SLOPE) + GOLDSCHMIDT_W0_OFFSET
             cw0, w0_scaled = products([(c, w0), (w0, with_frac(rescale, wide))], out_frac=[f, f + wide])
             e0 = 1 - cw0
-        r1, e1 = products([(w0_scaled, 1 + e0), (e0, e0)], out_frac=[f + wide, f])
-        (r,) = products([(r1, 1 + e1)], out_frac=[f + extra_bits])
+        r = _iterations(w0_scaled, e0, f, wide, extra_bits)
     return r
 
 
@@ -141,7 +179,9 @@ def _fits_fused(f: int, lo_exp: int, hi_exp: int) -> bool:
     return hi_exp > 0 and 2 * (f + hi_exp) <= 60 and f - 1 - lo_exp >= 0
 
 
-def _first_level_fused(x: ArithShare, positions: torch.Tensor, wide: int) -> tuple[ArithShare, ArithShare]:
+def _first_level_fused(
+    x: ArithShare, positions: torch.Tensor, wide: int, beside: Callable[[RoundLink], Steps[Any]] | None = None
+) -> tuple[ArithShare, ArithShare, Any]:
     """(w0 2^-e with f + wide bits, e0 = 1 - c w0 with f bits) in one product level after the
     bracket, x^2 riding beside the bracket's comparisons (:mod:`veil.mpc.lockstep`).
 
@@ -154,11 +194,11 @@ def _first_level_fused(x: ArithShare, positions: torch.Tensor, wide: int) -> tup
     party = x.party
     f = party.fxp.frac_bits
     big = 2 * (positions[-1] - f + 1).item()  # F = 2 hi: N^2's fractional bits
-    onehot, (square,) = lockstep(
-        party,
+    lanes = [
         lambda link: power_of_two_bracket_steps(link, x, positions),
         lambda link: products_steps(link, [(x, x)], out_frac=[2 * f]),
-    )
+    ]
+    onehot, (square,), *other = lockstep(party, *lanes, *([beside] if beside is not None else []))
     exponent = f - 1 - positions  # N = 2^exponent
     a, b = GOLDSCHMIDT_W0_OFFSET, int(GOLDSCHMIDT_W0_SLOPE)
     a_n = bracket_dot(onehot, torch.round(a * torch.pow(2.0, exponent + f + big)).to(torch.int64))  # a N, f + F bits
@@ -169,4 +209,4 @@ def _first_level_fused(x: ArithShare, positions: torch.Tensor, wide: int) -> tup
         e0 += 1 << raw
     w0n = local_product(x.data, n2.data) * b + a_n.data[0]  # f + F bits
     e0_share, w0_scaled = truncate_components(party, [(e0, raw - f, f), (w0n, f + big - f - wide, f + wide)])
-    return w0_scaled, e0_share
+    return w0_scaled, e0_share, other[0] if other else None

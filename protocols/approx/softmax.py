@@ -41,7 +41,8 @@ import math
 import torch
 
 from veil.mpc.arith import ArithShare
-from veil.mpc.lockstep import lockstep, run_alone
+from veil.mpc.lockstep import RoundLink, Steps, lockstep, run_alone
+from veil.mpc.ring_matmul import ring_matmul
 from veil.protocols.approx._common import (
     FRAC_BITS,
     products,
@@ -50,10 +51,11 @@ from veil.protocols.approx._common import (
     truncate_components,
 )
 from veil.protocols.approx.exp import EXP_CLIP, base_steps, base_twin
-from veil.protocols.approx.reciprocal import reciprocal, reciprocal_twin
+from veil.protocols.approx.reciprocal import reciprocal, reciprocal_beside, reciprocal_twin
 from veil.protocols.comparison import less_than_bits_steps
 from veil.protocols.multiplication import local_product
 from veil.protocols.select import mux_bits
+from veil.protocols.truncation import truncate_product_steps
 
 MASK_OFFSET = float(2**20)
 """Subtracted from masked logits so that they never win the max."""
@@ -116,6 +118,33 @@ def softmax_twin(
     frac_bits: int | None = FRAC_BITS,
 ) -> torch.Tensor:
     """Float twin of :func:`softmax`."""
+    e, r = _rows_twin(x, mask, squarings, base, clip, frac_bits)
+    return quantize(e * r, frac_bits)
+
+
+def softmax_matmul_twin(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    squarings: int = SOFTMAX_SQUARINGS,
+    base: str = SOFTMAX_BASE,
+    clip: float | None = EXP_CLIP,
+    frac_bits: int | None = FRAC_BITS,
+) -> torch.Tensor:
+    """Float twin of :func:`softmax_matmul`."""
+    e, r = _rows_twin(x, mask, squarings, base, clip, frac_bits)
+    return quantize(quantize(e @ v.to(torch.float64), frac_bits) * r, frac_bits)
+
+
+def _rows_twin(
+    x: torch.Tensor,
+    mask: torch.Tensor | None,
+    squarings: int,
+    base: str,
+    clip: float | None,
+    frac_bits: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e, 1/sum(e)) as the protocol rounds them."""
     x = quantize(x.to(torch.float64), frac_bits)
     if mask is not None:
         x = x - (~mask).to(torch.float64) * MASK_OFFSET
@@ -132,7 +161,7 @@ def softmax_twin(
     e = quantize(e, frac_bits)
     lo, hi = _row_window(x.shape[-1])
     r = reciprocal_twin(total, lo, hi, _extra_bits(FRAC_BITS if frac_bits is None else frac_bits), frac_bits)
-    return quantize(e * r, frac_bits)
+    return e, r
 
 
 def softmax(
@@ -155,3 +184,40 @@ def softmax(
         r = reciprocal(total, lo, hi, _extra_bits(f))
         (y,) = products([(e, r)], out_frac=[f])
     return y
+
+
+def softmax_matmul(
+    x: ArithShare,
+    v: ArithShare,
+    mask: torch.Tensor | None = None,
+    squarings: int = SOFTMAX_SQUARINGS,
+    base: str = SOFTMAX_BASE,
+    clip: float | None = EXP_CLIP,
+) -> ArithShare:
+    """softmax(x) @ v as (e @ v) * (1/s): attention's weighted values without the probabilities.
+
+    e @ v (a fixed-point matmul, 2 rounds) rides beside the reciprocal's bracket
+    (:func:`veil.protocols.approx.reciprocal.reciprocal_beside`), and one product by 1/s per
+    row ends it: the 2 rounds of probs @ v leave the critical path, and the final product
+    has as many elements as the output (rows x head_dim) instead of the scores.  Same
+    formula and range as :func:`softmax`; error: softmax's plus one ulp of e @ v times 1/s.
+    """
+    party = x.party
+    f = party.fxp.frac_bits
+    with party.comm.scope("softmax"):
+        if mask is not None:
+            mask = torch.as_tensor(mask, dtype=torch.bool, device=x.device)
+            x = x - (~mask).to(torch.float64) * MASK_OFFSET
+        z = x - row_max(x)
+        e, total = exp_and_row_sums(z, mask, squarings, base, clip)
+        lo, hi = _row_window(x.shape[-1])
+        r, ev = reciprocal_beside(total, lo, hi, _extra_bits(f), lambda link: _matmul_steps(link, e, v))
+        (y,) = products([(ev, r)], out_frac=[f])
+    return y
+
+
+def _matmul_steps(link: RoundLink, a: ArithShare, b: ArithShare) -> Steps[ArithShare]:
+    """a @ b truncated to f bits from its 3-out-of-3 components, as steps (2 rounds)."""
+    raw = a.frac_bits + b.frac_bits
+    z = local_product(a.data, b.data, ring_matmul)
+    return (yield from truncate_product_steps(link, z, raw - link.party.fxp.frac_bits, raw))

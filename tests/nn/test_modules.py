@@ -76,6 +76,7 @@ def test_approx_backend_without_twins_equals_exact():
     mask = torch.rand(2, 3, 8) > 0.3
     for name, args in [
         ("softmax", (x, -1, mask)),
+        ("attend", (x, torch.randn(2, 8, 5), mask)),
         ("layernorm", (x, w, b, 1e-5)),
         ("rmsnorm", (x, w, 1e-6)),
         ("gelu", (x,)),
@@ -83,6 +84,22 @@ def test_approx_backend_without_twins_equals_exact():
         ("tanh", (x,)),
     ]:
         torch.testing.assert_close(getattr(approx, name)(*args), getattr(exact, name)(*args))
+
+
+def test_attend_is_softmax_then_values_and_puma_overrides_keep_it_consistent():
+    """attend = softmax(scores, mask) @ v exactly; with PUMA's twins it is the twin of
+    (e @ v) / s; an override of softmax alone (an error budget) also drives attention."""
+    torch.manual_seed(1)
+    x, v = torch.randn(2, 3, 8) * 3, torch.randn(2, 8, 5)
+    mask = torch.rand(2, 3, 8) > 0.3
+    mask[..., 0] = True
+    exact = ExactBackend()
+    torch.testing.assert_close(exact.attend(x, v, mask), exact.softmax(x, -1, mask) @ v)
+    puma = ApproxBackend.puma()
+    torch.testing.assert_close(puma.attend(x, v, mask), exact.attend(x, v, mask), atol=1e-3, rtol=0)
+    assert not torch.equal(puma.attend(x, v, mask), exact.attend(x, v, mask))
+    exact_softmax = ApproxBackend.puma(softmax=None)
+    torch.testing.assert_close(exact_softmax.attend(x, v, mask), exact.attend(x, v, mask))
 
 
 def test_approx_backend_calls_its_twins_and_keeps_the_dtype():

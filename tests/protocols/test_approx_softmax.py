@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from tests.protocols.approx_helpers import ULP, run_protocol
-from veil.protocols.approx.softmax import SOFTMAX_SQUARINGS, softmax, softmax_twin
+from veil.protocols.approx.softmax import (
+    SOFTMAX_SQUARINGS,
+    softmax,
+    softmax_matmul,
+    softmax_matmul_twin,
+    softmax_twin,
+)
 
 CAUSAL = torch.tril(torch.ones(128, 128, dtype=torch.bool))
 
@@ -63,3 +69,21 @@ def test_short_rows(n):
     x = torch.randn(2, 3, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64) * 3
     y, _ = run_protocol(softmax, x)
     assert (y - torch.softmax(x, -1)).abs().max() <= 0.01
+
+
+def test_softmax_matmul_hides_probs_at_v_beside_the_reciprocal():
+    """(e @ v) * (1/s) for GPT-2's 12x32x32 causal scores and 64-wide values: the rounds of
+    softmax alone (46: e @ v rides beside the reciprocal's bracket), 2 fewer than softmax
+    then @ v; within 1e-3 of torch (values ~ N(0, 1)) and within 16 ulp of its twin (the
+    twin's e @ v rounds once where the protocol truncates, then the product by 1/s)."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(12, 32, 32, generator=g, dtype=torch.float64) * 3
+    v = torch.randn(12, 32, 64, generator=g, dtype=torch.float64)
+    mask = torch.tril(torch.ones(32, 32, dtype=torch.bool))
+    y, traffic = run_protocol(softmax_matmul, x, v, mask=mask)
+    reference = torch.softmax(x.masked_fill(~mask, float("-inf")), -1) @ v
+    assert (y - reference).abs().max() <= 1e-3
+    assert (y - softmax_matmul_twin(x, v, mask)).abs().max() <= 16 * ULP
+    _, alone = run_protocol(lambda s: softmax(s, mask=mask), x)
+    _, then_matmul = run_protocol(lambda s, w: softmax(s, mask=mask) @ w, x, v)
+    assert traffic.depth == alone.depth == then_matmul.depth - 2
