@@ -37,6 +37,7 @@ with a known spread.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -123,26 +124,21 @@ def softmax_twin(
 
 
 def softmax_matmul_twin(
-    x: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    squarings: int = SOFTMAX_SQUARINGS,
-    base: str = SOFTMAX_BASE,
-    clip: float | None = EXP_CLIP,
-    frac_bits: int | None = FRAC_BITS,
+    x: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, **options: Any
 ) -> torch.Tensor:
-    """Float twin of :func:`softmax_matmul`."""
-    e, r = _rows_twin(x, mask, squarings, base, clip, frac_bits)
+    """Float twin of :func:`softmax_matmul`; ``options`` as for :func:`softmax_twin`."""
+    frac_bits = options.get("frac_bits", FRAC_BITS)
+    e, r = _rows_twin(x, mask, **options)
     return quantize(quantize(e @ v.to(torch.float64), frac_bits) * r, frac_bits)
 
 
 def _rows_twin(
     x: torch.Tensor,
     mask: torch.Tensor | None,
-    squarings: int,
-    base: str,
-    clip: float | None,
-    frac_bits: int | None,
+    squarings: int = SOFTMAX_SQUARINGS,
+    base: str = SOFTMAX_BASE,
+    clip: float | None = EXP_CLIP,
+    frac_bits: int | None = FRAC_BITS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(e, 1/sum(e)) as the protocol rounds them."""
     x = quantize(x.to(torch.float64), frac_bits)
@@ -173,17 +169,22 @@ def softmax(
 ) -> ArithShare:
     """Softmax of secret logits over the last dim (see the module docstring)."""
     party = x.party
-    f = party.fxp.frac_bits
     with party.comm.scope("softmax"):
-        if mask is not None:
-            mask = torch.as_tensor(mask, dtype=torch.bool, device=x.device)
-            x = x - (~mask).to(torch.float64) * MASK_OFFSET
-        z = x - row_max(x)
-        e, total = exp_and_row_sums(z, mask, squarings, base, clip)
+        e, total = _exp_rows(x, mask, squarings, base, clip)
         lo, hi = _row_window(x.shape[-1])
-        r = reciprocal(total, lo, hi, _extra_bits(f))
-        (y,) = products([(e, r)], out_frac=[f])
+        r = reciprocal(total, lo, hi, _extra_bits(party.fxp.frac_bits))
+        (y,) = products([(e, r)], out_frac=[party.fxp.frac_bits])
     return y
+
+
+def _exp_rows(
+    x: ArithShare, mask: torch.Tensor | None, squarings: int, base: str, clip: float | None
+) -> tuple[ArithShare, ArithShare]:
+    """The mask's offset, the row max, then :func:`exp_and_row_sums`."""
+    if mask is not None:
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=x.device)
+        x = x - (~mask).to(torch.float64) * MASK_OFFSET
+    return exp_and_row_sums(x - row_max(x), mask, squarings, base, clip)
 
 
 def softmax_matmul(
@@ -205,11 +206,7 @@ def softmax_matmul(
     party = x.party
     f = party.fxp.frac_bits
     with party.comm.scope("softmax"):
-        if mask is not None:
-            mask = torch.as_tensor(mask, dtype=torch.bool, device=x.device)
-            x = x - (~mask).to(torch.float64) * MASK_OFFSET
-        z = x - row_max(x)
-        e, total = exp_and_row_sums(z, mask, squarings, base, clip)
+        e, total = _exp_rows(x, mask, squarings, base, clip)
         lo, hi = _row_window(x.shape[-1])
         r, ev = reciprocal_beside(total, lo, hi, _extra_bits(f), lambda link: _matmul_steps(link, e, v))
         (y,) = products([(ev, r)], out_frac=[f])
