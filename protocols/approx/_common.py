@@ -196,16 +196,17 @@ TOURNAMENT_BUDGET_BYTES = 4 << 20
 token against the cached keys, take it."""
 
 
-ROW_MAX_GROUP = 4
-"""Candidates per all-pairs tournament in the levels of :func:`row_max` over long rows."""
-LEVELS_EXTRA_BYTES_PER_ELEMENT = 66.0
-"""Bytes per element per party that 4-way tournament levels send beyond the binary tree's
-47.6 (about 113 in all: per candidate of a level 1.5 MSBs, 3 ANDs and one bit injection,
-over the levels' 4/3 candidates per element)."""
+ROW_MAX_GROUP = 8
+"""Most candidates per all-pairs tournament in the levels of :func:`row_max` over long rows."""
+LEVELS_EXTRA_BYTES_PER_ELEMENT = {8: 135.0, 4: 66.0}
+"""Bytes per element per party that g-way tournament levels send beyond the binary tree's
+47.6 (measured on 12 x 128 x 128 and 12 x 32 x 32 rows: 8-way 171-182 bytes in all, 17
+rounds for n = 32 and 24 for n = 128; 4-way 98-113, 22 and 30; per candidate of a level
+(g - 1)/2 MSBs, g - 1 ANDs and one bit injection)."""
 LEVELS_BUDGET_BYTES = 4 << 20
-"""Extra bytes per party one :func:`row_max` may spend on 4-way levels instead of the tree:
-GPT-2's and MiniLM's prompt rows take them, BERT-base's 12 x 128 x 128 scores (12.9 MB more
-for 12 rounds fewer) keep the tree."""
+"""Extra bytes per party one :func:`row_max` may spend on tournament levels instead of the
+tree: GPT-2's and MiniLM's prompt rows take 8-way levels, BERT-base's 12 x 128 x 128 scores
+(12.9 MB more for 12 rounds fewer with 4-way levels) keep the tree."""
 
 
 def row_max(x: ArithShare, group: int = ROW_MAX_GROUP) -> ArithShare:
@@ -213,8 +214,11 @@ def row_max(x: ArithShare, group: int = ROW_MAX_GROUP) -> ArithShare:
 
     Short rows within :data:`TOURNAMENT_BUDGET_BYTES` take the all-pairs tournament of
     :func:`veil.protocols.reductions.tournament_max` (one comparison depth: 11 rounds for
-    n = 33).  Longer rows take levels of ``group``-way all-pairs tournaments
-    (:func:`veil.protocols.reductions.tournament_levels`); for 4, each level is one boolean
+    n = 33).  Longer rows take levels of 8-way (or, where those do not fit
+    :data:`LEVELS_BUDGET_BYTES`, 4-way; at most ``group``-way) all-pairs tournaments
+    (:func:`veil.protocols.reductions.tournament_levels`): for 8, one boolean MSB of 28
+    pairs per group, a 3-level AND of each candidate's 7 factors and one bit injection, 9
+    rounds per division by 8 (n = 32: 17 rounds); for 4, each level is one boolean
     MSB of 6 pairs per group (5 rounds), a 2-level AND of each candidate's 3 factors (2
     rounds) and one bit injection (1 round): 8 rounds per division by 4 against 12 for two
     levels of the binary tree (n = 128: 30 rounds instead of 42, n = 32: 22 instead of 30),
@@ -228,9 +232,10 @@ def row_max(x: ArithShare, group: int = ROW_MAX_GROUP) -> ArithShare:
     """
     if tournament_fits(x, TOURNAMENT_BUDGET_BYTES):
         return tournament_max(x)
-    if group > 2 and x.numel() * LEVELS_EXTRA_BYTES_PER_ELEMENT <= LEVELS_BUDGET_BYTES:
-        maximum, _ = tournament_levels(x, group)
-        return maximum.unsqueeze(-1)
+    for width, extra in LEVELS_EXTRA_BYTES_PER_ELEMENT.items():  # widest first
+        if 2 < width <= group and x.numel() * extra <= LEVELS_BUDGET_BYTES:
+            maximum, _ = tournament_levels(x, width)
+            return maximum.unsqueeze(-1)
     current = x
     while current.shape[-1] > 1:
         n = current.shape[-1]

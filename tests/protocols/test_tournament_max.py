@@ -79,26 +79,30 @@ def test_grouped_argmax_is_the_first_maximum_with_fewer_rounds(run, rng) -> None
     assert grouped_depth < tree_depth
 
 
-def test_long_rows_take_4_way_tournament_levels_in_fewer_rounds_than_the_tree(rng) -> None:
-    """n = 128 and 32 (a BERT and a GPT-2 prompt's attention rows; 130 gives levels of 132,
-    33, 9 and 3 candidates): 8 rounds per 4-way level (one boolean MSB, a 2-level AND, one
-    bit injection), a last level of 2 takes 6 and one of 3 takes 7; against 6 per binary
+def test_long_rows_take_tournament_levels_in_fewer_rounds_than_the_tree(rng) -> None:
+    """n = 128 and 32 (a BERT and a GPT-2 prompt's attention rows; 130 gives levels of 136,
+    17 and 3 candidates with 8-way groups, 132, 33, 9 and 3 with 4-way ones): 9 rounds per
+    8-way level (one boolean MSB, a 3-level AND, one bit injection), 8 per 4-way level (a
+    2-level AND), a last level of 2 takes 6 and one of 3 takes 7; against 6 per binary
     level.  Exact, with ties.  Beyond LEVELS_BUDGET_BYTES (BERT-base's 12 x 128 x 128 scores)
     the binary tree stays."""
-    cases = ((40, 128, 3 * 8 + 6, 7 * 6), (384, 32, 2 * 8 + 6, 5 * 6), (40, 130, 3 * 8 + 7, 8 * 6))
-    for rows, n, four_way, binary in cases:  # too many rows for one all-pairs tournament
+    cases = (
+        (40, 128, 2 * 9 + 6, 3 * 8 + 6, 7 * 6),
+        (384, 32, 9 + 8, 2 * 8 + 6, 5 * 6),
+        (40, 130, 2 * 9 + 7, 3 * 8 + 7, 8 * 6),
+    )
+    for rows, n, eight_way, four_way, binary in cases:  # too many rows for one all-pairs tournament
         x = torch.randn(rows, n, generator=rng, dtype=torch.float64).mul(4).round().div(4)
 
         def fn(party, x=x):
             s = mpc.share(party, x, owner=0)
-            depth_levels, out = _depth(party, lambda: row_max(s))
-            depth_tree, tree = _depth(party, lambda: row_max(s, group=2))
-            return depth_levels, depth_tree, out.reveal(), tree.reveal()
+            depths, outs = zip(*(_depth(party, lambda g=g: row_max(s, group=g)) for g in (8, 4, 2)))
+            return depths, [out.reveal() for out in outs]
 
-        depth_levels, depth_tree, out, tree = mpc.simulate(fn)[0]
-        assert (depth_levels, depth_tree) == (four_way, binary)
-        torch.testing.assert_close(out, x.amax(-1, keepdim=True), atol=0, rtol=0)
-        torch.testing.assert_close(tree, x.amax(-1, keepdim=True), atol=0, rtol=0)
+        depths, outs = mpc.simulate(fn)[0]
+        assert depths == (eight_way, four_way, binary)
+        for out in outs:
+            torch.testing.assert_close(out, x.amax(-1, keepdim=True), atol=0, rtol=0)
 
     scores = torch.randn(12 * 128, 128, generator=rng, dtype=torch.float64)
 
