@@ -14,7 +14,7 @@ busiest party; SPU's figures are its send steps):
     exp (poly8, t = 2, clip)         2.0e-5 abs on [-14,0]    11    175.6 / element
     reciprocal (window 2^-10..2^10)  3.7e-4 rel               11    1422.7 / element
     rsqrt (window 2^-14..2^14)       4.0e-4 rel               13    1982.0 / element
-    gelu 128x768 (symmetric)         1.0e-3 (PUMA's: 2.0e-2)  11    21.42 MB (SPU 30.7 MB, 55)
+    gelu 128x768 (symmetric)         1.0e-3 (PUMA's: 2.0e-2)   9    17.75 MB (SPU 30.7 MB, 55)
     silu (relu(x) - G(|x|), deg. 8)  2.7e-3 (PUMA's: 7.2e-2)    9    353.6 / element (PUMA 238.9)
     softmax 12x128x128 (exp poly8)   3.0e-5                   66    48.96 MB (SPU 47.0 MB, 160)
     layernorm 128x768                4.8e-4                   17    6.60 MB (SPU 3.2 MB, 55)

@@ -14,10 +14,11 @@ FAR = torch.tensor([-1e5, -3000.0, 3000.0, 1e5], dtype=torch.float64)
 # the three parties, critical-path rounds).  Other bytes: 64 per fused product, 48 per
 # truncation, 64 per multiplexer on a boolean bit (mux_bits), 32 per B2A, 24 per product
 # with an integer bit.  Per party for large tensors: 26.3 per MSB plus a third of the rest
-# (GeLU: PUMA 260.2, symmetric 217.9; SiLU: relu 305.6, PUMA 238.9, symmetric 175.3).
+# (GeLU: PUMA 260.2, symmetric 180.9; SiLU: relu 305.6, PUMA 238.9, symmetric 175.3).
 # Rounds: the comparison (5) runs beside the powers (:mod:`veil.mpc.lockstep`), so GeLU costs
-# the powers' levels, one truncation for the polynomials and the selection.
-GELU = {"puma": (0.0200, 3, 4 * 64 + 2 * 48 + 3 * 64, 9), "symmetric": (0.0011, 2, 5 * 64 + 48 + 2 * 64, 11)}
+# the powers' levels, one truncation for the polynomials and the selection (symmetric:
+# the last level and the polynomial in one truncation of components).
+GELU = {"puma": (0.0200, 3, 4 * 64 + 2 * 48 + 3 * 64, 9), "symmetric": (0.0011, 2, 4 * 64 + 2 * 64, 9)}
 # SiLU relu: 7 power products, the even and odd parts' truncation (2 x 48), one AND (inside
 # AND negative, 24) and four multiplexers on boolean bits; 9 rounds (the powers' 6 and the
 # truncation, the comparison and the AND beside them, then the multiplexers).
