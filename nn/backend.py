@@ -57,12 +57,23 @@ class Backend(Protocol):
         """``softmax(scores, mask) @ v`` over the last dim of the scores (attention's values)."""
 
     def layernorm(
-        self, x: TensorLike, weight: TensorLike | None, bias: TensorLike | None, eps: float
+        self,
+        x: TensorLike,
+        weight: TensorLike | None,
+        bias: TensorLike | None,
+        eps: float,
+        then: TensorLike | None = None,
     ) -> TensorLike:
-        """LayerNorm over the last dim; ``weight=None, bias=None``: no affine step (folded)."""
+        """LayerNorm over the last dim; ``weight=None, bias=None``: no affine step (folded).
 
-    def rmsnorm(self, x: TensorLike, weight: TensorLike | None, eps: float) -> TensorLike:
-        """RMSNorm over the last dim; ``weight=None``: no gain (folded into the next layer)."""
+        ``then``: a (dim, out) weight the result is multiplied by (the linear layer the norm
+        feeds); MPC computes that matmul inside the norm, 2 rounds sooner."""
+
+    def rmsnorm(
+        self, x: TensorLike, weight: TensorLike | None, eps: float, then: TensorLike | None = None
+    ) -> TensorLike:
+        """RMSNorm over the last dim; ``weight=None``: no gain (folded into the next layer);
+        ``then`` as for :meth:`layernorm`."""
 
     def embedding(self, ids: TensorLike, table: TensorLike) -> TensorLike:
         """Rows ``table[ids]`` for (possibly secret) integer ids: (..., ) -> (..., dim)."""
@@ -78,6 +89,11 @@ class Backend(Protocol):
     ) -> tuple[TensorLike, TensorLike]:
         """A token drawn from softmax(x / T) over the last dim, restricted to the top_k
         largest and to the top_p nucleus (None: no restriction): (one-hot, index)."""
+
+
+def _then(y: torch.Tensor, then: torch.Tensor | None) -> torch.Tensor:
+    """A norm's result times the weight of the linear layer it feeds, if one is given."""
+    return y if then is None else y @ then
 
 
 class ExactBackend:
@@ -119,13 +135,20 @@ class ExactBackend:
         return self.softmax(scores, -1, mask) @ v
 
     def layernorm(
-        self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+        then: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+        return _then(F.layer_norm(x, (x.shape[-1],), weight, bias, eps), then)
 
-    def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    def rmsnorm(
+        self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, then: torch.Tensor | None = None
+    ) -> torch.Tensor:
         normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        return normed if weight is None else weight * normed
+        return _then(normed if weight is None else weight * normed, then)
 
     def embedding(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return table[ids]
@@ -252,16 +275,23 @@ class ApproxBackend(ExactBackend):
         return self._attend(scores, v, mask).to(scores.dtype)
 
     def layernorm(
-        self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+        then: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self._layernorm is None:
-            return super().layernorm(x, weight, bias, eps)
-        return self._layernorm(x, weight, bias, eps).to(x.dtype)
+            return super().layernorm(x, weight, bias, eps, then)
+        return _then(self._layernorm(x, weight, bias, eps).to(x.dtype), then)
 
-    def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    def rmsnorm(
+        self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, then: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self._rmsnorm is None:
-            return super().rmsnorm(x, weight, eps)
-        return self._rmsnorm(x, weight, eps).to(x.dtype)
+            return super().rmsnorm(x, weight, eps, then)
+        return _then(self._rmsnorm(x, weight, eps).to(x.dtype), then)
 
     def sample(
         self, x: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None

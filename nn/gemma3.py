@@ -130,11 +130,17 @@ class GemmaRMSNorm(RMSNorm):
         super().__init__(weight, eps)
         self.input_scale = input_scale
 
-    def __call__(self, ops: Backend, x: TensorLike) -> TensorLike:
+    def __call__(self, ops: Backend, x: TensorLike, then: Linear | None = None) -> TensorLike:
+        """The norm, or ``then(norm(x))``: without a gain of its own (a folded pre-norm) the
+        matmul is fused into the norm as in :class:`veil.nn.modules.RMSNorm`."""
         if self.input_scale != 1.0:
             x = x * self.input_scale
-        y = ops.rmsnorm(x, None, self.eps * self.input_scale**2)
-        return y if self.weight is None else y * self.weight
+        eps = self.eps * self.input_scale**2
+        if then is not None and self.weight is None:
+            return then.add_bias(ops.rmsnorm(x, None, eps, then.weight))
+        y = ops.rmsnorm(x, None, eps)
+        y = y if self.weight is None else y * self.weight
+        return y if then is None else then(y)
 
     @classmethod
     def from_hf(cls, hf_norm: torch.nn.Module, eps: float, input_scale: float = 1.0) -> GemmaRMSNorm:
@@ -156,8 +162,9 @@ class GeGLU(Module):
         self.down = down
         self.gelu_approximate = gelu_approximate
 
-    def __call__(self, ops: Backend, x: TensorLike) -> TensorLike:
-        h = self.gate_up(x)
+    def __call__(self, ops: Backend, x: TensorLike, norm: GemmaRMSNorm | None = None) -> TensorLike:
+        """``norm``: the pre-norm applied to ``x`` first, fused with ``gate_up``."""
+        h = self.gate_up(x) if norm is None else norm(ops, x, then=self.gate_up)
         hidden = h.shape[-1] // 2
         return self.down(ops.gelu(h[..., :hidden], approximate=self.gelu_approximate) * h[..., hidden:])
 
@@ -253,8 +260,8 @@ class Block(Module):
         cache: LayerCache | None,
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> TensorLike:
-        x = x + self.post_attn_norm(ops, self.attn(ops, self.attn_norm(ops, x), mask, cache, rope))
-        return x + self.post_mlp_norm(ops, self.mlp(ops, self.mlp_norm(ops, x)))
+        x = x + self.post_attn_norm(ops, self.attn(ops, x, mask, cache, rope, norm=self.attn_norm))
+        return x + self.post_mlp_norm(ops, self.mlp(ops, x, norm=self.mlp_norm))
 
     @classmethod
     def from_hf(cls, hf_layer: Gemma3DecoderLayer, config: Gemma3Config, layer_type: str) -> Block:

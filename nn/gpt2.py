@@ -76,8 +76,8 @@ class Block(Module):
     def __call__(
         self, ops: Backend, x: TensorLike, mask: torch.Tensor, cache: LayerCache | None
     ) -> TensorLike:
-        x = x + self.attn(ops, self.ln_1(ops, x), mask, cache)
-        return x + self.mlp(ops, self.ln_2(ops, x))
+        x = x + self.attn(ops, x, mask, cache, norm=self.ln_1)
+        return x + self.mlp(ops, x, norm=self.ln_2)
 
     @classmethod
     def from_hf(cls, hf_block: GPT2Block, config: GPT2Config) -> Block:

@@ -89,8 +89,8 @@ class Block(Module):
         cache: LayerCache | None,
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> TensorLike:
-        x = x + self.attn(ops, self.attn_norm(ops, x), mask, cache, rope)
-        return x + self.mlp(ops, self.mlp_norm(ops, x))
+        x = x + self.attn(ops, x, mask, cache, rope, norm=self.attn_norm)
+        return x + self.mlp(ops, x, norm=self.mlp_norm)
 
     @classmethod
     def from_hf(cls, hf_layer: LlamaDecoderLayer, config: LlamaConfig) -> Block:

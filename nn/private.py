@@ -90,12 +90,23 @@ class MPCBackend:
         return softmax_protocol.softmax_matmul(scores, v, mask=mask)
 
     def layernorm(
-        self, x: ArithShare, weight: ArithShare, bias: ArithShare, eps: float
+        self,
+        x: ArithShare,
+        weight: ArithShare | None,
+        bias: ArithShare | None,
+        eps: float,
+        then: ArithShare | None = None,
     ) -> ArithShare:
-        return layernorm_protocol.layernorm(x, weight, bias, eps, headroom_bits=self.norm_headroom_bits)
+        return layernorm_protocol.layernorm(
+            x, weight, bias, eps, headroom_bits=self.norm_headroom_bits, then=then
+        )
 
-    def rmsnorm(self, x: ArithShare, weight: ArithShare, eps: float) -> ArithShare:
-        return layernorm_protocol.rmsnorm(x, weight, eps, headroom_bits=self.norm_headroom_bits)
+    def rmsnorm(
+        self, x: ArithShare, weight: ArithShare | None, eps: float, then: ArithShare | None = None
+    ) -> ArithShare:
+        return layernorm_protocol.rmsnorm(
+            x, weight, eps, headroom_bits=self.norm_headroom_bits, then=then
+        )
 
     def embedding(self, ids: ArithShare, table: ArithShare) -> ArithShare:
         return embedding_protocol.embedding(ids, table)

@@ -35,6 +35,7 @@ import math
 import torch
 
 from veil.mpc.arith import ArithShare
+from veil.mpc.ring_matmul import ring_matmul
 from veil.protocols.approx._common import (
     FRAC_BITS,
     products,
@@ -202,6 +203,7 @@ def rsqrt_product_twin(
     ratio_bound: float = 1.0,
     y_bits: int = 0,
     frac_bits: int | None = FRAC_BITS,
+    then: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Float twin of :func:`rsqrt_product` (rounded where the protocol truncates)."""
     x, y = x.to(torch.float64), y.to(torch.float64)
@@ -216,7 +218,12 @@ def rsqrt_product_twin(
     scaled = quantize(y * factor, y_frac)
     if weight is not None:
         scaled = quantize(scaled * weight.to(torch.float64), y_frac)
-    return quantize(scaled * _guess(u, frac_bits), frac_bits)
+    if then is not None and weight is None:
+        scaled = quantize(scaled @ then.to(torch.float64), y_frac)
+    out = quantize(scaled * _guess(u, frac_bits), frac_bits)
+    if then is not None and weight is not None:
+        out = quantize(out @ then.to(torch.float64), frac_bits)
+    return out
 
 
 def rsqrt_product(
@@ -229,8 +236,9 @@ def rsqrt_product(
     ratio_bound: float = 1.0,
     y_bits: int = 0,
     bracket: str = "compare",
+    then: ArithShare | None = None,
 ) -> ArithShare:
-    """y * scale / sqrt(x) [* weight] with f fractional bits, never forming 1/sqrt(x).
+    """y * scale / sqrt(x) [* weight] [@ then] with f fractional bits, never forming 1/sqrt(x).
 
     x: (..., 1), secret, in [2^lo_exp, 2^hi_exp); y: (..., n) with
     |y| * scale / sqrt(x) <= ``ratio_bound`` (a norm: |x_i - mean| <= sqrt(S), so
@@ -251,6 +259,13 @@ def rsqrt_product(
     Cost per element of y per party: three products truncated from their 3-out-of-3
     components, 64 bytes (two without weight, 42.7); per row rsqrt's bracket and its
     two products and the quartic's one truncation.
+
+    ``then`` (n, m): the product by the next linear layer's secret weight, for a norm whose
+    gain is folded into that layer.  Without ``weight``, (y f) @ then rides beside w^2 (its
+    truncation is w^2's), and the guess multiplies the m outputs: the norm and the matmul
+    cost the norm's 13 rounds instead of 13 + 2, since y f / sqrt(x) is never formed.
+    (y f) @ then keeps f + ``y_bits`` fractional bits; the last product is on m elements
+    per row instead of n (21.3 bytes each).  With ``weight`` it is a matmul after.
     """
     party = x.party
     f = party.fxp.frac_bits
@@ -269,10 +284,17 @@ def rsqrt_product(
             [(x, with_frac(normalise, f + lift)), (y, with_frac(factor, f + extra))], out_frac=[wide, y_frac]
         )
         w = u - GUESS_CENTER
-        if weight is None:
-            (w2,) = products([(w, w)], out_frac=[wide])
-        else:
+        if weight is not None:
             w2, scaled = products([(w, w), (scaled, weight)], out_frac=[wide, y_frac])
+        elif then is not None:
+            w2, scaled = truncate_components(party, [
+                (local_product(w.data, w.data), wide, wide),
+                (local_product(scaled.data, then.data, ring_matmul), then.frac_bits, y_frac),
+            ])
+        else:
+            (w2,) = products([(w, w)], out_frac=[wide])
         guess = _guess_share(w, w2)
         (out,) = products([(scaled, guess)], out_frac=[f])
+    if then is not None and weight is not None:
+        out = out @ then
     return out

@@ -84,3 +84,19 @@ def test_cli_prints_the_estimate_of_a_named_model(capsys):
     assert f"P1 {est.bytes_sent[1] / 1e6:.1f} MB" in out
     given = Network("given", 10e-3, 1e9)
     assert f"given (10 ms, 1 Gbit/s) {est.seconds(given):.2f} s" in out
+
+
+@pytest.mark.parametrize("make", [_gpt2, _llama])
+def test_pre_norms_fuse_the_matmul_they_feed(monkeypatch, make):
+    """Each pre-norm computes the projection it feeds inside itself (veil.nn.modules._project):
+    2 critical-path rounds fewer per norm, two norms per layer, on each of the 2 passes (the
+    prompt, then the first new token; the second new token needs no pass)."""
+    from veil.nn import modules
+
+    hf = make()
+    fused = estimate(hf, seq=4, new_tokens=2)
+    monkeypatch.setattr(
+        modules, "_project", lambda ops, x, linear, norm: linear(x if norm is None else norm(ops, x))
+    )
+    apart = estimate(hf, seq=4, new_tokens=2)
+    assert apart.depth - fused.depth == 2 * 2 * LAYERS * 2

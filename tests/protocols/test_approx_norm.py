@@ -79,3 +79,36 @@ def test_layernorm_without_affine_is_cheaper():
     _, affine = run_protocol(layernorm, x, weight, bias)
     assert affine.bytes_sent == traffic.bytes_sent + 64 * x.numel()
     assert affine.depth == traffic.depth
+
+
+def _then_weight(n_out: int = 96, seed: int = 5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 0.05 * torch.randn(768, n_out, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_next_matmul_rides_inside_the_norm(norm):
+    """norm(x) @ W with the matmul inside rsqrt_product (gain folded into W): 2 rounds fewer
+    than the norm and then the matmul.  The result is (x f) @ W times the quartic, i.e.
+    norm(x) @ W up to the norm's elementwise error, so the bounds are the elementwise ones
+    times W's largest column L1 norm."""
+    x, _, _ = _rows(16, seed=4)
+    w = _then_weight()
+    column_l1 = w.abs().sum(0).max().item()
+    if norm == "layernorm":
+        twin, depth = layernorm_twin, 17
+        reference = F.layer_norm(x, (768,), None, None, 1e-5) @ w
+        fused, fused_traffic = run_protocol(lambda x, w: layernorm(x, None, None, then=w), x, w)
+        _, after_traffic = run_protocol(lambda x, w: layernorm(x, None, None) @ w, x, w)
+        twin_out = twin(x, None, None, then=w)
+    else:
+        twin, depth = rmsnorm_twin, 15
+        reference = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)) @ w
+        fused, fused_traffic = run_protocol(lambda x, w: rmsnorm(x, None, then=w), x, w)
+        _, after_traffic = run_protocol(lambda x, w: rmsnorm(x, None) @ w, x, w)
+        twin_out = twin(x, None, then=w)
+    assert (fused - reference).abs().max() <= BOUND * column_l1
+    assert (fused - twin_out).abs().max() <= 1.5e-3 * column_l1
+    assert (twin_out - reference).abs().max() <= BOUND * column_l1
+    assert fused_traffic.depth == depth
+    assert after_traffic.depth == depth + 2
