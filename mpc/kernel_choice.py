@@ -9,6 +9,12 @@ the same ring elements, so parties that choose differently still agree bit for b
 
 Shape class: the batch, row, inner and column sizes rounded up to powers of two, so a
 model's few dozen distinct products are measured a few dozen times per process.
+
+A product larger than :data:`MEASURE_MACS` multiply-adds is timed on a corner of its
+operands of about that size (fewer rows, columns and inner terms): a slow candidate (torch's
+int64 GEMM on a CPU without AVX-512 runs at ~150 M multiply-adds per second) would
+otherwise cost seconds per class, e.g. a one-hot lookup in a 50,257-row table.  The kept
+kernel then computes the whole product.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from dataclasses import dataclass, field
 import torch
 
 Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+MEASURE_MACS = 1 << 22
+"""Products above this many multiply-adds are timed on a corner of about this size."""
 
 
 def _bucket(n: int) -> int:
@@ -75,12 +84,14 @@ class KernelChooser:
         seconds: dict[str, float] = {}
         failures: dict[str, str] = {}
         outputs: dict[str, torch.Tensor] = {}
+        a_timed, b_timed = measured_corner(a, b)
+        whole = a_timed is a and b_timed is b
         for name, kernel in self.kernels.items():
             try:
-                kernel(a, b)
+                kernel(a_timed, b_timed)
                 synchronize(a.device)
                 start = time.perf_counter()
-                outputs[name] = kernel(a, b)
+                outputs[name] = kernel(a_timed, b_timed)
                 synchronize(a.device)
                 seconds[name] = time.perf_counter() - start
             except RuntimeError as exc:
@@ -88,4 +99,28 @@ class KernelChooser:
         if not seconds:
             raise RuntimeError(f"no ring GEMM kernel ran for {shape_class(a, b)}: {failures}")
         best = min(seconds, key=seconds.__getitem__)
-        return Choice(best, seconds, failures), outputs[best]
+        out = outputs[best] if whole else self.kernels[best](a, b)
+        return Choice(best, seconds, failures), out
+
+
+def _macs(a: torch.Tensor, b: torch.Tensor) -> int:
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]).numel()
+    return batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+
+
+def measured_corner(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, b)``, or for a product above :data:`MEASURE_MACS` multiply-adds its leading
+    rows, inner terms and columns, halving the largest of the three until it fits (batch
+    dimensions are kept)."""
+    if a.dim() < 2 or b.dim() < 2 or _macs(a, b) <= MEASURE_MACS:
+        return a, b
+    rows, inner, columns = a.shape[-2], a.shape[-1], b.shape[-1]
+    batch = _macs(a, b) // (rows * inner * columns)
+    while batch * rows * inner * columns > MEASURE_MACS and max(rows, inner, columns) > 1:
+        if rows >= inner and rows >= columns:
+            rows = (rows + 1) // 2
+        elif inner >= columns:
+            inner = (inner + 1) // 2
+        else:
+            columns = (columns + 1) // 2
+    return a[..., :rows, :inner], b[..., :inner, :columns]

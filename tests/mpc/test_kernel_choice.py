@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import veil.mpc.ring_matmul as rm
+from veil.mpc import kernel_choice as kc
 from veil.mpc.kernel_choice import KernelChooser, shape_class
 
 
@@ -74,3 +75,24 @@ def test_chooser_on_cpu_tensors_is_exact(rng):
     assert torch.equal(chooser(a, b), a @ b)
     [choice] = chooser.choices.values()
     assert set(choice.seconds) == set(rm.CUDA_CHOOSER.kernels)
+
+
+def test_large_products_are_timed_on_a_corner(monkeypatch, rng):
+    """Above MEASURE_MACS the candidates run on a corner of the operands; the kept one then
+    computes the whole product (one more call)."""
+    monkeypatch.setattr(kc, "MEASURE_MACS", 64)
+    slow, fast = Counted(0.02), Counted()
+    seen = []
+
+    def recording(a, b):
+        seen.append((tuple(a.shape), tuple(b.shape)))
+        return fast(a, b)
+
+    chooser = KernelChooser({"slow": slow, "fast": recording})
+    a, b = full_range((2, 9, 16), rng), full_range((16, 5), rng)
+    assert torch.equal(chooser(a, b), a @ b)
+    (a_corner, b_corner), whole = seen[0], seen[-1]
+    assert whole == ((2, 9, 16), (16, 5)) and len(seen) == 3
+    assert 2 * a_corner[-2] * a_corner[-1] * b_corner[-1] <= 64
+    assert a_corner[-1] == b_corner[-2] and a_corner[0] == 2
+    assert chooser.choices[shape_class(a, b)].name == "fast"
