@@ -3,15 +3,16 @@
 The ring GEMM has several exact forms on a GPU (float64 limbs, int8 tensor-core limbs);
 which is fastest depends on the device and on the shapes, so instead of a table the
 first product of each shape class times every candidate on its real operands (one
-warm-up and one timed run each, synchronised) and keeps the fastest.  A candidate that
-raises (e.g. a kernel the device lacks) is dropped for that class.  Every candidate gives
-the same ring elements, so parties that choose differently still agree bit for bit.
+warm-up and two timed runs each, synchronised; the faster run counts) and keeps the
+fastest.  A candidate that raises (e.g. a kernel the device lacks) is dropped for that
+class.  Every candidate gives the same ring elements, so parties that choose differently
+still agree bit for bit.
 
 Shape class: the batch, row, inner and column sizes rounded up to powers of two, so a
 model's few dozen distinct products are measured a few dozen times per process.
 
 A product larger than :data:`MEASURE_MACS` multiply-adds is timed on a corner of its
-operands of about that size (fewer rows, columns and inner terms): a slow candidate (torch's
+operands of about that size (fewer rows and columns, then fewer inner terms): a slow candidate (torch's
 int64 GEMM on a CPU without AVX-512 runs at ~150 M multiply-adds per second) would
 otherwise cost seconds per class, e.g. a one-hot lookup in a 50,257-row table.  The kept
 kernel then computes the whole product.
@@ -30,6 +31,11 @@ Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 MEASURE_MACS = 1 << 22
 """Products above this many multiply-adds are timed on a corner of about this size."""
+TIMED_RUNS = 2
+"""Timed runs per candidate after its warm-up; the fastest counts (a first call in a
+process can be slow for reasons that have nothing to do with the kernel)."""
+CORNER_SIDE = 64
+CORNER_INNER = 1024
 
 
 def _bucket(n: int) -> int:
@@ -90,10 +96,13 @@ class KernelChooser:
             try:
                 kernel(a_timed, b_timed)
                 synchronize(a.device)
-                start = time.perf_counter()
-                outputs[name] = kernel(a_timed, b_timed)
-                synchronize(a.device)
-                seconds[name] = time.perf_counter() - start
+                best = float("inf")
+                for _ in range(TIMED_RUNS):
+                    start = time.perf_counter()
+                    outputs[name] = kernel(a_timed, b_timed)
+                    synchronize(a.device)
+                    best = min(best, time.perf_counter() - start)
+                seconds[name] = best
             except RuntimeError as exc:
                 failures[name] = f"{type(exc).__name__}: {exc}"
         if not seconds:
@@ -109,18 +118,22 @@ def _macs(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 def measured_corner(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(a, b)``, or for a product above :data:`MEASURE_MACS` multiply-adds its leading
-    rows, inner terms and columns, halving the largest of the three until it fits (batch
-    dimensions are kept)."""
+    """``(a, b)``, or for a product above :data:`MEASURE_MACS` multiply-adds a corner of
+    about that size: rows and columns are halved first (down to :data:`CORNER_SIDE`), then
+    the inner dimension (down to :data:`CORNER_INNER`, so that blocked kernels still run
+    whole blocks), then rows and columns again; batch dimensions are kept."""
     if a.dim() < 2 or b.dim() < 2 or _macs(a, b) <= MEASURE_MACS:
         return a, b
     rows, inner, columns = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = _macs(a, b) // (rows * inner * columns)
-    while batch * rows * inner * columns > MEASURE_MACS and max(rows, inner, columns) > 1:
-        if rows >= inner and rows >= columns:
-            rows = (rows + 1) // 2
-        elif inner >= columns:
-            inner = (inner + 1) // 2
+    while batch * rows * inner * columns > MEASURE_MACS:
+        if max(rows, columns) > CORNER_SIDE or (inner <= CORNER_INNER and max(rows, columns) > 1):
+            if rows >= columns:
+                rows = (rows + 1) // 2
+            else:
+                columns = (columns + 1) // 2
+        elif inner > CORNER_INNER:
+            inner = max(CORNER_INNER, (inner + 1) // 2)
         else:
-            columns = (columns + 1) // 2
+            break
     return a[..., :rows, :inner], b[..., :inner, :columns]
