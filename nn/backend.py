@@ -69,6 +69,13 @@ class Backend(Protocol):
         ``then``: a (dim, out) weight the result is multiplied by (the linear layer the norm
         feeds); MPC computes that matmul inside the norm, 2 rounds sooner."""
 
+    def layernorm_projected(
+        self, x: TensorLike, weight: TensorLike | None, bias: TensorLike | None, eps: float,
+        then: TensorLike,
+    ) -> tuple[TensorLike, TensorLike]:
+        """A post-norm feeding a linear layer: (y, (y - bias) @ then) for y = layernorm(x);
+        the owner adds ``bias @ then`` to that layer's bias.  MPC: both 2 rounds sooner."""
+
     def rmsnorm(
         self, x: TensorLike, weight: TensorLike | None, eps: float, then: TensorLike | None = None
     ) -> TensorLike:
@@ -143,6 +150,16 @@ class ExactBackend:
         then: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return _then(F.layer_norm(x, (x.shape[-1],), weight, bias, eps), then)
+
+    def layernorm_projected(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+        then: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layernorm(x, weight, bias, eps), self.layernorm(x, weight, None, eps) @ then
 
     def rmsnorm(
         self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, then: torch.Tensor | None = None

@@ -17,6 +17,7 @@ from veil.nn.modules import (
     Linear,
     Module,
     detached,
+    fold_shift,
     gelu_form,
     padding_mask,
 )
@@ -67,23 +68,41 @@ class BertLayer(Module):
         self.mlp = mlp
         self.ln_mlp = ln_mlp
 
-    def __call__(self, ops: Backend, x: TensorLike, mask: torch.Tensor) -> TensorLike:
-        x = self.ln_attn(ops, x + self.attn(ops, x, mask))
-        return self.ln_mlp(ops, x + self.mlp(ops, x))
+    def __call__(
+        self,
+        ops: Backend,
+        x: TensorLike,
+        mask: torch.Tensor,
+        projected: TensorLike | None = None,
+        then: Linear | None = None,
+    ) -> TensorLike | tuple[TensorLike, TensorLike]:
+        """The layer's output, or with ``then`` the pair (output, then(output)).
+
+        Each norm hands the linear layer after it its projection made inside the norm
+        (:meth:`LayerNorm.projected`, 2 rounds sooner in MPC): ``ln_attn`` the MLP's up
+        projection, ``ln_mlp`` the next layer's QKV (``then``); ``projected`` is this
+        layer's QKV projection of ``x``, made so by the norm before it.  The biases of those
+        projections hold the norms' shifts (:func:`fold_shift`, in :meth:`BertModel.from_hf`).
+        """
+        attended = x + self.attn(ops, x, mask, projected=projected)
+        x, up = self.ln_attn.projected(ops, attended, self.mlp.up)
+        x = x + self.mlp.after_up(ops, up)
+        return self.ln_mlp(ops, x) if then is None else self.ln_mlp.projected(ops, x, then)
 
     @classmethod
     def from_hf(cls, hf_layer: BertLayerHF, config: BertConfig) -> BertLayer:
         a = hf_layer.attention.self
         head_dim = config.hidden_size // config.n_head
+        ln_attn = LayerNorm.from_torch(hf_layer.attention.output.LayerNorm)
         return cls(
             attn=Attention.from_projections(
                 Linear.from_torch(a.query, a.key, a.value),
                 Linear.from_torch(hf_layer.attention.output.dense),
                 AttentionShape(config.n_head, config.n_head, head_dim),
             ),
-            ln_attn=LayerNorm.from_torch(hf_layer.attention.output.LayerNorm),
+            ln_attn=ln_attn,
             mlp=MLP(
-                Linear.from_torch(hf_layer.intermediate.dense),
+                fold_shift(ln_attn, Linear.from_torch(hf_layer.intermediate.dense)),
                 Linear.from_torch(hf_layer.output.dense),
                 config.gelu_approximate,
             ),
@@ -134,10 +153,16 @@ class BertModel(Module):
             + self.wpe.rows(torch.arange(seq))
             + self.wtt.rows(token_type_ids)
         )
-        x = self.ln_emb(ops, x)
         mask = padding_mask(attention_mask)
-        for layer in tracked(self.layers, progress):
-            x = layer(ops, x, mask)
+        if not self.layers:
+            return self.ln_emb(ops, x)
+        # Each norm also makes the next layer's QKV projection (see BertLayer).
+        x, projected = self.ln_emb.projected(ops, x, self.layers[0].attn.qkv)
+        for i, layer in enumerate(tracked(self.layers, progress)):
+            if i + 1 < len(self.layers):
+                x, projected = layer(ops, x, mask, projected, self.layers[i + 1].attn.qkv)
+            else:
+                x = layer(ops, x, mask, projected)
         return x
 
     def pool(self, ops: Backend, hidden: TensorLike) -> TensorLike:
@@ -150,13 +175,17 @@ class BertModel(Module):
         config = BertConfig.from_hf(hf_model.config)
         emb = hf_model.embeddings
         keep_pooler = pooler and hf_model.pooler is not None
+        ln_emb = LayerNorm.from_torch(emb.LayerNorm)
+        layers = [BertLayer.from_hf(layer, config) for layer in hf_model.encoder.layer]
+        for norm, layer in zip([ln_emb] + [layer.ln_mlp for layer in layers[:-1]], layers):
+            layer.attn.qkv = fold_shift(norm, layer.attn.qkv)  # the norm before makes its QKV
         return cls(
             config,
             wte=Embedding(detached(emb.word_embeddings.weight)),
             wpe=Embedding(detached(emb.position_embeddings.weight)),
             wtt=Embedding(detached(emb.token_type_embeddings.weight)),
-            ln_emb=LayerNorm.from_torch(emb.LayerNorm),
-            layers=[BertLayer.from_hf(layer, config) for layer in hf_model.encoder.layer],
+            ln_emb=ln_emb,
+            layers=layers,
             pooler=Linear.from_torch(hf_model.pooler.dense) if keep_pooler else None,
         )
 

@@ -175,6 +175,12 @@ class LayerNorm(Module):
             return ops.layernorm(x, self.weight, self.bias, self.eps)
         return then.add_bias(ops.layernorm(x, self.weight, self.bias, self.eps, then.weight))
 
+    def projected(self, ops: Backend, x: TensorLike, then: Linear) -> tuple[TensorLike, TensorLike]:
+        """A post-norm feeding ``then``: (norm(x), then(norm(x))), both 2 rounds sooner in
+        MPC.  ``then``'s bias must hold this norm's ``bias @ then.weight`` (:func:`fold_shift`)."""
+        y, projected = ops.layernorm_projected(x, self.weight, self.bias, self.eps, then.weight)
+        return y, then.add_bias(projected)
+
     @classmethod
     def from_torch(cls, layer: torch.nn.LayerNorm) -> LayerNorm:
         return cls(layer.weight.detach(), layer.bias.detach(), layer.eps)
@@ -220,6 +226,14 @@ def fold_gain(norm: LayerNorm | RMSNorm, linear: Linear) -> tuple[LayerNorm | RM
     return RMSNorm(None, norm.eps), Linear(weight, bias)
 
 
+def fold_shift(norm: LayerNorm, linear: Linear) -> Linear:
+    """``linear`` with the plaintext ``norm.bias @ linear.weight`` added to its bias, for a
+    post-norm that hands the layer its output without the shift
+    (:meth:`LayerNorm.projected`): done once by the model owner."""
+    shift = norm.bias @ linear.weight
+    return Linear(linear.weight, shift if linear.bias is None else linear.bias + shift)
+
+
 class MLP(Module):
     """GeLU feed-forward: ``down(gelu(up(x)))``."""
 
@@ -230,7 +244,11 @@ class MLP(Module):
 
     def __call__(self, ops: Backend, x: TensorLike, norm: Norm | None = None) -> TensorLike:
         """``norm``: the pre-norm applied to ``x`` first, fused with ``up``."""
-        return self.down(ops.gelu(_project(ops, x, self.up, norm), approximate=self.gelu_approximate))
+        return self.after_up(ops, _project(ops, x, self.up, norm))
+
+    def after_up(self, ops: Backend, h: TensorLike) -> TensorLike:
+        """``down(gelu(h))`` for ``h = up(x)`` made elsewhere (a post-norm's projection)."""
+        return self.down(ops.gelu(h, approximate=self.gelu_approximate))
 
 
 class SwiGLU(Module):
@@ -344,17 +362,19 @@ class Attention(Module):
         cache: LayerCache | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         norm: Norm | None = None,
+        projected: TensorLike | None = None,
     ) -> TensorLike:
         """``x`` (batch, seq, dim) -> (batch, seq, dim).
 
         ``mask`` broadcasts to the scores (batch, heads, seq, keys); ``cache`` receives this
         step's keys and values; ``rope`` is the public (cos, sin) pair for these positions;
-        ``norm`` is the pre-norm applied to ``x`` first, fused with the QKV projection.
+        ``norm`` is the pre-norm applied to ``x`` first, fused with the QKV projection;
+        ``projected`` is the QKV projection of ``x`` when it was made elsewhere (a post-norm).
         """
         s = self.shape
         batch, seq = x.shape[0], x.shape[1]
         q_width, kv_width = s.n_head * s.head_dim, s.n_kv_head * s.head_dim
-        qkv = _project(ops, x, self.qkv, norm)
+        qkv = _project(ops, x, self.qkv, norm) if projected is None else projected
         q = self._heads(qkv[..., :q_width], batch, seq, s.n_head)
         k = self._heads(qkv[..., q_width : q_width + kv_width], batch, seq, s.n_kv_head)
         v = self._heads(qkv[..., q_width + kv_width :], batch, seq, s.n_kv_head)

@@ -101,6 +101,18 @@ class MPCBackend:
             x, weight, bias, eps, headroom_bits=self.norm_headroom_bits, then=then
         )
 
+    def layernorm_projected(
+        self,
+        x: ArithShare,
+        weight: ArithShare | None,
+        bias: ArithShare | None,
+        eps: float,
+        then: ArithShare,
+    ) -> tuple[ArithShare, ArithShare]:
+        return layernorm_protocol.layernorm_projected(
+            x, weight, bias, then, eps, headroom_bits=self.norm_headroom_bits
+        )
+
     def rmsnorm(
         self, x: ArithShare, weight: ArithShare | None, eps: float, then: ArithShare | None = None
     ) -> ArithShare:

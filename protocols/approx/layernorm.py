@@ -94,8 +94,10 @@ def _normalise(
     headroom_bits: int,
     bracket: str,
     then: ArithShare | None = None,
-) -> ArithShare:
-    """x * sqrt(n) rsqrt(S + n eps) [* gamma] [@ then], with sum_sq = S / 4^h (|x| <= sqrt(S))."""
+    keep: bool = False,
+) -> ArithShare | tuple[ArithShare, ArithShare]:
+    """x * sqrt(n) rsqrt(S + n eps) [* gamma] [@ then], with sum_sq = S / 4^h (|x| <= sqrt(S));
+    with ``keep`` the pair (normalised, normalised @ then)."""
     n = x.shape[-1]
     lift = 2.0**headroom_bits
     return rsqrt_product(
@@ -109,6 +111,7 @@ def _normalise(
         SCALED_EXTRA_BITS,
         bracket,
         then,
+        keep,
     )
 
 
@@ -119,7 +122,8 @@ def _normalise_twin(
     headroom_bits: int,
     frac_bits: int | None,
     then: torch.Tensor | None = None,
-) -> torch.Tensor:
+    keep: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     n = x.shape[-1]
     lift = 2.0**headroom_bits
     narrow = quantize(x / lift, frac_bits)
@@ -136,7 +140,25 @@ def _normalise_twin(
         SCALED_EXTRA_BITS,
         frac_bits,
         then,
+        keep,
     )
+
+
+def _centred_twin(x: torch.Tensor, frac_bits: int | None) -> torch.Tensor:
+    x = quantize(x.to(torch.float64), frac_bits)
+    n = x.shape[-1]
+    mean_bits = _mean_bits(FRAC_BITS if frac_bits is None else frac_bits)
+    mean = quantize(x.sum(-1, keepdim=True) * (round(2**mean_bits / n) / 2**mean_bits), frac_bits)
+    return x - mean
+
+
+def _centred(x: ArithShare) -> ArithShare:
+    """x - mean(x) over the last dim: the mean multiplies by round(2^mean_bits / n) and
+    truncates (2 rounds)."""
+    n = x.shape[-1]
+    mean_bits = _mean_bits(x.frac_bits)
+    total = with_frac(x.sum(-1, keepdim=True), 0) * round(2**mean_bits / n)
+    return x - truncate(with_frac(total, x.frac_bits + mean_bits), mean_bits)
 
 
 def layernorm_twin(
@@ -149,12 +171,8 @@ def layernorm_twin(
     then: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Float twin of :func:`layernorm`."""
-    x = quantize(x.to(torch.float64), frac_bits)
-    n = x.shape[-1]
-    mean_bits = _mean_bits(FRAC_BITS if frac_bits is None else frac_bits)
-    mean = quantize(x.sum(-1, keepdim=True) * (round(2**mean_bits / n) / 2**mean_bits), frac_bits)
     fused = then if bias is None else None
-    y = _normalise_twin(x - mean, weight, eps, headroom_bits, frac_bits, fused)
+    y = _normalise_twin(_centred_twin(x, frac_bits), weight, eps, headroom_bits, frac_bits, fused)
     if bias is not None:
         y = y + bias
     if then is not None and fused is None:
@@ -187,17 +205,55 @@ def layernorm(
     instead of 19; the last product is on the m outputs per row.
     """
     with x.party.comm.scope("layernorm"):
-        n = x.shape[-1]
-        # total / n: multiply by round(2^mean_bits / n), truncate (with gamma's narrowing).
-        mean_bits = _mean_bits(x.frac_bits)
-        total = with_frac(x.sum(-1, keepdim=True), 0) * round(2**mean_bits / n)
-        mean = truncate(with_frac(total, x.frac_bits + mean_bits), mean_bits)
-        d = x - mean
+        d = _centred(x)
         fused = then if bias is None else None
         y = _normalise(d, _sum_sq(d, headroom_bits), weight, eps, headroom_bits, bracket, fused)
         if bias is not None:
             y = y + bias
         return y @ then if then is not None and fused is None else y
+
+
+def layernorm_projected_twin(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    then: torch.Tensor,
+    eps: float = 1e-5,
+    headroom_bits: int = 0,
+    frac_bits: int | None = FRAC_BITS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float twin of :func:`layernorm_projected`."""
+    y, projected = _normalise_twin(
+        _centred_twin(x, frac_bits), weight, eps, headroom_bits, frac_bits, then, keep=True
+    )
+    return (y if bias is None else y + bias), projected
+
+
+def layernorm_projected(
+    x: ArithShare,
+    weight: ArithShare | None,
+    bias: ArithShare | None,
+    then: ArithShare,
+    eps: float = 1e-5,
+    headroom_bits: int = 0,
+    bracket: str = "compare",
+) -> tuple[ArithShare, ArithShare]:
+    """A post-norm's output and its product by the next linear layer's weight, together:
+    (y, (y - beta) @ then) with y = LayerNorm(x) * gamma + beta.
+
+    beta is left out of the product: ``beta @ then`` is public to the model owner, who adds
+    it to that layer's bias before sharing (:func:`veil.nn.bert.fold_shift`).  The matmul is
+    truncated with the quartic, and y and the product come from the one last product level
+    (:func:`veil.protocols.approx.rsqrt.rsqrt_product` with ``keep``): 17 rounds for both
+    instead of 17 + 2; per row, m more products truncated from 3-out-of-3 components (21.3
+    bytes each) than LayerNorm alone.
+    """
+    with x.party.comm.scope("layernorm"):
+        d = _centred(x)
+        y, projected = _normalise(
+            d, _sum_sq(d, headroom_bits), weight, eps, headroom_bits, bracket, then, keep=True
+        )
+        return (y if bias is None else y + bias), projected
 
 
 def rmsnorm_twin(

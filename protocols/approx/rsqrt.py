@@ -98,20 +98,30 @@ def _guess(u: torch.Tensor, frac_bits: int | None) -> torch.Tensor:
     return quantize(a + w2 * b, frac_bits)
 
 
-def _guess_share(w: ArithShare, w2: ArithShare) -> ArithShare:
-    """The quartic d_0 + d_1 w + d_2 w^2 + w^2 (d_3 w + d_4 w^2) with f bits in one
-    truncation (2 rounds): w^3 and w^4 are never formed, the local product w^2 B and the
-    low terms are summed on 3-out-of-3 components (w, w^2 with ``wide`` bits)."""
+def _guess_part(w: ArithShare, w2: ArithShare) -> tuple[torch.Tensor, int, int]:
+    """The quartic d_0 + d_1 w + d_2 w^2 + w^2 (d_3 w + d_4 w^2) as this party's 3-out-of-3
+    component, with the shift and fractional bits of its one truncation: w^3 and w^4 are
+    never formed, the local product w^2 B and the low terms are summed on components (w,
+    w^2 with ``wide`` bits)."""
     party = w.party
     f = party.fxp.frac_bits
-    wide = w.frac_bits
-    raw, low, high, constant = _guess_encoding(wide)
+    raw, low, high, constant = _guess_encoding(w.frac_bits)
     factor = with_frac(w, 0) * high[0] + with_frac(w2, 0) * high[1]
     components = local_product(w2.data, factor.data) + w.data[0] * low[0] + w2.data[0] * low[1]
     if party.rank == 0:
         components += constant
-    (guess,) = truncate_components(party, [(components, raw - f, f)])
+    return components, raw - f, f
+
+
+def _guess_share(w: ArithShare, w2: ArithShare) -> ArithShare:
+    """The quartic with f bits in one truncation (2 rounds)."""
+    (guess,) = truncate_components(w.party, [_guess_part(w, w2)])
     return guess
+
+
+def _projection_part(scaled: ArithShare, then: ArithShare, frac: int) -> tuple[torch.Tensor, int, int]:
+    """(scaled @ then) as 3-out-of-3 components, truncated to ``frac`` bits with others."""
+    return local_product(scaled.data, then.data, ring_matmul), then.frac_bits, frac
 
 
 def rsqrt_twin(
@@ -204,7 +214,8 @@ def rsqrt_product_twin(
     y_bits: int = 0,
     frac_bits: int | None = FRAC_BITS,
     then: torch.Tensor | None = None,
-) -> torch.Tensor:
+    keep: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Float twin of :func:`rsqrt_product` (rounded where the protocol truncates)."""
     x, y = x.to(torch.float64), y.to(torch.float64)
     _, e = torch.frexp(x)
@@ -218,12 +229,12 @@ def rsqrt_product_twin(
     scaled = quantize(y * factor, y_frac)
     if weight is not None:
         scaled = quantize(scaled * weight.to(torch.float64), y_frac)
-    if then is not None and weight is None:
-        scaled = quantize(scaled @ then.to(torch.float64), y_frac)
-    out = quantize(scaled * _guess(u, frac_bits), frac_bits)
-    if then is not None and weight is not None:
-        out = quantize(out @ then.to(torch.float64), frac_bits)
-    return out
+    guess = _guess(u, frac_bits)
+    out = quantize(scaled * guess, frac_bits)
+    if then is None:
+        return out
+    projected = quantize(quantize(scaled @ then.to(torch.float64), y_frac) * guess, frac_bits)
+    return (out, projected) if keep else projected
 
 
 def rsqrt_product(
@@ -237,7 +248,8 @@ def rsqrt_product(
     y_bits: int = 0,
     bracket: str = "compare",
     then: ArithShare | None = None,
-) -> ArithShare:
+    keep: bool = False,
+) -> ArithShare | tuple[ArithShare, ArithShare]:
     """y * scale / sqrt(x) [* weight] [@ then] with f fractional bits, never forming 1/sqrt(x).
 
     x: (..., 1), secret, in [2^lo_exp, 2^hi_exp); y: (..., n) with
@@ -260,12 +272,14 @@ def rsqrt_product(
     components, 64 bytes (two without weight, 42.7); per row rsqrt's bracket and its
     two products and the quartic's one truncation.
 
-    ``then`` (n, m): the product by the next linear layer's secret weight, for a norm whose
-    gain is folded into that layer.  Without ``weight``, (y f) @ then rides beside w^2 (its
-    truncation is w^2's), and the guess multiplies the m outputs: the norm and the matmul
+    ``then`` (n, m): the product by the next linear layer's secret weight.  (y f [gamma])
+    @ then is truncated together with the level after y f [gamma] (w^2 without ``weight``,
+    the quartic with it), and the guess multiplies the m outputs: the norm and the matmul
     cost the norm's 13 rounds instead of 13 + 2, since y f / sqrt(x) is never formed.
     (y f) @ then keeps f + ``y_bits`` fractional bits; the last product is on m elements
-    per row instead of n (21.3 bytes each).  With ``weight`` it is a matmul after.
+    per row (21.3 bytes each).  Returns the product alone, or with ``keep`` the pair
+    (result, result @ then), both from the last product level (a post-norm's output feeds
+    the residual and the next layer).
     """
     party = x.party
     f = party.fxp.frac_bits
@@ -286,15 +300,26 @@ def rsqrt_product(
         w = u - GUESS_CENTER
         if weight is not None:
             w2, scaled = products([(w, w), (scaled, weight)], out_frac=[wide, y_frac])
+            if then is None:
+                guess = _guess_share(w, w2)
+            else:
+                guess, projected = truncate_components(
+                    party, [_guess_part(w, w2), _projection_part(scaled, then, y_frac)]
+                )
         elif then is not None:
-            w2, scaled = truncate_components(party, [
-                (local_product(w.data, w.data), wide, wide),
-                (local_product(scaled.data, then.data, ring_matmul), then.frac_bits, y_frac),
-            ])
+            w2, projected = truncate_components(
+                party,
+                [(local_product(w.data, w.data), wide, wide), _projection_part(scaled, then, y_frac)],
+            )
+            guess = _guess_share(w, w2)
         else:
             (w2,) = products([(w, w)], out_frac=[wide])
-        guess = _guess_share(w, w2)
-        (out,) = products([(scaled, guess)], out_frac=[f])
-    if then is not None and weight is not None:
-        out = out @ then
-    return out
+            guess = _guess_share(w, w2)
+        if then is None:
+            (out,) = products([(scaled, guess)], out_frac=[f])
+            return out
+        if not keep:
+            (projected,) = products([(projected, guess)], out_frac=[f])
+            return projected
+        out, projected = products([(scaled, guess), (projected, guess)], out_frac=[f, f])
+    return out, projected
