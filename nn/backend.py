@@ -73,8 +73,8 @@ class Backend(Protocol):
         self, x: TensorLike, weight: TensorLike | None, bias: TensorLike | None, eps: float,
         then: TensorLike,
     ) -> tuple[TensorLike, TensorLike]:
-        """A post-norm feeding a linear layer: (y, (y - bias) @ then) for y = layernorm(x);
-        the owner adds ``bias @ then`` to that layer's bias.  MPC: both 2 rounds sooner."""
+        """A post-norm feeding a linear layer: (y, y @ then) for y = layernorm(x); MPC makes
+        both in the norm's last product level, 2 rounds sooner than the matmul after it."""
 
     def rmsnorm(
         self, x: TensorLike, weight: TensorLike | None, eps: float, then: TensorLike | None = None
@@ -159,7 +159,8 @@ class ExactBackend:
         eps: float,
         then: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.layernorm(x, weight, bias, eps), self.layernorm(x, weight, None, eps) @ then
+        y = self.layernorm(x, weight, bias, eps)
+        return y, y @ then
 
     def rmsnorm(
         self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, then: torch.Tensor | None = None

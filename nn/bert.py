@@ -17,7 +17,6 @@ from veil.nn.modules import (
     Linear,
     Module,
     detached,
-    fold_shift,
     gelu_form,
     padding_mask,
 )
@@ -81,8 +80,7 @@ class BertLayer(Module):
         Each norm hands the linear layer after it its projection made inside the norm
         (:meth:`LayerNorm.projected`, 2 rounds sooner in MPC): ``ln_attn`` the MLP's up
         projection, ``ln_mlp`` the next layer's QKV (``then``); ``projected`` is this
-        layer's QKV projection of ``x``, made so by the norm before it.  The biases of those
-        projections hold the norms' shifts (:func:`fold_shift`, in :meth:`BertModel.from_hf`).
+        layer's QKV projection of ``x``, made so by the norm before it.
         """
         attended = x + self.attn(ops, x, mask, projected=projected)
         x, up = self.ln_attn.projected(ops, attended, self.mlp.up)
@@ -93,16 +91,15 @@ class BertLayer(Module):
     def from_hf(cls, hf_layer: BertLayerHF, config: BertConfig) -> BertLayer:
         a = hf_layer.attention.self
         head_dim = config.hidden_size // config.n_head
-        ln_attn = LayerNorm.from_torch(hf_layer.attention.output.LayerNorm)
         return cls(
             attn=Attention.from_projections(
                 Linear.from_torch(a.query, a.key, a.value),
                 Linear.from_torch(hf_layer.attention.output.dense),
                 AttentionShape(config.n_head, config.n_head, head_dim),
             ),
-            ln_attn=ln_attn,
+            ln_attn=LayerNorm.from_torch(hf_layer.attention.output.LayerNorm),
             mlp=MLP(
-                fold_shift(ln_attn, Linear.from_torch(hf_layer.intermediate.dense)),
+                Linear.from_torch(hf_layer.intermediate.dense),
                 Linear.from_torch(hf_layer.output.dense),
                 config.gelu_approximate,
             ),
@@ -175,17 +172,13 @@ class BertModel(Module):
         config = BertConfig.from_hf(hf_model.config)
         emb = hf_model.embeddings
         keep_pooler = pooler and hf_model.pooler is not None
-        ln_emb = LayerNorm.from_torch(emb.LayerNorm)
-        layers = [BertLayer.from_hf(layer, config) for layer in hf_model.encoder.layer]
-        for norm, layer in zip([ln_emb] + [layer.ln_mlp for layer in layers[:-1]], layers):
-            layer.attn.qkv = fold_shift(norm, layer.attn.qkv)  # the norm before makes its QKV
         return cls(
             config,
             wte=Embedding(detached(emb.word_embeddings.weight)),
             wpe=Embedding(detached(emb.position_embeddings.weight)),
             wtt=Embedding(detached(emb.token_type_embeddings.weight)),
-            ln_emb=ln_emb,
-            layers=layers,
+            ln_emb=LayerNorm.from_torch(emb.LayerNorm),
+            layers=[BertLayer.from_hf(layer, config) for layer in hf_model.encoder.layer],
             pooler=Linear.from_torch(hf_model.pooler.dense) if keep_pooler else None,
         )
 

@@ -177,7 +177,7 @@ class LayerNorm(Module):
 
     def projected(self, ops: Backend, x: TensorLike, then: Linear) -> tuple[TensorLike, TensorLike]:
         """A post-norm feeding ``then``: (norm(x), then(norm(x))), both 2 rounds sooner in
-        MPC.  ``then``'s bias must hold this norm's ``bias @ then.weight`` (:func:`fold_shift`)."""
+        MPC than the norm and then the matmul."""
         y, projected = ops.layernorm_projected(x, self.weight, self.bias, self.eps, then.weight)
         return y, then.add_bias(projected)
 
@@ -224,14 +224,6 @@ def fold_gain(norm: LayerNorm | RMSNorm, linear: Linear) -> tuple[LayerNorm | RM
         bias = shift if bias is None else bias + shift
         return LayerNorm(None, None, norm.eps), Linear(weight, bias)
     return RMSNorm(None, norm.eps), Linear(weight, bias)
-
-
-def fold_shift(norm: LayerNorm, linear: Linear) -> Linear:
-    """``linear`` with the plaintext ``norm.bias @ linear.weight`` added to its bias, for a
-    post-norm that hands the layer its output without the shift
-    (:meth:`LayerNorm.projected`): done once by the model owner."""
-    shift = norm.bias @ linear.weight
-    return Linear(linear.weight, shift if linear.bias is None else linear.bias + shift)
 
 
 class MLP(Module):

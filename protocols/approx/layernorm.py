@@ -95,9 +95,10 @@ def _normalise(
     bracket: str,
     then: ArithShare | None = None,
     keep: bool = False,
+    shift: ArithShare | None = None,
 ) -> ArithShare | tuple[ArithShare, ArithShare]:
     """x * sqrt(n) rsqrt(S + n eps) [* gamma] [@ then], with sum_sq = S / 4^h (|x| <= sqrt(S));
-    with ``keep`` the pair (normalised, normalised @ then)."""
+    with ``keep`` the pair (normalised, (normalised + shift) @ then)."""
     n = x.shape[-1]
     lift = 2.0**headroom_bits
     return rsqrt_product(
@@ -112,6 +113,7 @@ def _normalise(
         bracket,
         then,
         keep,
+        shift,
     )
 
 
@@ -123,6 +125,7 @@ def _normalise_twin(
     frac_bits: int | None,
     then: torch.Tensor | None = None,
     keep: bool = False,
+    shift: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     n = x.shape[-1]
     lift = 2.0**headroom_bits
@@ -141,6 +144,7 @@ def _normalise_twin(
         frac_bits,
         then,
         keep,
+        shift,
     )
 
 
@@ -224,7 +228,7 @@ def layernorm_projected_twin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Float twin of :func:`layernorm_projected`."""
     y, projected = _normalise_twin(
-        _centred_twin(x, frac_bits), weight, eps, headroom_bits, frac_bits, then, keep=True
+        _centred_twin(x, frac_bits), weight, eps, headroom_bits, frac_bits, then, True, bias
     )
     return (y if bias is None else y + bias), projected
 
@@ -239,19 +243,18 @@ def layernorm_projected(
     bracket: str = "compare",
 ) -> tuple[ArithShare, ArithShare]:
     """A post-norm's output and its product by the next linear layer's weight, together:
-    (y, (y - beta) @ then) with y = LayerNorm(x) * gamma + beta.
+    (y, y @ then) with y = LayerNorm(x) * gamma + beta.
 
-    beta is left out of the product: ``beta @ then`` is public to the model owner, who adds
-    it to that layer's bias before sharing (:func:`veil.nn.bert.fold_shift`).  The matmul is
-    truncated with the quartic, and y and the product come from the one last product level
+    (x - mean) f gamma @ then and beta @ then are truncated with the quartic, and y and the
+    product come from the one last product level
     (:func:`veil.protocols.approx.rsqrt.rsqrt_product` with ``keep``): 17 rounds for both
     instead of 17 + 2; per row, m more products truncated from 3-out-of-3 components (21.3
-    bytes each) than LayerNorm alone.
+    bytes each) than LayerNorm alone, and beta @ then's m elements once.
     """
     with x.party.comm.scope("layernorm"):
         d = _centred(x)
         y, projected = _normalise(
-            d, _sum_sq(d, headroom_bits), weight, eps, headroom_bits, bracket, then, keep=True
+            d, _sum_sq(d, headroom_bits), weight, eps, headroom_bits, bracket, then, True, bias
         )
         return (y if bias is None else y + bias), projected
 

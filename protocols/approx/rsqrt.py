@@ -215,6 +215,7 @@ def rsqrt_product_twin(
     frac_bits: int | None = FRAC_BITS,
     then: torch.Tensor | None = None,
     keep: bool = False,
+    shift: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Float twin of :func:`rsqrt_product` (rounded where the protocol truncates)."""
     x, y = x.to(torch.float64), y.to(torch.float64)
@@ -233,7 +234,10 @@ def rsqrt_product_twin(
     out = quantize(scaled * guess, frac_bits)
     if then is None:
         return out
-    projected = quantize(quantize(scaled @ then.to(torch.float64), y_frac) * guess, frac_bits)
+    then = then.to(torch.float64)
+    projected = quantize(quantize(scaled @ then, y_frac) * guess, frac_bits)
+    if shift is not None:
+        projected = projected + quantize(shift.to(torch.float64) @ then, frac_bits)
     return (out, projected) if keep else projected
 
 
@@ -249,6 +253,7 @@ def rsqrt_product(
     bracket: str = "compare",
     then: ArithShare | None = None,
     keep: bool = False,
+    shift: ArithShare | None = None,
 ) -> ArithShare | tuple[ArithShare, ArithShare]:
     """y * scale / sqrt(x) [* weight] [@ then] with f fractional bits, never forming 1/sqrt(x).
 
@@ -279,7 +284,10 @@ def rsqrt_product(
     (y f) @ then keeps f + ``y_bits`` fractional bits; the last product is on m elements
     per row (21.3 bytes each).  Returns the product alone, or with ``keep`` the pair
     (result, result @ then), both from the last product level (a post-norm's output feeds
-    the residual and the next layer).
+    the residual and the next layer).  ``shift`` (n,): a secret row added to the result
+    before ``then`` (LayerNorm's beta); shift @ then is truncated with the projection and
+    added to it (m more elements in that truncation, once, not per row), while the caller
+    adds ``shift`` itself to the result.
     """
     party = x.party
     f = party.fxp.frac_bits
@@ -300,26 +308,27 @@ def rsqrt_product(
         w = u - GUESS_CENTER
         if weight is not None:
             w2, scaled = products([(w, w), (scaled, weight)], out_frac=[wide, y_frac])
-            if then is None:
-                guess = _guess_share(w, w2)
-            else:
-                guess, projected = truncate_components(
-                    party, [_guess_part(w, w2), _projection_part(scaled, then, y_frac)]
-                )
-        elif then is not None:
-            w2, projected = truncate_components(
-                party,
-                [(local_product(w.data, w.data), wide, wide), _projection_part(scaled, then, y_frac)],
-            )
-            guess = _guess_share(w, w2)
+        beside = [] if then is None else [_projection_part(scaled, then, y_frac)]
+        if shift is not None and then is not None:
+            beside.append(_projection_part(shift, then, f))
+        if weight is not None:
+            guess, *projections = truncate_components(party, [_guess_part(w, w2), *beside])
         else:
-            (w2,) = products([(w, w)], out_frac=[wide])
+            if beside:
+                w2, *projections = truncate_components(
+                    party, [(local_product(w.data, w.data), wide, wide), *beside]
+                )
+            else:
+                (w2,) = products([(w, w)], out_frac=[wide])
             guess = _guess_share(w, w2)
         if then is None:
             (out,) = products([(scaled, guess)], out_frac=[f])
             return out
-        if not keep:
+        projected, *shifted = projections
+        if keep:
+            out, projected = products([(scaled, guess), (projected, guess)], out_frac=[f, f])
+        else:
             (projected,) = products([(projected, guess)], out_frac=[f])
-            return projected
-        out, projected = products([(scaled, guess), (projected, guess)], out_frac=[f, f])
-    return out, projected
+        if shifted:
+            projected = projected + shifted[0]
+    return (out, projected) if keep else projected
