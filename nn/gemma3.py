@@ -341,8 +341,9 @@ class Gemma3ForCausalLM(Module):
             x = block(ops, x, masks[kind], layer_cache, ropes[kind])
         if cache is not None:
             cache.length += seq
-        x = self.norm(ops, x[:, -1] if last_only else x)
-        return self.embed.unembed(x) if self.lm_head is None else self.lm_head(x)
+        # The head rides inside the final norm (2 rounds fewer in MPC than norm, then head).
+        head = self.embed.head() if self.lm_head is None else self.lm_head
+        return self.norm(ops, x[:, -1] if last_only else x, then=head)
 
     def new_cache(self) -> KVCache:
         keep = self.config.sliding_window - 1

@@ -148,8 +148,8 @@ class GPT2LMHeadModel(Module):
         if cache is not None:
             cache.length += seq
             cache.key_mask = keys
-        x = self.ln_f(ops, x[:, -1] if last_only else x)
-        return self.wte.unembed(x)
+        # The tied head rides inside the final norm (2 rounds fewer in MPC than norm, then head).
+        return self.ln_f(ops, x[:, -1] if last_only else x, then=self.wte.head())
 
     def new_cache(self) -> KVCache:
         return KVCache.empty(len(self.blocks))

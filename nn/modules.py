@@ -157,6 +157,10 @@ class Embedding(Module):
         """Logits against the table: a tied LM head, ``x @ weight.T``."""
         return x @ self.weight.transpose(0, 1)
 
+    def head(self) -> Linear:
+        """The tied LM head as a linear layer (weight.T, no bias), for a final norm to fuse."""
+        return Linear(self.weight.transpose(0, 1))
+
 
 class LayerNorm(Module):
     """LayerNorm over the last dim with gain ``weight`` and shift ``bias`` (None once folded)."""

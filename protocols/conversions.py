@@ -54,12 +54,16 @@ def _two_summands(x: ArithShare) -> tuple[BoolShare, BoolShare]:
     return _share_local_sum(x), third
 
 
-def add_boolean(a: BoolShare, b: BoolShare) -> BoolShare:
-    """a + b mod 2^64 on XOR-shared words: Kogge-Stone adder, 7 AND rounds."""
+def add_boolean(a: BoolShare, b: BoolShare, width: int = RING_BITS) -> BoolShare:
+    """a + b mod 2^64 on XOR-shared words: Kogge-Stone adder, 7 AND rounds.
+
+    ``width``: only bits 0..width-1 of the sum are wanted (the rest are garbage): the
+    prefix levels stop at spans of ``width``, 1 + ceil(log2 width) AND rounds."""
+    shifts = [shift for shift in PREFIX_SHIFTS if shift < width]
     g = a & b
     p = a ^ b
-    for level, shift in enumerate(PREFIX_SHIFTS):
-        if level == len(PREFIX_SHIFTS) - 1:
+    for level, shift in enumerate(shifts):
+        if level == len(shifts) - 1:
             (carry,) = and_shares([p], [g << shift])
             g = g ^ carry
         else:
@@ -68,12 +72,14 @@ def add_boolean(a: BoolShare, b: BoolShare) -> BoolShare:
     return a ^ b ^ (g << 1)
 
 
-def a2b(x: ArithShare) -> BoolShare:
-    """Boolean sharing of the 64-bit words of x (8 rounds)."""
+def a2b(x: ArithShare, width: int = RING_BITS) -> BoolShare:
+    """Boolean sharing of the 64-bit words of x (8 rounds); with ``width`` < 64 only bits
+    0..width-1 are right (x mod 2^width, e.g. token ids: 2 + ceil(log2 width) rounds, 6
+    for 16 bits) and the bits above are garbage."""
     party = x.party
     with party.comm.scope("a2b"):
         low, third = _two_summands(x)
-        return add_boolean(low, third)
+        return add_boolean(low, third, width)
 
 
 def msb(x: ArithShare) -> BoolShare:

@@ -12,6 +12,11 @@ B2A of the root's bits, its flag being the public 1).  Ties go to the lower inde
 Cost for n candidates per row: ceil(log2 n) * 6 rounds for the max, plus ceil(log2 n)
 rounds for the one-hot; about n * (26.3 + 21.3) bytes per row per party for the max and
 n * 21.3 for the one-hot.
+
+Wider levels (:func:`tournament_levels`): groups of g candidates each take an all-pairs
+tournament (one comparison depth), so a row needs fewer levels for more comparisons; the
+widths come from :func:`plan_for` (:mod:`veil.protocols.tournament_plan`), the fewest rounds
+within a byte budget.  Softmax's max and greedy decoding's argmax use them.
 """
 
 from __future__ import annotations
@@ -25,10 +30,7 @@ from veil.mpc.boolean import BoolShare
 from veil.protocols.comparison import less_than_bits
 from veil.protocols.conversions import b2a_bit
 from veil.protocols.select import mux_bits
-
-COMPARISON_BYTES = 36.96
-"""Bytes per party of one secret comparison with B2A (protocols/comparison.py); a
-tournament's comparisons stay boolean (26.3 bytes), so its budget errs on the side of bytes."""
+from veil.protocols.tournament_plan import plan_levels
 
 
 def max_with_argmax(x: ArithShare, dim: int = -1) -> tuple[ArithShare, ArithShare]:
@@ -85,8 +87,8 @@ def tournament_max(x: ArithShare) -> ArithShare:
     point, no truncation either).  The wide tournament trades bytes for depth, as maxima of
     short rows are taken in the MPC literature (all comparisons in one round, then an AND).
 
-    Cost per row of n: n(n-1)/2 boolean MSBs (26.3 B each), n(n-1) ANDs (8 B each) and n
-    bit injections (21.3 B); critical-path rounds: one MSB (5) + ceil(log2(n - 1)) + 1,
+    Cost per row of n: n(n-1)/2 boolean MSBs (26.3 B each), n - 2 AND rounds on the factors
+    packed 64 candidates to a word (8 B per word) and n bit injections (21.3 B); critical-path rounds: one MSB (5) + ceil(log2(n - 1)) + 1,
     against ceil(log2 n) * 6 for the tree (n = 33: 11 against 36).  Valid for any inputs the
     comparison accepts (|x_i - x_j| < 2^62 in the ring).
     """
@@ -110,30 +112,72 @@ def _tournament(x: ArithShare) -> tuple[ArithShare, BoolShare]:
         [torch.cat([position[:j, j], pairs + position[j, j + 1 :]]) for j in range(n)]
     )
     candidates = cat([beats, beats ^ 1], dim=-1)[..., factors]  # (..., n, n - 1)
-    while candidates.shape[-1] > 1:
-        m = candidates.shape[-1]
+    words = _pack_bits(candidates)  # (..., ceil(n / 64), n - 1): 64 candidates per word
+    while words.shape[-1] > 1:
+        m = words.shape[-1]
         half = m // 2
-        product = candidates[..., :half] & candidates[..., half : 2 * half]
-        candidates = cat([product, candidates[..., 2 * half :]], dim=-1) if m % 2 else product
-    winner = candidates[..., 0]
+        product = words[..., :half] & words[..., half : 2 * half]
+        words = cat([product, words[..., 2 * half :]], dim=-1) if m % 2 else product
+    winner = _unpack_bits(words[..., 0], n)
     return mux_bits(winner, x, 0).sum(-1, keepdim=True), winner
 
 
-GROUP = 8
-"""Candidates per group in :func:`grouped_max_with_argmax`: each level is one all-pairs
-tournament of 8 (28 comparisons), so a level costs 14 critical-path rounds instead of 11 but
-divides the candidates by 8 instead of 2."""
+WORD_BITS = 64
+
+
+def _pack_bits(bits: BoolShare) -> BoolShare:
+    """Bit 0 of (..., n, m) XOR-shared words packed along n: (..., ceil(n / 64), m), bit j
+    of word w holding entry 64 w + j.  Local: XOR sharing is bitwise."""
+    n = bits.shape[-2]
+    words = -(-n // WORD_BITS)
+    data = bits.data & 1
+    pad = words * WORD_BITS - n
+    if pad:
+        data = torch.cat([data, data.new_zeros(*data.shape[:-2], pad, data.shape[-1])], dim=-2)
+    data = data.reshape(*data.shape[:-2], words, WORD_BITS, data.shape[-1])
+    shifts = torch.arange(WORD_BITS, dtype=torch.int64, device=data.device).unsqueeze(-1)
+    return BoolShare(bits.party, (data << shifts).sum(-2))
+
+
+def _unpack_bits(words: BoolShare, n: int) -> BoolShare:
+    """The inverse of :func:`_pack_bits` for one column: (..., ceil(n / 64)) -> (..., n)."""
+    shifts = torch.arange(WORD_BITS, dtype=torch.int64, device=words.data.device)
+    data = (words.data.unsqueeze(-1) >> shifts) & 1
+    return BoolShare(words.party, data.reshape(*data.shape[:-2], -1)[..., :n])
+
+
+BUDGET_BYTES_PER_ELEMENT = 256.0
+"""Bytes per party per candidate that a planned tournament (:func:`plan_for`) may spend."""
+BUDGET_FLOOR_BYTES = 16 << 20
+"""Bytes per party any planned tournament may spend whatever its size: short rows (a decoding
+step's attention, a GPT-2 prompt's 12 x 32 x 32 scores) take one all-pairs level."""
+
+
+def plan_for(x: ArithShare, onehot: bool = False) -> tuple[int, ...]:
+    """Level widths (:func:`veil.protocols.tournament_plan.plan_levels`) for the rows of ``x``
+    within max(:data:`BUDGET_FLOOR_BYTES`, :data:`BUDGET_BYTES_PER_ELEMENT` per element) per
+    party.  The shape, hence the plan, is public."""
+    n = x.shape[-1]
+    rows = max(1, math.prod(x.shape[:-1]))
+    return plan_levels(n, max(BUDGET_FLOOR_BYTES / rows, BUDGET_BYTES_PER_ELEMENT * n), onehot)
 
 
 def tournament_levels(
-    x: ArithShare, group: int
+    x: ArithShare, widths: int | tuple[int, ...]
 ) -> tuple[ArithShare, list[tuple[BoolShare, int]]]:
-    """(max (...), per level the groups' boolean one-hots (..., G, g) and the level's width n)."""
+    """(max (...), per level the groups' boolean one-hots (..., G, g) and the level's width n).
+
+    ``widths``: one group size for every level, or one per level (the last level takes
+    whatever is left)."""
     levels: list[tuple[BoolShare, int]] = []
     current = x
     while current.shape[-1] > 1:
         n = current.shape[-1]
-        width = min(group, n)
+        if isinstance(widths, int):
+            wanted = widths
+        else:
+            wanted = widths[len(levels)] if len(levels) < len(widths) - 1 else n
+        width = min(wanted, n)
         pad = -n % width
         if pad:
             current = cat([current, current[..., :1].expand(*current.shape[:-1], pad)], dim=-1)
@@ -145,27 +189,28 @@ def tournament_levels(
 
 
 def grouped_max_with_argmax(
-    x: ArithShare, group: int = GROUP
+    x: ArithShare, group: int | None = None
 ) -> tuple[ArithShare, ArithShare]:
     """(max over the last dim (...), one-hot of the first maximum (..., n)) by a tree of
-    all-pairs tournaments of ``group`` candidates.
+    all-pairs tournaments, ``group`` candidates each (default: the widths of
+    :func:`plan_for`, one-hot rounds included).
 
-    Formula: pad the row to a multiple of ``group`` with copies of its first entry (a copy
+    Formula: pad the row to a multiple of the group size with copies of its first entry (a copy
     sits after the original, so it never is the *first* maximum and its flag comes out 0),
     take each group's :func:`tournament_max` winner and its one-hot w, and repeat on the
     winners; the one-hot is rebuilt top-down, a child's flag being its parent's flag times
     its w (one integer product per level; the root's flag is the public 1).
 
-    Cost for n candidates per row: L = ceil(log_g n) levels of one boolean MSB (5 rounds)
-    + ceil(log2(g - 1)) + 1 rounds, then L rounds for the one-hot (B2A of the root's winner,
-    then one bit injection per level); for n = 49152 and g = 8: 6 levels, 57 critical-path
-    rounds measured against 112 for the binary tree.  Bytes: about (g - 1)/2 MSBs (26.3 B)
+    Cost for n candidates per row: per level of g one boolean MSB (5 rounds) +
+    ceil(log2(g - 1)) + 1 rounds, then one round per level for the one-hot (B2A of the root's
+    winner, then one bit injection per level); for n = 49152 the planned levels of 3, 32 and
+    512: 36 critical-path rounds measured (levels of 8: 57; the binary tree: 112).  Bytes: about (g - 1)/2 MSBs (26.3 B)
     and g - 1 ANDs (8 B) per candidate per level, a geometric series over the levels.
     Ties go to the lowest index; exact for any inputs the comparison accepts.
     """
     party = x.party
     with party.comm.scope("max"):
-        maximum, levels = tournament_levels(x, group)
+        maximum, levels = tournament_levels(x, group if group is not None else plan_for(x, onehot=True))
     with party.comm.scope("argmax"):
         flags = None  # None: the public all-ones flag of the root
         for winner, n in reversed(levels):
@@ -174,11 +219,3 @@ def grouped_max_with_argmax(
         if flags is None:
             flags = ArithShare.from_public(party, 1).expand(*x.shape)
     return maximum, flags
-
-
-def tournament_fits(x: ArithShare, budget_bytes: float) -> bool:
-    """Whether an all-pairs tournament over the last dim of ``x`` sends at most
-    ``budget_bytes`` per party in comparisons (the shape, hence the choice, is public)."""
-    n = x.shape[-1]
-    rows = math.prod(x.shape[:-1])
-    return n > 2 and rows * n * (n - 1) / 2 * COMPARISON_BYTES <= budget_bytes

@@ -21,7 +21,7 @@ from veil.mpc.lockstep import RoundLink, Steps, run_alone
 from veil.mpc.party import Party
 from veil.protocols.comparison import less_than_bits
 from veil.protocols.multiplication import local_product
-from veil.protocols.reductions import tournament_fits, tournament_levels, tournament_max
+from veil.protocols.reductions import plan_for, tournament_levels
 from veil.protocols.select import mux_bits
 from veil.protocols.truncation import truncate, truncate_product_steps
 
@@ -99,12 +99,13 @@ def products_steps(
 
 
 def truncate_components(
-    party: Party, parts: Sequence[tuple[torch.Tensor, int, int]]
+    party: Party, parts: Sequence[tuple[torch.Tensor, int | torch.Tensor, int]]
 ) -> list[ArithShare]:
     """Truncate 3-out-of-3 components together, each part by its own shift, in 2 rounds.
 
     ``parts``: (this party's component z_i of a value, shift in 0..61, fractional bits of
-    the result).  A component is what a local product leaves
+    the result).  A shift may also be a public int64 tensor broadcastable to its part, one
+    shift per element, each chosen so that the element lands on the part's fractional bits.  A component is what a local product leaves
     (:func:`veil.protocols.multiplication.local_product`), or ``share.data[0]`` of a
     replicated share (its components sum to the value).  One call of
     :func:`veil.protocols.truncation.truncate_product`: 64/3 bytes per element per party.
@@ -114,19 +115,20 @@ def truncate_components(
 
 
 def truncate_components_steps(
-    link: RoundLink, parts: Sequence[tuple[torch.Tensor, int, int]]
+    link: RoundLink, parts: Sequence[tuple[torch.Tensor, int | torch.Tensor, int]]
 ) -> Steps[list[ArithShare]]:
     """:func:`truncate_components` as steps."""
     shapes = [z.shape for z, _, _ in parts]
     flat = torch.cat([z.reshape(-1) for z, _, _ in parts])
     shifts = [shift for _, shift, _ in parts]
-    if len(set(shifts)) == 1:
+    if all(isinstance(s, int) for s in shifts) and len(set(shifts)) == 1:
         cut = yield from truncate_product_steps(link, flat, shifts[0], shifts[0])
     else:
         per_element = torch.cat([
-            torch.full((shape.numel(),), shift, dtype=torch.int64) for shape, shift in zip(shapes, shifts)
+            torch.as_tensor(shift, dtype=torch.int64).expand(shape).reshape(-1)
+            for shape, shift in zip(shapes, shifts)
         ])
-        cut = yield from truncate_product_steps(link, flat, per_element, max(shifts))
+        cut = yield from truncate_product_steps(link, flat, per_element, int(per_element.max()))
     return _split(cut, shapes, [frac for _, _, frac in parts])
 
 
@@ -190,52 +192,25 @@ def linear_combinations(
     return [piece + constant for piece, (_, _, constant) in zip(pieces, groups)]
 
 
-TOURNAMENT_BUDGET_BYTES = 4 << 20
-"""Comparison bytes per party that one :func:`row_max` may spend on an all-pairs tournament
-(one comparison depth) over whole rows: short rows with few rows, as when decoding one
-token against the cached keys, take it."""
-
-
-ROW_MAX_GROUP = 8
-"""Most candidates per all-pairs tournament in the levels of :func:`row_max` over long rows."""
-LEVELS_EXTRA_BYTES_PER_ELEMENT = {8: 135.0, 4: 66.0}
-"""Bytes per element per party that g-way tournament levels send beyond the binary tree's
-47.6 (measured on 12 x 128 x 128 and 12 x 32 x 32 rows: 8-way 171-182 bytes in all, 17
-rounds for n = 32 and 24 for n = 128; 4-way 98-113, 22 and 30; per candidate of a level
-(g - 1)/2 MSBs, g - 1 ANDs and one bit injection)."""
-LEVELS_BUDGET_BYTES = 4 << 20
-"""Extra bytes per party one :func:`row_max` may spend on tournament levels instead of the
-tree: GPT-2's and MiniLM's prompt rows take 8-way levels, BERT-base's 12 x 128 x 128 scores
-(12.9 MB more for 12 rounds fewer with 4-way levels) keep the tree."""
-
-
-def row_max(x: ArithShare, group: int = ROW_MAX_GROUP) -> ArithShare:
+def row_max(x: ArithShare, group: int | None = None) -> ArithShare:
     """max over the last dim, shape (..., 1), exact.
 
-    Short rows within :data:`TOURNAMENT_BUDGET_BYTES` take the all-pairs tournament of
-    :func:`veil.protocols.reductions.tournament_max` (one comparison depth: 11 rounds for
-    n = 33).  Longer rows take levels of 8-way (or, where those do not fit
-    :data:`LEVELS_BUDGET_BYTES`, 4-way; at most ``group``-way) all-pairs tournaments
-    (:func:`veil.protocols.reductions.tournament_levels`): for 8, one boolean MSB of 28
-    pairs per group, a 3-level AND of each candidate's 7 factors and one bit injection, 9
-    rounds per division by 8 (n = 32: 17 rounds); for 4, each level is one boolean
-    MSB of 6 pairs per group (5 rounds), a 2-level AND of each candidate's 3 factors (2
-    rounds) and one bit injection (1 round): 8 rounds per division by 4 against 12 for two
-    levels of the binary tree (n = 128: 30 rounds instead of 42, n = 32: 22 instead of 30),
-    for about 2.4x the tree's bytes (per candidate of a level 1.5 MSBs, 3 ANDs and one bit
-    injection), taken while the extra bytes stay within :data:`LEVELS_BUDGET_BYTES`.
-    Otherwise, and for ``group=2``, the binary tree of comparisons and multiplexers:
-    ceil(log2 n) levels of one boolean MSB (5 rounds) and one multiplexer on it by bit
-    injection (1 round, :func:`veil.protocols.select.mux_bits`), about 47.6 bytes per
-    element per party (sampling's max over a vocabulary, where bytes weigh more).
-    Unlike ``ArithShare.max`` neither rebuilds the argmax one-hot (softmax does not need it).
+    Levels of all-pairs tournaments (:func:`veil.protocols.reductions.tournament_levels`)
+    whose widths :func:`veil.protocols.reductions.plan_for` picks for the fewest rounds
+    within its byte budget: one level over whole short rows (a decoding step's attention
+    rows, GPT-2's 32-long prompt rows: 11 rounds), (8, 16) for BERT-base's 128-long rows
+    (19 rounds, about 200 bytes per element per party, against the binary tree's 42 rounds
+    and 47.6 bytes).  A level of g costs one boolean MSB (5 rounds), ceil(log2(g - 1)) AND
+    rounds and one bit injection.  ``group=2`` keeps the binary tree of comparisons and
+    multiplexers: ceil(log2 n) levels of one boolean MSB (5 rounds) and one multiplexer on it
+    by bit injection (1 round, :func:`veil.protocols.select.mux_bits`), about 47.6 bytes per
+    element per party (sampling's max over a vocabulary, where bytes weigh more); another
+    ``group`` takes levels of that many.  Unlike ``ArithShare.max`` neither rebuilds the
+    argmax one-hot (softmax does not need it).
     """
-    if tournament_fits(x, TOURNAMENT_BUDGET_BYTES):
-        return tournament_max(x)
-    for width, extra in LEVELS_EXTRA_BYTES_PER_ELEMENT.items():  # widest first
-        if 2 < width <= group and x.numel() * extra <= LEVELS_BUDGET_BYTES:
-            maximum, _ = tournament_levels(x, width)
-            return maximum.unsqueeze(-1)
+    if group is None or group > 2:
+        maximum, _ = tournament_levels(x, group if group is not None else plan_for(x))
+        return maximum.unsqueeze(-1)
     current = x
     while current.shape[-1] > 1:
         n = current.shape[-1]

@@ -1,17 +1,19 @@
 """Secret argmax over the last dimension (greedy decoding): one-hot and shared index.
 
-Formula: the tree of all-pairs tournaments of 8 candidates of
-:func:`veil.protocols.reductions.grouped_max_with_argmax` (each level one comparison depth;
-the one-hot is rebuilt top-down from the groups' winners), then index = sum_v onehot_v * v,
-a public-integer dot product (free).  Ties go to the lowest index, like torch.argmax.
+Formula: the tree of all-pairs tournaments of
+:func:`veil.protocols.reductions.grouped_max_with_argmax` (each level one comparison depth,
+the widths planned for the fewest rounds within the byte budget,
+:func:`veil.protocols.reductions.plan_for`; the one-hot is rebuilt top-down from the
+groups' winners), then index = sum_v onehot_v * v, a public-integer dot product (free).
+Ties go to the lowest index, like torch.argmax.
 
 Valid range: |x_i - x_j| < 2^(63-f).
 Error: exact whenever the top two logits differ by more than one ulp (2^-f).
-Cost for n = 49152 per row, per party: 6 levels of at most 9 critical-path rounds (a
-boolean MSB, 5, the AND tree, 3, and the bit injection of the winner, 1) plus 6 for the
-one-hot: 57 rounds measured (the binary tree of ``max_with_argmax``: 112; 86 and 191 with
-the 10-round comparison); about 4 MSBs (26.3 bytes) and 8 ANDs (8 bytes) per element:
-10.27 MB measured (the binary tree: 3.42 MB).
+Cost for n = 49152 per row, per party (``python -m benchmarks.nonlinear --only argmax``,
+Dec 7): levels of 3, 32 and 512 candidates (7 + 11 + 15 critical-path rounds: a boolean
+MSB, 5, the AND tree on packed words, 1 to 9, and the bit injection of the winner, 1) plus 3
+for the one-hot: 36 rounds, 14.51 MB measured.  Before (levels of 8, unpacked ANDs): 57
+rounds, 10.27 MB; the binary tree of ``max_with_argmax``: 112 rounds, 3.42 MB.
 """
 
 from __future__ import annotations

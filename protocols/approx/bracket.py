@@ -18,6 +18,9 @@ Two methods (SPU's ``highestOneBit`` is the second):
   152 + 10.67 W bytes (e.g. 514.7 instead of 2273.7 bytes for W = 34; fewer bytes than
   ``"compare"`` from W = 4 on).  The choice for elementwise use of wide windows on large
   tensors.
+
+The one-hot also selects one of W secret candidates, one per bracket, computed beside the
+bracket (:func:`bracket_select_steps`, one plain multiplication, 1 round).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from veil.mpc.lockstep import RoundLink, Steps, run_alone
 from veil.protocols.approx._common import with_frac
 from veil.protocols.carry import msb_split_arith_steps
 from veil.protocols.conversions import a2b, b2a_bit
+from veil.protocols.multiplication import local_product
 
 METHODS = ("compare", "bits")
 RING_BITS = 64
@@ -93,3 +97,16 @@ def power_of_two_bracket_steps(link: RoundLink, x: ArithShare, positions: torch.
 def bracket_dot(onehot: ArithShare, table: torch.Tensor) -> ArithShare:
     """sum_p onehot_p * table_p for a public integer table over the window (free)."""
     return (onehot * table.to(torch.int64)).sum(-1)
+
+
+def bracket_select_steps(link: RoundLink, onehot: ArithShare, candidates: ArithShare) -> Steps[ArithShare]:
+    """sum_p onehot_p candidates_p over the last dim, (..., 1): one plain multiplication
+    (the one-hot is an integer 0/1, so no truncation), 1 round, 8 bytes per row per party.
+    The one-hot of an (..., 1) bracket is (..., 1, W); the candidates are (..., W)."""
+    party = link.party
+    chosen = local_product(onehot.data.reshape(candidates.data.shape), candidates.data).sum(-1, keepdim=True)
+    chosen += party.zero_share(chosen.shape)
+    link.outbox.add(party.prev_rank, chosen)
+    yield
+    received = link.inbox.take(party.next_rank, chosen.numel()).reshape(chosen.shape)
+    return ArithShare(party, torch.stack((chosen, received)), candidates.frac_bits)

@@ -1,7 +1,8 @@
 """Embedding lookup of secret token ids: a secret one-hot times the secret table.
 
 Formula: onehot[t, v] = [id_t == v], rows = onehot @ table.  The one-hot is built in two
-halves: the id is bit-decomposed once per token (A2B, 8 rounds) and split into its high
+halves: the id's low ceil(log2 vocab) bits are decomposed once per token (A2B whose adder
+stops at that width: 6 rounds for 16 bits, 8 for all 64) and split into its high
 and low halves (H + L = ceil(log2 vocab) bits); equality with every public value of each
 half is the AND of the bits of NOT(half XOR value), a few AND rounds on words that each
 carry one comparison; B2A turns the 2^H + 2^L bits into arithmetic 0/1; their outer
@@ -19,9 +20,10 @@ selects that row if it is below vocab (another token: 2023 + 2^15 reads as 2023 
 30522-entry vocab) and gives a zero row otherwise (-1 and vocab itself, there).  Clients
 check the range before sharing (:func:`veil.parties.validation.check_token_ids`).
 Error: none: the result equals the table rows exactly (fixed-point encoding of the table).
-Cost per token, per party: A2B (8 rounds, 104 bytes), AND-reduce (log2 of the lane width,
-3-4 rounds, 8 (2^H + 2^L) bytes each), B2A (1 round, 10.67 (2^H + 2^L) bytes), outer
-product (1 round, 8 * vocab bytes), matmul (1 round, 8 * dim bytes): 14 rounds and, for a
+Cost per token, per party: A2B (6 rounds for B = 15 or 16, 72 bytes), AND-reduce (log2 of
+the lane width, 3-4 rounds, 8 (2^H + 2^L) bytes each), B2A (1 round, 10.67 (2^H + 2^L)
+bytes), outer product (1 round, 8 * vocab bytes), matmul (1 round, 8 * dim bytes): 12
+rounds (14 with the full 64-bit A2B before) and, for a
 30522 x 768 table (H = 7, L = 8), 264 kB per token (33.76 MB for 128 tokens, measured).
 """
 
@@ -56,7 +58,7 @@ def half_onehots(ids: ArithShare, id_bits: int) -> tuple[ArithShare, ArithShare]
     """One-hots of the high and low halves of the ids: (..., 2^H) and (..., 2^L)."""
     low_bits = (id_bits + 1) // 2
     high_bits = id_bits - low_bits
-    words = a2b(ids)
+    words = a2b(ids, id_bits)  # ids mod 2^id_bits: the halves need no higher bit
     halves = [(words >> low_bits) & ((1 << high_bits) - 1), words & ((1 << low_bits) - 1)]
     tests = []
     for half, bits in zip(halves, (high_bits, low_bits)):

@@ -17,28 +17,30 @@ dot product is summed in the ring before its truncation), i.e. row RMS < 8192 / 
 bytes per element) and so allows S < 2^(26 + 2h) (row RMS 2^h times larger), at a relative
 precision of S of about 2^(h - f) / RMS, for models with massive activations.
 Error (128x768, N(0,1) rows scaled per row by 10^U(-2, 2) plus N(0,1) offsets, gamma ~
-1 + 0.1 N, beta ~ 0.1 N): protocol vs torch max abs 4.8e-4 of the output (bound 5e-3; 6e-4
-when r was formed first); the terms are rsqrt's 8e-5 relative error and the roundings of
-x f and x f gamma (2^-21 each), each times |y| (about 5 at most for Gaussian rows);
-protocol vs twin about the same size, as the protocol's truncations round up or down where
-the twin rounds to nearest.
-The root is never formed on its own (:func:`veil.protocols.approx.rsqrt.rsqrt_product`):
-x times the bracket's power-of-two factor, then times gamma, ride beside the quartic's
-powers, and one product by the quartic's value ends the norm.
-Cost per row of n, per party: the mean (2 rounds, 16 bytes), S truncated from its
-3-out-of-3 components (2 rounds, 21.3 bytes), rsqrt_product's bracket (5 rounds, 68.9 * 33
-bytes; with ``bracket="bits"`` 15 rounds, 152 + 10.67 * 34), u and w^2 and the quartic in
-w = u - 0.375 as one truncation of components (6 rounds, 64 bytes); per element three
-products truncated from their 3-out-of-3 components (x f, x f gamma, and the last one), 64
-bytes (42.7 without gamma): 17 rounds in all (15 for RMSNorm, which has no mean), with or
-without gamma.
-Measured, 128x768 (``python -m benchmarks.nonlinear --only layernorm``): 17 critical-path
-rounds, 6.60 MB, error 4.78e-4; with ``bracket="bits"`` 27 rounds, 6.37 MB; without the
-affine step (gamma and beta folded into the next linear layer by the model owner) 17
-rounds, 4.50 MB.  Before the quartic took one truncation (u^3, u^4 and then the linear
-combination): 19 rounds, 6.60 MB.  Before, with r formed first
-and then x r * gamma: 22 rounds and 3.21 MB (21 and 2.41 MB without gamma).  SPU's PUMA:
-55 send steps, 3.2 MB.
+1 + 0.1 N, beta ~ 0.1 N): protocol vs torch max abs 4.7e-4 to 7.2e-4 of the output over runs (the
+truncations' carries are random; bound 5e-3; 4.8e-4 before the candidates, 6e-4 when r was
+formed first); the terms are rsqrt's 8e-5 relative
+error times |y| (about 5 at most for Gaussian rows) and the roundings of x gamma and of the
+guess (:func:`veil.protocols.approx.rsqrt_product.precision_split`); protocol vs twin about
+the same size, as the protocol's truncations round up or down where the twin rounds to nearest.
+The root is never formed on its own
+(:func:`veil.protocols.approx.rsqrt_product.rsqrt_product_of_components`): S's components go
+in untruncated; every bracket's candidate guess scale / sqrt(S) is computed beside the
+bracket's comparisons, the one-hot selects one, and one product by it ends the norm.
+Cost per row of n, per party: the mean (2 rounds, 16 bytes); S to f bits and the 34
+candidates u (2 rounds, 21.3 bytes each); the bracket (5 rounds, 68.9 * 33 bytes; with
+``bracket="bits"`` 15 rounds, 152 + 10.67 * 34) beside the candidates' w^2 and quartics (4
+rounds, 2 * 34 * 21.3 bytes); the select (1 round, 8 bytes); per element x * gamma and the
+last product, truncated from 3-out-of-3 components, 21.3 bytes each (one without gamma):
+12 rounds in all (10 for RMSNorm, which has no mean), with or without gamma.
+Measured, 128x768 (``python -m benchmarks.nonlinear --only layernorm``, Dec 7): 12
+critical-path rounds, 4.77 MB, error 4.66e-4 (7.24e-4 in an earlier run); with
+``bracket="bits"`` 26 rounds, 4.54 MB; without the affine step 12 rounds, 2.67 MB.
+Before (u = S times the bracket's power of two, w^2, the quartic and x f, x f gamma after
+the bracket, 3 products per element): 17 rounds, 6.60 MB, error 4.78e-4 (4.50 MB without
+the affine step).  Before the quartic took one truncation (u^3, u^4 and then the linear
+combination): 19 rounds, 6.60 MB.  Before, with r formed first and then x r * gamma: 22
+rounds and 3.21 MB (21 and 2.41 MB without gamma).  SPU's PUMA: 55 send steps, 3.2 MB.
 """
 
 from __future__ import annotations
@@ -51,18 +53,14 @@ from veil.mpc.arith import ArithShare
 from veil.protocols.approx._common import (
     FRAC_BITS,
     quantize,
-    truncate_components,
     with_frac,
 )
-from veil.protocols.approx.rsqrt import rsqrt_product, rsqrt_product_twin
+from veil.protocols.approx.rsqrt_product import rsqrt_product_of_components, rsqrt_product_twin
 from veil.protocols.multiplication import local_product
 from veil.protocols.truncation import truncate
 
 MEAN_RANGE_BITS = 50
 """The public 1/n of the row mean gets 50 - f fractional bits (32 at f = 18): |mean| < 2^11."""
-SCALED_EXTRA_BITS = 3
-"""x f and x f gamma (:func:`veil.protocols.approx.rsqrt.rsqrt_product`) carry f + 3 bits,
-the precision r = rsqrt(var + eps) had when it was formed on its own."""
 NORM_LO_EXP = -8
 NORM_HI_EXP = 26
 
@@ -79,16 +77,8 @@ def _row_dot(x: ArithShare, headroom_bits: int) -> torch.Tensor:
     return local_product(x.data.unsqueeze(-2), x.data.unsqueeze(-1), torch.matmul).squeeze(-1)
 
 
-def _sum_sq(x: ArithShare, headroom_bits: int) -> ArithShare:
-    """S / 4^h truncated to f bits from its 3-out-of-3 components (2 rounds)."""
-    f = x.frac_bits
-    (sum_sq,) = truncate_components(x.party, [(_row_dot(x, headroom_bits), f, f)])
-    return sum_sq
-
-
 def _normalise(
     x: ArithShare,
-    sum_sq: ArithShare,
     gamma: ArithShare | None,
     eps: float,
     headroom_bits: int,
@@ -97,23 +87,27 @@ def _normalise(
     keep: bool = False,
     shift: ArithShare | None = None,
 ) -> ArithShare | tuple[ArithShare, ArithShare]:
-    """x * sqrt(n) rsqrt(S + n eps) [* gamma] [@ then], with sum_sq = S / 4^h (|x| <= sqrt(S));
-    with ``keep`` the pair (normalised, (normalised + shift) @ then)."""
+    """x * sqrt(n) rsqrt(S + n eps) [* gamma] [@ then], S = sum((x / 2^h)^2) (|x| <= sqrt(S));
+    with ``keep`` the pair (normalised, (normalised + shift) @ then).  S goes to rsqrt_product
+    as its 3-out-of-3 components with 2f bits: its truncation rides with the candidates'."""
     n = x.shape[-1]
+    f = x.frac_bits
     lift = 2.0**headroom_bits
-    return rsqrt_product(
-        sum_sq + n * eps / lift**2,
+    components = _row_dot(x, headroom_bits)
+    if x.party.rank == 0:
+        components += round(n * eps / lift**2 * 2.0 ** (2 * f))
+    return rsqrt_product_of_components(
+        components,
+        2 * f,
         x,
         gamma,
         NORM_LO_EXP,
         NORM_HI_EXP,
-        math.sqrt(n) / lift,
-        math.sqrt(n),
-        SCALED_EXTRA_BITS,
-        bracket,
-        then,
-        keep,
-        shift,
+        scale=math.sqrt(n) / lift,
+        bracket=bracket,
+        then=then,
+        keep=keep,
+        shift=shift,
     )
 
 
@@ -130,21 +124,20 @@ def _normalise_twin(
     n = x.shape[-1]
     lift = 2.0**headroom_bits
     narrow = quantize(x / lift, frac_bits)
-    sum_sq = quantize((narrow * narrow).sum(-1, keepdim=True), frac_bits)
-    offset = quantize(torch.tensor(n * eps / lift**2, dtype=torch.float64), frac_bits)
+    wide = None if frac_bits is None else 2 * frac_bits
+    sum_sq = (narrow * narrow).sum(-1, keepdim=True)  # exact at 2f bits, as its components
+    offset = quantize(torch.tensor(n * eps / lift**2, dtype=torch.float64), wide)
     return rsqrt_product_twin(
         sum_sq + offset,
         x,
         weight,
         NORM_LO_EXP,
         NORM_HI_EXP,
-        math.sqrt(n) / lift,
-        math.sqrt(n),
-        SCALED_EXTRA_BITS,
-        frac_bits,
-        then,
-        keep,
-        shift,
+        scale=math.sqrt(n) / lift,
+        frac_bits=frac_bits,
+        then=then,
+        keep=keep,
+        shift=shift,
     )
 
 
@@ -175,13 +168,8 @@ def layernorm_twin(
     then: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Float twin of :func:`layernorm`."""
-    fused = then if bias is None else None
-    y = _normalise_twin(_centred_twin(x, frac_bits), weight, eps, headroom_bits, frac_bits, fused)
-    if bias is not None:
-        y = y + bias
-    if then is not None and fused is None:
-        y = quantize(y @ then.to(torch.float64), frac_bits)
-    return y
+    y = _normalise_twin(_centred_twin(x, frac_bits), weight, eps, headroom_bits, frac_bits, then, shift=bias)
+    return y + bias if bias is not None and then is None else y
 
 
 def layernorm(
@@ -196,25 +184,22 @@ def layernorm(
     """LayerNorm of secret rows with secret gamma (``weight``) and beta (``bias``)
     [then times the next linear layer's weight ``then`` (n, m)].
 
-    ``bracket`` is rsqrt's bit-length method: "compare" (fewest rounds) or "bits" (6 rounds
-    more, 3.01 instead of 3.12 MB for 128x768).
+    ``bracket`` is rsqrt's bit-length method: "compare" (fewest rounds) or "bits" (fewer
+    bytes per row, 10 rounds more: the candidates then wait for it).
 
     ``weight=None`` (and ``bias=None``) skips the affine step, for a model owner who folds
-    gamma and beta into the next linear layer before sharing it: 21.3 instead of 29.3 bytes
-    per element.
+    gamma and beta into the next linear layer before sharing it: one product per element
+    (21.3 bytes) instead of two.
 
-    ``then`` without gamma and beta (a pre-norm whose affine step is folded into the linear
-    layer it feeds): the matmul rides inside the norm
-    (:func:`veil.protocols.approx.rsqrt.rsqrt_product`), so norm and matmul cost 17 rounds
-    instead of 19; the last product is on the m outputs per row.
+    ``then``: the matmul rides inside the norm
+    (:func:`veil.protocols.approx.rsqrt_product.rsqrt_product_of_components`), so norm and
+    matmul cost 12 rounds instead of 14; the last product is on the m outputs per row.  With
+    gamma (a final norm feeding a tied LM head, whose table cannot take the gain),
+    (x - mean) gamma @ then is truncated beside the candidates; with beta, beta @ then too.
     """
     with x.party.comm.scope("layernorm"):
-        d = _centred(x)
-        fused = then if bias is None else None
-        y = _normalise(d, _sum_sq(d, headroom_bits), weight, eps, headroom_bits, bracket, fused)
-        if bias is not None:
-            y = y + bias
-        return y @ then if then is not None and fused is None else y
+        y = _normalise(_centred(x), weight, eps, headroom_bits, bracket, then, shift=bias)
+        return y + bias if bias is not None and then is None else y
 
 
 def layernorm_projected_twin(
@@ -245,17 +230,16 @@ def layernorm_projected(
     """A post-norm's output and its product by the next linear layer's weight, together:
     (y, y @ then) with y = LayerNorm(x) * gamma + beta.
 
-    (x - mean) f gamma @ then and beta @ then are truncated with the quartic, and y and the
-    product come from the one last product level
-    (:func:`veil.protocols.approx.rsqrt.rsqrt_product` with ``keep``): 17 rounds for both
-    instead of 17 + 2; per row, m more products truncated from 3-out-of-3 components (21.3
-    bytes each) than LayerNorm alone, and beta @ then's m elements once.
+    (x - mean) gamma @ then and beta @ then are truncated beside the candidates, and y and
+    the product come from the one last product level
+    (:func:`veil.protocols.approx.rsqrt_product.rsqrt_product_of_components` with ``keep``):
+    12 rounds for both instead of 12 + 2; per row, 2m more products truncated from
+    3-out-of-3 components (21.3 bytes each) than LayerNorm alone, and beta @ then's m
+    elements once.
     """
     with x.party.comm.scope("layernorm"):
         d = _centred(x)
-        y, projected = _normalise(
-            d, _sum_sq(d, headroom_bits), weight, eps, headroom_bits, bracket, then, True, bias
-        )
+        y, projected = _normalise(d, weight, eps, headroom_bits, bracket, then, True, bias)
         return (y if bias is None else y + bias), projected
 
 
@@ -282,6 +266,6 @@ def rmsnorm(
 ) -> ArithShare:
     """RMSNorm of secret rows with secret gamma (``weight``; None: gamma folded elsewhere)
     [then times the next linear layer's weight ``then`` (n, m): without gamma it rides
-    inside the norm, 15 rounds for both instead of 17, as in :func:`layernorm`]."""
+    inside the norm, 10 rounds for both instead of 12, as in :func:`layernorm`]."""
     with x.party.comm.scope("rmsnorm"):
-        return _normalise(x, _sum_sq(x, headroom_bits), weight, eps, headroom_bits, bracket, then)
+        return _normalise(x, weight, eps, headroom_bits, bracket, then)

@@ -38,18 +38,19 @@ Cost (measured, default window W = 20, unfused), per element per party: 13 criti
 23 rounds, 493.3 bytes with ``bracket="bits"`` (15 rounds, 152 + 10.67 W bytes); plus 4
 product levels (6 products truncated from their 3-out-of-3 components, 128 bytes) either
 way.  Softmax uses it once per row (W = 8: 7 comparisons, 610.3 instead of 365.3 bytes),
-where rounds matter more than bytes.
+where rounds matter more than bytes.  (Softmax now takes the row sum's reciprocal from its
+3-out-of-3 components with every bracket's iteration beside the bracket,
+:mod:`veil.protocols.approx.reciprocal_rows`.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 
 from veil.mpc.arith import ArithShare
-from veil.mpc.lockstep import RoundLink, Steps, lockstep, run_alone
+from veil.mpc.lockstep import lockstep
 from veil.protocols.approx._common import (
     FRAC_BITS,
     products,
@@ -102,29 +103,6 @@ def reciprocal_twin(
     return quantize(r1 * (1 + e1), None if frac_bits is None else frac_bits + extra_bits)
 
 
-def reciprocal_beside(
-    x: ArithShare,
-    lo_exp: int,
-    hi_exp: int,
-    extra_bits: int,
-    beside: Callable[[RoundLink], Steps[T]],
-) -> tuple[ArithShare, T]:
-    """(:func:`reciprocal` of x, the result of ``beside``), with the independent steps
-    ``beside`` run beside the bracket's comparisons (:mod:`veil.mpc.lockstep`): softmax's
-    e @ V shares their rounds.  Falls back to running ``beside`` first where the first level
-    cannot be fused."""
-    party = x.party
-    f = party.fxp.frac_bits
-    _check_window(x, f, lo_exp, hi_exp)
-    if not _fits_fused(f, lo_exp, hi_exp):
-        other = run_alone(party, beside)
-        return reciprocal(x, lo_exp, hi_exp, extra_bits), other
-    with party.comm.scope("reciprocal"):
-        positions = torch.arange(f + lo_exp, f + hi_exp)
-        w0_scaled, e0, other = _first_level_fused(x, positions, hi_exp, beside)
-        return _iterations(w0_scaled, e0, f, hi_exp, extra_bits), other
-
-
 def _check_window(x: ArithShare, f: int, lo_exp: int, hi_exp: int) -> None:
     if x.frac_bits != f:
         raise ValueError("reciprocal expects a fixed-point share with f fractional bits")
@@ -160,7 +138,7 @@ def reciprocal(
     positions = torch.arange(f + lo_exp, f + hi_exp)  # bit position p of v = x * 2^f
     with party.comm.scope("reciprocal"):
         if bracket == "compare" and _fits_fused(f, lo_exp, hi_exp):
-            w0_scaled, e0, _ = _first_level_fused(x, positions, wide)
+            w0_scaled, e0 = _first_level_fused(x, positions, wide)
         else:
             onehot = power_of_two_bracket(x, positions, bracket)
             normalise = bracket_dot(onehot, torch.pow(2, 2 * f - 1 - positions))
@@ -180,8 +158,8 @@ def _fits_fused(f: int, lo_exp: int, hi_exp: int) -> bool:
 
 
 def _first_level_fused(
-    x: ArithShare, positions: torch.Tensor, wide: int, beside: Callable[[RoundLink], Steps[Any]] | None = None
-) -> tuple[ArithShare, ArithShare, Any]:
+    x: ArithShare, positions: torch.Tensor, wide: int
+) -> tuple[ArithShare, ArithShare]:
     """(w0 2^-e with f + wide bits, e0 = 1 - c w0 with f bits) in one product level after the
     bracket, x^2 riding beside the bracket's comparisons (:mod:`veil.mpc.lockstep`).
 
@@ -198,7 +176,7 @@ def _first_level_fused(
         lambda link: power_of_two_bracket_steps(link, x, positions),
         lambda link: products_steps(link, [(x, x)], out_frac=[2 * f]),
     ]
-    onehot, (square,), *other = lockstep(party, *lanes, *([beside] if beside is not None else []))
+    onehot, (square,) = lockstep(party, *lanes)
     exponent = f - 1 - positions  # N = 2^exponent
     a, b = GOLDSCHMIDT_W0_OFFSET, int(GOLDSCHMIDT_W0_SLOPE)
     a_n = bracket_dot(onehot, torch.round(a * torch.pow(2.0, exponent + f + big)).to(torch.int64))  # a N, f + F bits
@@ -209,4 +187,4 @@ def _first_level_fused(
         e0 += 1 << raw
     w0n = local_product(x.data, n2.data) * b + a_n.data[0]  # f + F bits
     e0_share, w0_scaled = truncate_components(party, [(e0, raw - f, f), (w0n, f + big - f - wide, f + wide)])
-    return w0_scaled, e0_share, other[0] if other else None
+    return w0_scaled, e0_share

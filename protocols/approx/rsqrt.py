@@ -25,7 +25,8 @@ Cost, per element per party: 13 critical-path rounds with ``bracket="compare"``
 (comparisons: 5 rounds, 68.9 (W - 1) bytes), 20 with ``bracket="bits"`` (15 rounds,
 152 + 10.67 W bytes); plus 3 product levels (u, w^2, the quartic) and the final product,
 each truncated from 3-out-of-3 components (21.3 bytes each).
-LayerNorm and RMSNorm use it once per row, where rounds matter more than bytes.
+LayerNorm and RMSNorm take the same quartic per bracket in
+:mod:`veil.protocols.approx.rsqrt_product` (every bracket's guess beside the bracket).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import math
 import torch
 
 from veil.mpc.arith import ArithShare
-from veil.mpc.ring_matmul import ring_matmul
 from veil.protocols.approx._common import (
     FRAC_BITS,
     products,
@@ -119,11 +119,6 @@ def _guess_share(w: ArithShare, w2: ArithShare) -> ArithShare:
     return guess
 
 
-def _projection_part(scaled: ArithShare, then: ArithShare, frac: int) -> tuple[torch.Tensor, int, int]:
-    """(scaled @ then) as 3-out-of-3 components, truncated to ``frac`` bits with others."""
-    return local_product(scaled.data, then.data, ring_matmul), then.frac_bits, frac
-
-
 def rsqrt_twin(
     x: torch.Tensor,
     lo_exp: int = DEFAULT_LO_EXP,
@@ -195,140 +190,3 @@ def rsqrt(
         guess = _guess_share(w, w2)
         (r,) = products([(guess, with_frac(factor, f + extra))], out_frac=[f + extra_bits])
     return r
-
-
-def _scaled_factor_bits(f: int, ratio_bound: float) -> int:
-    """Extra fractional bits of the power-of-two factor in :func:`rsqrt_product`: as many as
-    keep y * factor (at most 0.71 x ``ratio_bound``, as u < 0.5) below 2^60 with 2f + E bits."""
-    return max(0, min(61 - f, math.floor(RING_HEADROOM_BITS - 2 * f - math.log2(0.71 * ratio_bound))))
-
-
-def rsqrt_product_twin(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    weight: torch.Tensor | None,
-    lo_exp: int = DEFAULT_LO_EXP,
-    hi_exp: int = DEFAULT_HI_EXP,
-    scale: float = 1.0,
-    ratio_bound: float = 1.0,
-    y_bits: int = 0,
-    frac_bits: int | None = FRAC_BITS,
-    then: torch.Tensor | None = None,
-    keep: bool = False,
-    shift: torch.Tensor | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Float twin of :func:`rsqrt_product` (rounded where the protocol truncates)."""
-    x, y = x.to(torch.float64), y.to(torch.float64)
-    _, e = torch.frexp(x)
-    e = e.clamp(lo_exp + 1, hi_exp).to(torch.float64)  # x = u * 2^(e+1)
-    wide = None if frac_bits is None else max(frac_bits, POWER_BITS)
-    u = quantize(x * torch.pow(2.0, -(e + 1)), wide)
-    f = FRAC_BITS if frac_bits is None else frac_bits
-    factor_bits = None if frac_bits is None else f + _scaled_factor_bits(f, ratio_bound)
-    factor = quantize(scale * torch.pow(2.0, -(e + 1) / 2), factor_bits)
-    y_frac = None if frac_bits is None else frac_bits + y_bits
-    scaled = quantize(y * factor, y_frac)
-    if weight is not None:
-        scaled = quantize(scaled * weight.to(torch.float64), y_frac)
-    guess = _guess(u, frac_bits)
-    out = quantize(scaled * guess, frac_bits)
-    if then is None:
-        return out
-    then = then.to(torch.float64)
-    projected = quantize(quantize(scaled @ then, y_frac) * guess, frac_bits)
-    if shift is not None:
-        projected = projected + quantize(shift.to(torch.float64) @ then, frac_bits)
-    return (out, projected) if keep else projected
-
-
-def rsqrt_product(
-    x: ArithShare,
-    y: ArithShare,
-    weight: ArithShare | None,
-    lo_exp: int = DEFAULT_LO_EXP,
-    hi_exp: int = DEFAULT_HI_EXP,
-    scale: float = 1.0,
-    ratio_bound: float = 1.0,
-    y_bits: int = 0,
-    bracket: str = "compare",
-    then: ArithShare | None = None,
-    keep: bool = False,
-    shift: ArithShare | None = None,
-) -> ArithShare | tuple[ArithShare, ArithShare]:
-    """y * scale / sqrt(x) [* weight] [@ then] with f fractional bits, never forming 1/sqrt(x).
-
-    x: (..., 1), secret, in [2^lo_exp, 2^hi_exp); y: (..., n) with
-    |y| * scale / sqrt(x) <= ``ratio_bound`` (a norm: |x_i - mean| <= sqrt(S), so
-    sqrt(n)); weight: (n,) or None; |result| < 2^10.
-
-    Why: :func:`rsqrt` ends with guess * factor (the quartic in u times the power-of-two
-    part 2^(-(e+1)/2)), and a norm then multiplies by y and by gamma: three product
-    levels after the guess.  Here the factor and gamma go into y while the quartic's
-    powers are computed, in the same rounds (y * factor beside u = x * 2^-(e+1), then
-    * gamma beside u^2), and one product by the guess follows it:
-        bracket (5) -> [u, y f] (2) -> [w^2, y f gamma] (2) -> guess (2)
-        -> y f gamma * guess (2)                                  = 13 rounds,
-    against rsqrt's 13 plus 1 (x r, untruncated) plus 2 (* gamma) for the same result.
-    y f and y f gamma carry f + ``y_bits`` fractional bits (|y f| <= 0.71 ``ratio_bound``,
-    u < 0.5); the factor table gets as many extra bits as keep y * factor below 2^60.
-    Error: the quartic's relative 8.2e-5, plus one ulp (2^-(f + y_bits)) of y f and of
-    y f gamma, each times |gamma| * guess, plus one ulp of the result.
-    Cost per element of y per party: three products truncated from their 3-out-of-3
-    components, 64 bytes (two without weight, 42.7); per row rsqrt's bracket and its
-    two products and the quartic's one truncation.
-
-    ``then`` (n, m): the product by the next linear layer's secret weight.  (y f [gamma])
-    @ then is truncated together with the level after y f [gamma] (w^2 without ``weight``,
-    the quartic with it), and the guess multiplies the m outputs: the norm and the matmul
-    cost the norm's 13 rounds instead of 13 + 2, since y f / sqrt(x) is never formed.
-    (y f) @ then keeps f + ``y_bits`` fractional bits; the last product is on m elements
-    per row (21.3 bytes each).  Returns the product alone, or with ``keep`` the pair
-    (result, result @ then), both from the last product level (a post-norm's output feeds
-    the residual and the next layer).  ``shift`` (n,): a secret row added to the result
-    before ``then`` (LayerNorm's beta); shift @ then is truncated with the projection and
-    added to it (m more elements in that truncation, once, not per row), while the caller
-    adds ``shift`` itself to the result.
-    """
-    party = x.party
-    f = party.fxp.frac_bits
-    if x.frac_bits != f or y.frac_bits != f:
-        raise ValueError("rsqrt_product expects fixed-point shares with f fractional bits")
-    positions, lift, exponents = _window(f, lo_exp, hi_exp)
-    extra = _scaled_factor_bits(f, ratio_bound)
-    factors = torch.round(scale * torch.pow(2.0, f + extra - exponents / 2)).to(torch.int64)
-    y_frac = f + y_bits
-    with party.comm.scope("rsqrt"):
-        onehot = power_of_two_bracket(x, positions, bracket)
-        normalise = bracket_dot(onehot, torch.pow(2, 2 * f - 2 - positions + lift))
-        factor = bracket_dot(onehot, factors)
-        wide = max(f, POWER_BITS)
-        u, scaled = products(
-            [(x, with_frac(normalise, f + lift)), (y, with_frac(factor, f + extra))], out_frac=[wide, y_frac]
-        )
-        w = u - GUESS_CENTER
-        if weight is not None:
-            w2, scaled = products([(w, w), (scaled, weight)], out_frac=[wide, y_frac])
-        beside = [] if then is None else [_projection_part(scaled, then, y_frac)]
-        if shift is not None and then is not None:
-            beside.append(_projection_part(shift, then, f))
-        if weight is not None:
-            guess, *projections = truncate_components(party, [_guess_part(w, w2), *beside])
-        else:
-            if beside:
-                w2, *projections = truncate_components(
-                    party, [(local_product(w.data, w.data), wide, wide), *beside]
-                )
-            else:
-                (w2,) = products([(w, w)], out_frac=[wide])
-            guess = _guess_share(w, w2)
-        if then is None:
-            (out,) = products([(scaled, guess)], out_frac=[f])
-            return out
-        projected, *shifted = projections
-        if keep:
-            out, projected = products([(scaled, guess), (projected, guess)], out_frac=[f, f])
-        else:
-            (projected,) = products([(projected, guess)], out_frac=[f])
-        if shifted:
-            projected = projected + shifted[0]
-    return (out, projected) if keep else projected

@@ -2,11 +2,11 @@
 
 Formula (PUMA, arXiv 2307.12533 §4.2): z = x - max(x) (comparisons), e = exp(z)
 (:mod:`veil.protocols.approx.exp`: degree-8 base on [-14/4, 0] and t = 2 squarings, clipped
-below -14), s = sum(e), one reciprocal per row (:mod:`veil.protocols.approx.reciprocal`, on
+below -14), s = sum(e), one reciprocal per row (:mod:`veil.protocols.approx.reciprocal_rows`, on
 [1, 2^ceil(log2(n+1))), result with 6 extra fractional bits), softmax = e * (1/s).  The clip
-zeroes exp's base (the squarings keep the zeros) and the last squaring is truncated per
-element and per row sum in one call, so s needs no truncation of its own
-(:func:`exp_and_row_sums`).
+zeroes exp's base (the squarings keep the zeros) and the last squaring is left as local
+components, truncated per element and per row sum in one call with the reciprocal's
+candidates, so s needs no truncation of its own (:func:`exp_components`).
 Mask: a public bool tensor broadcastable to x, True = keep.  Masked logits are pushed down
 by 2^20 before the max (so they never win) and exp's components are multiplied by the
 public 0/1 mask, so masked probabilities are exactly 0.  Every row needs at least one kept
@@ -18,19 +18,22 @@ causal-masked, 12x128x128): 3.0e-5 max abs (the quadratic t = 6 exp before: 9.1e
 1e-2; PUMA's t = 5 linear exp: 6.4e-2); protocol vs twin 2-3 ulp.  See
 :mod:`veil.protocols.approx.exp` for the exp trade-off table.
 Cost per party, 12x128x128 (logits ~ N(0, 3^2); ``python -m benchmarks.nonlinear --only
-softmax``): 66 critical-path rounds, 48.96 MB (busiest party); the max tree takes 7 levels
-of a boolean MSB (5 rounds) and a multiplexer by bit injection (1 round), 47.6 bytes per
-element (rows this long and this many would spend 12.9 MB more on ``row_max``'s 4-way
-tournament levels than its budget allows; GPT-2's 12x32x32 take them: 46 rounds), exp's base
-6 rounds with the clip's comparison beside it, the clip's multiplexer 1, the squarings 4
-(the last one truncated per element and per row), the reciprocal 11 (x^2 beside its
-bracket), the final product 2.  Before this exp (quadratic t = 6, the row sum truncated on
-its own, reciprocal 13): 73 rounds, 50.55 MB; before the 6-round comparison and the
-bit-injection multiplexers: 123 rounds, 53.40 MB.
-SPU's PUMA: 160 send steps, 47.0 MB (ours: 4.2% more bytes, 94 fewer rounds).
+softmax``, Dec 7): 39 critical-path rounds, 69.83 MB (busiest party): the max takes the
+planned tournament levels of 8 and 16 (:func:`veil.protocols.reductions.plan_for`: 9 + 10
+rounds, about 200 bytes per element; the binary tree took 42 rounds and 47.6 bytes; short
+rows such as GPT-2's 12x32x32 take one all-pairs level, 11 rounds), exp's base 6 rounds with
+the clip's comparison beside it, the clip's multiplexer 1, the first squaring 2 (the last is
+left as local components), then the reciprocal of the row sum from those components
+(:func:`veil.protocols.approx.reciprocal_rows.reciprocal_of_sum`: e and s truncated with every
+bracket's candidate 2, the bracket 5 beside the candidates' Goldschmidt, the select 1), the
+final product 2.  Before the planned max and the reciprocal's candidates: 66 rounds, 48.96
+MB (the reciprocal 11 after the row sum's truncation); before this exp (quadratic t = 6, the
+row sum truncated on its own, reciprocal 13): 73 rounds, 50.55 MB; before the 6-round
+comparison and the bit-injection multiplexers: 123 rounds, 53.40 MB.
+SPU's PUMA: 160 send steps, 47.0 MB (ours: 49% more bytes, 121 fewer rounds).
 Trading robustness for bytes, ``base="quadratic", clip=None`` (exp valid for x - max >= -50
-at t = 5, or >= -120 with ``squarings=6``, garbage below) costs 39.60 MB and 67 rounds
-(t = 5, error 3.9e-3) or 43.79 MB and 69 rounds (t = 6, error 8.9e-4): only for logits
+at t = 5, or >= -120 with ``squarings=6``, garbage below) costs 60.46 MB and 40 rounds
+(t = 5, error 3.9e-3) or 64.66 MB and 42 rounds (t = 6, error 9.0e-4): only for logits
 with a known spread.
 """
 
@@ -52,7 +55,7 @@ from veil.protocols.approx._common import (
     truncate_components,
 )
 from veil.protocols.approx.exp import EXP_CLIP, base_steps, base_twin
-from veil.protocols.approx.reciprocal import reciprocal, reciprocal_beside, reciprocal_twin
+from veil.protocols.approx.reciprocal_rows import reciprocal_of_sum, reciprocal_of_sum_twin
 from veil.protocols.comparison import less_than_bits_steps
 from veil.protocols.multiplication import local_product
 from veil.protocols.select import mux_bits
@@ -79,15 +82,26 @@ def _extra_bits(f: int) -> int:
 def exp_and_row_sums(
     z: ArithShare, mask: torch.Tensor | None, squarings: int, base: str, clip: float | None
 ) -> tuple[ArithShare, ArithShare]:
-    """(e = exp(z) * mask, its row sums), both with f bits, for z = x - max(x) <= 0.
+    """(e = exp(z) * mask, its row sums), both with f bits, for z = x - max(x) <= 0: the
+    components of :func:`exp_components`, truncated in one call."""
+    f = z.party.fxp.frac_bits
+    components, rows = exp_components(z, mask, squarings, base, clip)
+    e, total = truncate_components(z.party, [(components, f, f), (rows, f, f)])
+    return e, total
+
+
+def exp_components(
+    z: ArithShare, mask: torch.Tensor | None, squarings: int, base: str, clip: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This party's 3-out-of-3 components of e = exp(z) * mask and of its row sums, both
+    with 2f bits, for z = x - max(x) <= 0.
 
     The clip zeroes the *base* (its comparison runs beside the base's products), so the
-    squarings keep the zeros; the last squaring is truncated twice from the same
-    3-out-of-3 components, once per element and once per row sum, in one call: the sum
-    needs no truncation of its own.  The public mask multiplies those components (exact 0).
+    squarings keep the zeros; the last squaring is left as the local product of its
+    components, so that e and the row sum are truncated from the same components (the sum
+    needs no truncation of its own).  The public mask multiplies those components (exact 0).
     """
     party = z.party
-    f = party.fxp.frac_bits
     if clip is None:
         p = run_alone(party, lambda link: base_steps(link, z, squarings, base))
     else:
@@ -100,9 +114,7 @@ def exp_and_row_sums(
     components = local_product(p.data, p.data)  # e with 2f bits
     if mask is not None:
         components = components * mask.to(torch.int64)
-    rows = components.sum(-1, keepdim=True)
-    e, total = truncate_components(party, [(components, f, f), (rows, f, f)])
-    return e, total
+    return components, components.sum(-1, keepdim=True)
 
 
 def _row_window(n: int) -> tuple[int, int]:
@@ -153,10 +165,10 @@ def _rows_twin(
     e = p * p
     if mask is not None:
         e = e * mask
-    total = quantize(e.sum(-1, keepdim=True), frac_bits)
+    total = e.sum(-1, keepdim=True)  # exact at 2f bits, as its components
     e = quantize(e, frac_bits)
     lo, hi = _row_window(x.shape[-1])
-    r = reciprocal_twin(total, lo, hi, _extra_bits(FRAC_BITS if frac_bits is None else frac_bits), frac_bits)
+    r = reciprocal_of_sum_twin(total, lo, hi, _extra_bits(FRAC_BITS if frac_bits is None else frac_bits), frac_bits)
     return e, r
 
 
@@ -169,22 +181,23 @@ def softmax(
 ) -> ArithShare:
     """Softmax of secret logits over the last dim (see the module docstring)."""
     party = x.party
+    f = party.fxp.frac_bits
     with party.comm.scope("softmax"):
-        e, total = _exp_rows(x, mask, squarings, base, clip)
+        components, rows = _exp_rows(x, mask, squarings, base, clip)
         lo, hi = _row_window(x.shape[-1])
-        r = reciprocal(total, lo, hi, _extra_bits(party.fxp.frac_bits))
-        (y,) = products([(e, r)], out_frac=[party.fxp.frac_bits])
+        r, (e,), _ = reciprocal_of_sum(party, rows, 2 * f, lo, hi, _extra_bits(f), [(components, f, f)])
+        (y,) = products([(e, r)], out_frac=[f])
     return y
 
 
 def _exp_rows(
     x: ArithShare, mask: torch.Tensor | None, squarings: int, base: str, clip: float | None
-) -> tuple[ArithShare, ArithShare]:
-    """The mask's offset, the row max, then :func:`exp_and_row_sums`."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask's offset, the row max, then :func:`exp_components`."""
     if mask is not None:
         mask = torch.as_tensor(mask, dtype=torch.bool, device=x.device)
         x = x - (~mask).to(torch.float64) * MASK_OFFSET
-    return exp_and_row_sums(x - row_max(x), mask, squarings, base, clip)
+    return exp_components(x - row_max(x), mask, squarings, base, clip)
 
 
 def softmax_matmul(
@@ -198,7 +211,7 @@ def softmax_matmul(
     """softmax(x) @ v as (e @ v) * (1/s): attention's weighted values without the probabilities.
 
     e @ v (a fixed-point matmul, 2 rounds) rides beside the reciprocal's bracket
-    (:func:`veil.protocols.approx.reciprocal.reciprocal_beside`), and one product by 1/s per
+    (:func:`veil.protocols.approx.reciprocal_rows.reciprocal_of_sum`), and one product by 1/s per
     row ends it: the 2 rounds of probs @ v leave the critical path, and the final product
     has as many elements as the output (rows x head_dim) instead of the scores.  Same
     formula and range as :func:`softmax`; error: softmax's plus one ulp of e @ v times 1/s.
@@ -206,9 +219,12 @@ def softmax_matmul(
     party = x.party
     f = party.fxp.frac_bits
     with party.comm.scope("softmax"):
-        e, total = _exp_rows(x, mask, squarings, base, clip)
+        components, rows = _exp_rows(x, mask, squarings, base, clip)
         lo, hi = _row_window(x.shape[-1])
-        r, ev = reciprocal_beside(total, lo, hi, _extra_bits(f), lambda link: _matmul_steps(link, e, v))
+        r, _, ev = reciprocal_of_sum(
+            party, rows, 2 * f, lo, hi, _extra_bits(f), [(components, f, f)],
+            beside=lambda link, pieces: _matmul_steps(link, pieces[0], v),
+        )
         (y,) = products([(ev, r)], out_frac=[f])
     return y
 

@@ -81,3 +81,38 @@ def test_protocol_messages_and_state_never_hold_the_secret():
         for state in states:
             assert not (state == encoded).any()
             assert not (state == encoded // 4).any()
+
+
+def test_norm_softmax_and_argmax_messages_look_uniform():
+    """The candidate norms and reciprocals (every bracket's guess beside the bracket, then a
+    select), the planned tournaments with packed ANDs and the narrow A2B: every large message
+    a party receives has uniform bits, and none holds the secret rows' encodings."""
+    from veil.protocols.approx.argmax import argmax
+    from veil.protocols.approx.embedding import embedding
+    from veil.protocols.approx.layernorm import layernorm
+    from veil.protocols.approx.softmax import softmax
+
+    network = RecordingNetwork()
+    rows = torch.full((48, 256), SECRET / 1000) + torch.arange(256, dtype=torch.float64) * 1e-3
+    table = torch.randn(2000, 8, dtype=torch.float64)
+    encoded = mpc.FixedPoint().encode(rows)
+
+    def fn(party):
+        x = mpc.share(party, rows, owner=0)
+        ids = mpc.share(party, torch.arange(48) * 41, owner=0)
+        table_share = mpc.share(party, table, owner=1)
+        start = len(network.received[party.rank])
+        layernorm(x, None, None)
+        softmax(x)
+        argmax(x)
+        embedding(ids, table_share)
+        return start
+
+    results = mpc.simulate(fn, network=network)
+    for rank in range(3):
+        messages = [t for t in network.received[rank][results[rank]:] if t.numel() >= 4096]
+        assert len(messages) >= 10
+        for message in messages:
+            freq = bit_frequencies(message)
+            assert ((freq - 0.5).abs() < 0.05).all(), (rank, message.numel(), freq)
+            assert not torch.isin(message.reshape(-1), encoded.reshape(-1)[:512]).any()

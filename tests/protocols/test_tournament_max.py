@@ -42,7 +42,7 @@ def test_tournament_depth_is_one_comparison_bit_plus_the_and_tree() -> None:
     assert tournament == comparison + math.ceil(math.log2(n - 1)) + 1
 
 
-def test_row_max_takes_the_tournament_only_within_the_budget() -> None:
+def test_row_max_plans_one_level_for_short_rows_and_several_for_long_ones() -> None:
     short = torch.randn(9, 33, dtype=torch.float64)  # one decoding step's attention rows
     long = torch.randn(12 * 128, 128, dtype=torch.float64)  # a BERT-base prompt's rows
 
@@ -53,7 +53,8 @@ def test_row_max_takes_the_tournament_only_within_the_budget() -> None:
         return depth_short, depth_long, max_short.reveal(), max_long.reveal()
 
     depth_short, depth_long, max_short, max_long = mpc.simulate(fn)[0]
-    assert depth_short <= 11 < depth_long  # tournament (11) against the tree (over both budgets)
+    assert depth_short == 11  # one all-pairs level: MSB 5, AND tree 5, injection 1
+    assert depth_long == 9 + 10  # levels of 8 and 16 (BUDGET_BYTES_PER_ELEMENT), not 128
     torch.testing.assert_close(max_short, short.amax(-1, keepdim=True), atol=2e-6, rtol=0)
     torch.testing.assert_close(max_long, long.amax(-1, keepdim=True), atol=2e-6, rtol=0)
 
@@ -84,8 +85,8 @@ def test_long_rows_take_tournament_levels_in_fewer_rounds_than_the_tree(rng) -> 
     17 and 3 candidates with 8-way groups, 132, 33, 9 and 3 with 4-way ones): 9 rounds per
     8-way level (one boolean MSB, a 3-level AND, one bit injection), 8 per 4-way level (a
     2-level AND), a last level of 2 takes 6 and one of 3 takes 7; against 6 per binary
-    level.  Exact, with ties.  Beyond LEVELS_BUDGET_BYTES (BERT-base's 12 x 128 x 128 scores)
-    the binary tree stays."""
+    level.  Exact, with ties.  Unforced, BERT-base's 12 x 128 x 128 scores take the planned
+    levels of 8 and 16 (9 + 10 rounds)."""
     cases = (
         (40, 128, 2 * 9 + 6, 3 * 8 + 6, 7 * 6),
         (384, 32, 9 + 8, 2 * 8 + 6, 5 * 6),
@@ -110,4 +111,22 @@ def test_long_rows_take_tournament_levels_in_fewer_rounds_than_the_tree(rng) -> 
         s = mpc.share(party, scores, owner=0)
         return _depth(party, lambda: row_max(s))[0]
 
-    assert mpc.simulate(bert)[0] == 7 * 6
+    assert mpc.simulate(bert)[0] == 9 + 10
+
+
+def test_plans_take_the_fewest_rounds_within_the_budget() -> None:
+    """The planner's choices for the shapes the models meet, with their modelled cost, and
+    its fallback to the cheapest plan when nothing fits."""
+    from veil.protocols.tournament_plan import plan_cost, plan_levels
+
+    assert plan_levels(128, 256 * 128) == (8, 16)
+    assert plan_cost(128, (8, 16)) == (19, plan_cost(128, (8, 16))[1])
+    assert plan_cost(128, (8, 16))[1] <= 256 * 128 < plan_cost(128, (128,))[1]
+    assert plan_levels(32, 22_000) == (32,)  # GPT-2's prompt rows under the floor: one level
+    widths = plan_levels(49152, 12 << 20, onehot=True)  # SmolLM2's logits, one row
+    rounds, spent = plan_cost(49152, widths, onehot=True)
+    assert widths[:2] == (8, 32) and rounds == 9 + 11 + 14 + 3 and spent <= 12 << 20
+    wider = plan_levels(49152, 16 << 20, onehot=True)
+    assert plan_cost(49152, wider, onehot=True)[0] == rounds - 1
+    assert math.prod(widths) >= 49152
+    assert plan_levels(64, 0.0) == (2,) * 6  # nothing fits: the cheapest, the binary levels
