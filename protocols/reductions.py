@@ -87,8 +87,8 @@ def tournament_max(x: ArithShare) -> ArithShare:
     point, no truncation either).  The wide tournament trades bytes for depth, as maxima of
     short rows are taken in the MPC literature (all comparisons in one round, then an AND).
 
-    Cost per row of n: n(n-1)/2 boolean MSBs (26.3 B each), n - 2 AND rounds on the factors
-    packed 64 candidates to a word (8 B per word) and n bit injections (21.3 B); critical-path rounds: one MSB (5) + ceil(log2(n - 1)) + 1,
+    Cost per row of n: n(n-1)/2 boolean MSBs (26.3 B each), n - 2 ANDs per candidate on words
+    that pack 64 candidates (8 B per word) and n bit injections (21.3 B); critical-path rounds: one MSB (5) + ceil(log2(n - 1)) + 1,
     against ceil(log2 n) * 6 for the tree (n = 33: 11 against 36).  Valid for any inputs the
     comparison accepts (|x_i - x_j| < 2^62 in the ring).
     """
