@@ -52,7 +52,6 @@ from veil.protocols.approx._common import (
     products,
     quantize,
     row_max,
-    truncate_components,
 )
 from veil.protocols.approx.exp import EXP_CLIP, base_steps, base_twin
 from veil.protocols.approx.reciprocal_rows import reciprocal_of_sum, reciprocal_of_sum_twin
@@ -77,17 +76,6 @@ def _extra_bits(f: int) -> int:
     """Extra bits of 1/s for f fractional bits: e (f bits, <= 1) times 1/s (f + extra bits,
     <= 1) must stay below 2^PRODUCT_BITS."""
     return max(0, min(RECIPROCAL_EXTRA_BITS, PRODUCT_BITS - 2 * f))
-
-
-def exp_and_row_sums(
-    z: ArithShare, mask: torch.Tensor | None, squarings: int, base: str, clip: float | None
-) -> tuple[ArithShare, ArithShare]:
-    """(e = exp(z) * mask, its row sums), both with f bits, for z = x - max(x) <= 0: the
-    components of :func:`exp_components`, truncated in one call."""
-    f = z.party.fxp.frac_bits
-    components, rows = exp_components(z, mask, squarings, base, clip)
-    e, total = truncate_components(z.party, [(components, f, f), (rows, f, f)])
-    return e, total
 
 
 def exp_components(
