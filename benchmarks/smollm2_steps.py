@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.accuracy import CHAT_PROMPTS
 from veil.nn.backend import ApproxBackend, ExactBackend
-from veil.nn.demo import SMOLLM2_NORM_HEADROOM_BITS, chat_ids, load_smollm2
+from veil.nn.demo import chat_ids, load_smollm2
 from veil.nn.generate import generate
 from veil.nn.private import PrivateModel, import_hf
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     hf, tokenizer = load_smollm2()
     model = import_hf(hf)
     private = None if args.no_private else PrivateModel.from_hf(hf)
-    twins = ApproxBackend.puma(norm_headroom_bits=SMOLLM2_NORM_HEADROOM_BITS)
+    twins = ApproxBackend.puma()
     print(f"{time.strftime('%c %Z')}; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.1f}")
     print("| prompt | tokens | twins: max over steps | per step | MPC: max over steps | per step |")

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from veil.protocols.approx.rotary import RotaryColumns
 
 TensorLike = Any
 """A float tensor in plaintext backends, a secret share in the MPC backend."""
@@ -77,7 +80,8 @@ class Backend(Protocol):
         both in the norm's last product level, 2 rounds sooner than the matmul after it."""
 
     def rmsnorm(
-        self, x: TensorLike, weight: TensorLike | None, eps: float, then: TensorLike | None = None
+        self, x: TensorLike, weight: TensorLike | None, eps: float, then: TensorLike | None = None,
+        rotary: RotaryColumns | None = None,
     ) -> TensorLike:
         """RMSNorm over the last dim; ``weight=None``: no gain (folded into the next layer);
         ``then`` as for :meth:`layernorm`."""
@@ -101,6 +105,11 @@ class Backend(Protocol):
 def _then(y: torch.Tensor, then: torch.Tensor | None) -> torch.Tensor:
     """A norm's result times the weight of the linear layer it feeds, if one is given."""
     return y if then is None else y @ then
+
+
+def _rotated(y: torch.Tensor, rotary: RotaryColumns | None) -> torch.Tensor:
+    """RoPE on a projection's query and key columns, if asked for (float)."""
+    return y if rotary is None else rotary.apply(y).to(y.dtype)
 
 
 class ExactBackend:
@@ -163,10 +172,11 @@ class ExactBackend:
         return y, y @ then
 
     def rmsnorm(
-        self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, then: torch.Tensor | None = None
+        self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, then: torch.Tensor | None = None,
+        rotary: RotaryColumns | None = None,
     ) -> torch.Tensor:
         normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        return _then(normed if weight is None else weight * normed, then)
+        return _rotated(_then(normed if weight is None else weight * normed, then), rotary)
 
     def embedding(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return table[ids]
@@ -305,11 +315,12 @@ class ApproxBackend(ExactBackend):
         return _then(self._layernorm(x, weight, bias, eps).to(x.dtype), then)
 
     def rmsnorm(
-        self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, then: torch.Tensor | None = None
+        self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, then: torch.Tensor | None = None,
+        rotary: RotaryColumns | None = None,
     ) -> torch.Tensor:
         if self._rmsnorm is None:
-            return super().rmsnorm(x, weight, eps, then)
-        return _then(self._rmsnorm(x, weight, eps).to(x.dtype), then)
+            return super().rmsnorm(x, weight, eps, then, rotary)
+        return _rotated(_then(self._rmsnorm(x, weight, eps).to(x.dtype), then), rotary)
 
     def sample(
         self, x: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None

@@ -38,9 +38,6 @@ DEFAULT_PROMPT = "What is the capital of France?"
 MPC = "mpc"
 """The private run: secret shares at three parties simulated in this process."""
 BACKEND_NAMES = ("exact", "approx", MPC)
-SMOLLM2_NORM_HEADROOM_BITS = 2
-"""SmolLM2's first position (its attention sink) reaches sum(x^2) of about 2^29 per row
-before RMSNorm, above the norm protocols' 2^26; 2 bits of headroom bring it in range."""
 
 
 def plaintext_backend(name: str, norm_headroom_bits: int = 0) -> Backend:
@@ -191,8 +188,8 @@ class DecoderDemo:
 DECODERS = {
     # The loaders are looked up when called, so that tests can replace them.
     "smollm2": DecoderDemo(
-        "SmolLM2-135M", lambda: load_smollm2(), LlamaForCausalLM, SMOLLM2_NORM_HEADROOM_BITS
-    ),
+        "SmolLM2-135M", lambda: load_smollm2(), LlamaForCausalLM, 0
+    ),  # LLaMA's residual stream is scaled instead: veil.nn.llama.scaled_stream
     "gemma3": DecoderDemo("Gemma-3-270M", lambda: load_gemma3(), Gemma3ForCausalLM, 0),
 }
 

@@ -72,8 +72,28 @@ class LlamaConfig:
         )
 
 
+STREAM_SCALE_BITS = 2
+"""The residual stream is carried at 2^-2 of its value (see :func:`scaled_stream`)."""
+
+
+def scaled_stream(linear: Linear, bits: int = STREAM_SCALE_BITS) -> Linear:
+    """A projection that writes into the residual stream, scaled by 2^-bits.
+
+    LLaMA-family residual streams carry outliers: SmolLM2's first position (its attention
+    sink) reaches |x| ~ 25,000, a row sum of squares ~ 2^29, over the norm protocols' 2^26
+    (:mod:`veil.protocols.approx.layernorm`).  Every writer of the stream (the embedding, the
+    attention output and the MLP down projection) is scaled by 2^-2 and every reader is a
+    norm, which is scale-invariant once its eps is scaled by 2^-4: the model computes the same
+    function (exactly in float: powers of two), while MPC's norms see rows 16 times smaller in
+    sum of squares without truncating them first (2 rounds per norm before: the protocols'
+    ``headroom_bits``).  The stream loses 2 bits of absolute precision (2^-16 at f = 18).
+    """
+    scale = 2.0**-bits
+    return Linear(linear.weight * scale, None if linear.bias is None else linear.bias * scale)
+
+
 class Block(Module):
-    """x + attn(norm(x)), then x + swiglu(norm(x))."""
+    """x + attn(norm(x)), then x + swiglu(norm(x)), on the scaled stream of :func:`scaled_stream`."""
 
     def __init__(self, attn_norm: RMSNorm, attn: Attention, mlp_norm: RMSNorm, mlp: SwiGLU):
         self.attn_norm = attn_norm
@@ -94,9 +114,10 @@ class Block(Module):
 
     @classmethod
     def from_hf(cls, hf_layer: LlamaDecoderLayer, config: LlamaConfig) -> Block:
-        """Each RMSNorm's gain is folded into the projection it feeds."""
+        """Each RMSNorm's gain is folded into the projection it feeds; the output
+        projections write the scaled stream and the norms' eps matches it."""
         a, m = hf_layer.self_attn, hf_layer.mlp
-        eps = config.rms_norm_eps
+        eps = config.rms_norm_eps * 4.0**-STREAM_SCALE_BITS
         attn_norm, qkv = fold_gain(
             RMSNorm(detached(hf_layer.input_layernorm.weight), eps),
             Linear.from_torch(a.q_proj, a.k_proj, a.v_proj),
@@ -109,11 +130,11 @@ class Block(Module):
             attn_norm=attn_norm,
             attn=Attention.from_projections(
                 qkv,
-                Linear.from_torch(a.o_proj),
+                scaled_stream(Linear.from_torch(a.o_proj)),
                 AttentionShape(config.n_head, config.n_kv_head, config.head_dim),
             ),
             mlp_norm=mlp_norm,
-            mlp=SwiGLU(gate_up, Linear.from_torch(m.down_proj)),
+            mlp=SwiGLU(gate_up, scaled_stream(Linear.from_torch(m.down_proj))),
         )
 
 
@@ -178,14 +199,18 @@ class LlamaForCausalLM(Module):
 
     @classmethod
     def from_hf(cls, hf_model: transformers.LlamaForCausalLM) -> LlamaForCausalLM:
-        """From a ``transformers`` LlamaForCausalLM (also loaded from GGUF)."""
+        """From a ``transformers`` LlamaForCausalLM (also loaded from GGUF), on the scaled
+        residual stream (:func:`scaled_stream`): a tied LM head reads the scaled table, so
+        the final norm's gain takes the 2^2 back."""
         config = LlamaConfig.from_hf(hf_model.config)
         m = hf_model.model
         tied = hf_model.lm_head.weight is m.embed_tokens.weight
+        scale = 2.0**STREAM_SCALE_BITS
+        gain = detached(m.norm.weight)
         return cls(
             config,
-            embed=Embedding(detached(m.embed_tokens.weight)),
+            embed=Embedding(detached(m.embed_tokens.weight) / scale),
             blocks=[Block.from_hf(layer, config) for layer in m.layers],
-            norm=RMSNorm(detached(m.norm.weight), config.rms_norm_eps),
+            norm=RMSNorm(gain * scale if tied else gain, config.rms_norm_eps / scale**2),
             lm_head=None if tied else Linear.from_torch(hf_model.lm_head),
         )

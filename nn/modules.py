@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from veil.nn.backend import Backend, TensorLike
+from veil.protocols.approx.rotary import RotaryColumns
 
 
 class Module:
@@ -199,10 +200,15 @@ class RMSNorm(Module):
         self.weight = weight
         self.eps = eps
 
-    def __call__(self, ops: Backend, x: TensorLike, then: Linear | None = None) -> TensorLike:
-        """The norm of ``x``, or ``then(norm(x))`` with the matmul fused as in LayerNorm."""
+    def __call__(
+        self, ops: Backend, x: TensorLike, then: Linear | None = None, rotary: RotaryColumns | None = None
+    ) -> TensorLike:
+        """The norm of ``x``, or ``then(norm(x))`` with the matmul fused as in LayerNorm;
+        ``rotary``: RoPE on that product's query and key columns (``then`` without bias)."""
         if then is None:
             return ops.rmsnorm(x, self.weight, self.eps)
+        if rotary is not None:
+            return ops.rmsnorm(x, self.weight, self.eps, then.weight, rotary)
         return then.add_bias(ops.rmsnorm(x, self.weight, self.eps, then.weight))
 
 
@@ -370,11 +376,15 @@ class Attention(Module):
         s = self.shape
         batch, seq = x.shape[0], x.shape[1]
         q_width, kv_width = s.n_head * s.head_dim, s.n_kv_head * s.head_dim
-        qkv = _project(ops, x, self.qkv, norm) if projected is None else projected
+        rotary = None if projected is not None else self._rotary_in_norm(norm, rope)
+        if rotary is not None:
+            qkv = norm(ops, x, then=self.qkv, rotary=rotary)
+        else:
+            qkv = _project(ops, x, self.qkv, norm) if projected is None else projected
         q = self._heads(qkv[..., :q_width], batch, seq, s.n_head)
         k = self._heads(qkv[..., q_width : q_width + kv_width], batch, seq, s.n_kv_head)
         v = self._heads(qkv[..., q_width + kv_width :], batch, seq, s.n_kv_head)
-        if rope is not None:
+        if rope is not None and rotary is None:
             q, k = self._rotate(ops, q, k, rope)
         if cache is not None:
             k, v = cache.append(ops, k, v)
@@ -383,6 +393,25 @@ class Attention(Module):
         scores = q @ k.transpose(2, 3)
         y = ops.attend(scores, v, mask)  # MPC: e @ v beside the reciprocal of the row sums
         return self.out(y.transpose(1, 2).reshape(batch, seq, q_width))
+
+    def _rotary_in_norm(
+        self, norm: Norm | None, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> RotaryColumns | None:
+        """RoPE for the pre-norm to apply to its QKV product, where it can: a plain RMSNorm
+        without gain feeding a QKV projection without bias (LLaMA).  MPC then rotates beside
+        the norm's bracket (:mod:`veil.protocols.approx.rotary`): 2 rounds fewer per layer.
+        A family that overrides :meth:`_rotate` rotates after the projection instead."""
+        fusable = (
+            rope is not None
+            and type(norm) is RMSNorm
+            and norm.weight is None
+            and self.qkv.bias is None
+            and type(self)._rotate is Attention._rotate
+        )
+        if not fusable:
+            return None
+        s = self.shape
+        return RotaryColumns(rope[0], rope[1], s.n_head + s.n_kv_head, s.head_dim)
 
     def _rotate(
         self, ops: Backend, q: TensorLike, k: TensorLike, rope: tuple[torch.Tensor, torch.Tensor]

@@ -46,6 +46,7 @@ from veil.protocols.approx import sampling as sampling_protocol
 from veil.protocols.approx import silu as silu_protocol
 from veil.protocols.approx import softmax as softmax_protocol
 from veil.protocols.approx import tanh as tanh_protocol
+from veil.protocols.approx.rotary import RotaryColumns
 
 
 class MPCBackend:
@@ -114,10 +115,11 @@ class MPCBackend:
         )
 
     def rmsnorm(
-        self, x: ArithShare, weight: ArithShare | None, eps: float, then: ArithShare | None = None
+        self, x: ArithShare, weight: ArithShare | None, eps: float, then: ArithShare | None = None,
+        rotary: RotaryColumns | None = None,
     ) -> ArithShare:
         return layernorm_protocol.rmsnorm(
-            x, weight, eps, headroom_bits=self.norm_headroom_bits, then=then
+            x, weight, eps, headroom_bits=self.norm_headroom_bits, then=then, rotate=rotary
         )
 
     def embedding(self, ids: ArithShare, table: ArithShare) -> ArithShare:
@@ -139,9 +141,9 @@ class MPCBackend:
 STEP_TIMEOUT_SECONDS = 600.0
 """How long a streaming client waits for the next token before giving up on the parties."""
 
-NORM_HEADROOM_BITS = {"LlamaForCausalLM": 2}
-"""Default norm headroom per model family: LLaMA-family residual streams carry outliers
-(SmolLM2's first position reaches |x| ~ 25,000, a row sum of squares ~ 2^29).  Gemma 3
+NORM_HEADROOM_BITS: dict[str, int] = {}
+"""Default norm headroom per model family (none needs it now): LLaMA-family models carry
+their residual stream scaled by 2^-2 instead (:func:`veil.nn.llama.scaled_stream`), and Gemma 3
 scales only its residual norms' rows (:data:`veil.nn.gemma3.RESIDUAL_NORM_INPUT_SCALE`)."""
 
 

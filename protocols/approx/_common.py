@@ -88,14 +88,23 @@ def products_steps(
     x_flat, y_flat = (cat(xs), cat(ys)) if len(xs) > 1 else (xs[0], ys[0])
     z = local_product(x_flat.data, y_flat.data)
     if max(shifts) == 0:
-        z += party.zero_share(z.shape)
-        link.outbox.add(party.prev_rank, z)
-        yield
-        flat = ArithShare(party, torch.stack((z, link.inbox.take(party.next_rank, z.numel()))), 0)
+        flat = yield from reshare_steps(link, z, 0)
         return _split(flat, shapes, targets)
     sizes = [shape.numel() for shape in shapes]
     pieces = yield from truncate_components_steps(link, list(zip(z.split(sizes), shifts, targets)))
     return [p.reshape(*shape) for p, shape in zip(pieces, shapes)]
+
+
+def reshare_steps(link: RoundLink, z: torch.Tensor, frac: int) -> Steps[ArithShare]:
+    """This party's 3-out-of-3 component ``z`` of a value with ``frac`` fractional bits, as a
+    replicated share: masked with a zero-sharing and sent to the previous party (1 round, 8
+    bytes per element per party).  Exact: no truncation, so the value keeps every bit."""
+    party = link.party
+    z = z + party.zero_share(z.shape)
+    link.outbox.add(party.prev_rank, z.reshape(-1))
+    yield
+    received = link.inbox.take(party.next_rank, z.numel()).reshape(z.shape)
+    return ArithShare(party, torch.stack((z, received)), frac)
 
 
 def truncate_components(

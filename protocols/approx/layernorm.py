@@ -55,6 +55,7 @@ from veil.protocols.approx._common import (
     quantize,
     with_frac,
 )
+from veil.protocols.approx.rotary import RotaryColumns
 from veil.protocols.approx.rsqrt_product import rsqrt_product_of_components, rsqrt_product_twin
 from veil.protocols.multiplication import local_product
 from veil.protocols.truncation import truncate
@@ -86,6 +87,7 @@ def _normalise(
     then: ArithShare | None = None,
     keep: bool = False,
     shift: ArithShare | None = None,
+    rotate: RotaryColumns | None = None,
 ) -> ArithShare | tuple[ArithShare, ArithShare]:
     """x * sqrt(n) rsqrt(S + n eps) [* gamma] [@ then], S = sum((x / 2^h)^2) (|x| <= sqrt(S));
     with ``keep`` the pair (normalised, (normalised + shift) @ then).  S goes to rsqrt_product
@@ -108,6 +110,7 @@ def _normalise(
         then=then,
         keep=keep,
         shift=shift,
+        rotate=rotate,
     )
 
 
@@ -120,6 +123,7 @@ def _normalise_twin(
     then: torch.Tensor | None = None,
     keep: bool = False,
     shift: torch.Tensor | None = None,
+    rotate: RotaryColumns | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     n = x.shape[-1]
     lift = 2.0**headroom_bits
@@ -138,6 +142,7 @@ def _normalise_twin(
         then=then,
         keep=keep,
         shift=shift,
+        rotate=rotate,
     )
 
 
@@ -250,10 +255,11 @@ def rmsnorm_twin(
     headroom_bits: int = 0,
     frac_bits: int | None = FRAC_BITS,
     then: torch.Tensor | None = None,
+    rotate: RotaryColumns | None = None,
 ) -> torch.Tensor:
     """Float twin of :func:`rmsnorm`."""
     x = quantize(x.to(torch.float64), frac_bits)
-    return _normalise_twin(x, weight, eps, headroom_bits, frac_bits, then)
+    return _normalise_twin(x, weight, eps, headroom_bits, frac_bits, then, rotate=rotate)
 
 
 def rmsnorm(
@@ -263,9 +269,13 @@ def rmsnorm(
     headroom_bits: int = 0,
     bracket: str = "compare",
     then: ArithShare | None = None,
+    rotate: RotaryColumns | None = None,
 ) -> ArithShare:
     """RMSNorm of secret rows with secret gamma (``weight``; None: gamma folded elsewhere)
     [then times the next linear layer's weight ``then`` (n, m): without gamma it rides
-    inside the norm, 10 rounds for both instead of 12, as in :func:`layernorm`]."""
+    inside the norm, 9 rounds for both instead of 11, as in :func:`layernorm`].
+
+    ``rotate``: RoPE on the query and key columns of the projection
+    (:mod:`veil.protocols.approx.rotary`), applied beside the bracket: no round of its own."""
     with x.party.comm.scope("rmsnorm"):
-        return _normalise(x, weight, eps, headroom_bits, bracket, then)
+        return _normalise(x, weight, eps, headroom_bits, bracket, then, rotate=rotate)

@@ -37,13 +37,14 @@ import math
 
 import torch
 
-from veil.mpc.arith import ArithShare
+from veil.mpc.arith import ArithShare, cat
 from veil.mpc.lockstep import RoundLink, Steps, lockstep, run_alone
 from veil.mpc.ring_matmul import ring_matmul
 from veil.protocols.approx._common import (
     FRAC_BITS,
     products_steps,
     quantize,
+    reshare_steps,
     truncate_components_steps,
     with_frac,
 )
@@ -52,6 +53,7 @@ from veil.protocols.approx.bracket import (
     power_of_two_bracket,
     power_of_two_bracket_steps,
 )
+from veil.protocols.approx.rotary import ROTARY_BITS, RotaryColumns
 from veil.protocols.approx.rsqrt import (
     DEFAULT_HI_EXP,
     DEFAULT_LO_EXP,
@@ -106,12 +108,13 @@ def rsqrt_product_twin(
     then: torch.Tensor | None = None,
     keep: bool = False,
     shift: torch.Tensor | None = None,
+    rotate: RotaryColumns | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Float twin of :func:`rsqrt_product` (rounded where the protocol truncates); ``x`` at
-    the precision the protocol's components have (the bracket reads it at f bits)."""
+    the precision the protocol's components have (the bracket reads it so)."""
     x, y = x.to(torch.float64), y.to(torch.float64)
     f = FRAC_BITS if frac_bits is None else frac_bits
-    _, e = torch.frexp(quantize(x, frac_bits))
+    _, e = torch.frexp(x)  # the bracket reads x at its components' precision
     e = e.clamp(lo_exp + 1, hi_exp).to(torch.float64)  # x = u * 2^(e+1)
     wide = None if frac_bits is None else max(f, POWER_BITS)
     u = quantize(x * torch.pow(2.0, -(e + 1)), wide)
@@ -124,7 +127,10 @@ def rsqrt_product_twin(
     if then is None:
         return out
     then = then.to(torch.float64)
-    projected = quantize(quantize(scaled @ then, y_frac) * guess, frac_bits)
+    projected = quantize(scaled @ then, y_frac)
+    if rotate is not None:
+        projected = rotate.apply_twin(projected, y_frac)
+    projected = quantize(projected * guess, frac_bits)
     if shift is not None:
         projected = projected + quantize(shift.to(torch.float64) @ then, frac_bits)
     return (out, projected) if keep else projected
@@ -176,31 +182,35 @@ def rsqrt_product_of_components(
     keep: bool = False,
     shift: ArithShare | None = None,
     x: ArithShare | None = None,
+    rotate: RotaryColumns | None = None,
 ) -> ArithShare | tuple[ArithShare, ArithShare]:
     """:func:`rsqrt_product` of x given as this party's 3-out-of-3 component (..., 1) with
     ``frac`` >= f fractional bits (a row's sum of squares straight from its local dot
     product): x's truncation to f bits rides with the candidates' (10 rounds in all).
-    ``x``: the same value as a replicated share with f bits, if the caller has it (9 rounds)."""
+    ``x``: the same value as a replicated share with f bits, if the caller has it (8 rounds).
+    ``rotate``: RoPE on the leading columns of ``y @ then`` (:mod:`veil.protocols.approx.rotary`),
+    truncated beside the bracket (no gain: ``weight`` must be None)."""
     party = y.party
     f = party.fxp.frac_bits
     if y.frac_bits != f or frac < f:
         raise ValueError("rsqrt_product expects y with f and x with at least f fractional bits")
     positions, _, _ = _window(f, lo_exp, hi_exp)
+    if rotate is not None and (then is None or weight is not None or keep):
+        raise ValueError("rsqrt_product rotates y @ then only, without a gain and without keep")
     plan = _Plan(f, frac, positions, precision_split(f, lo_exp, hi_exp, scale), scale, y, weight, then, shift)
+    plan.rotate = rotate
     with party.comm.scope("rsqrt"):
         if bracket == "compare":
-            box: dict[str, ArithShare] = {} if x is None else {"x": x}
-
             def candidates(link: RoundLink) -> Steps[tuple]:
-                first = yield from plan.first_steps(link, components, need_x=x is None)
-                if "x" in first:
-                    box["x"] = first["x"]
+                first = yield from plan.first_steps(link, components, need_x=False)
                 return first, (yield from plan.guess_steps(link, first))
 
             def bracket_lane(link: RoundLink) -> Steps[ArithShare]:
-                for _ in range(0 if x is not None else 2):
-                    yield  # x to f bits comes out of the candidates' first truncation
-                return (yield from power_of_two_bracket_steps(link, box["x"], positions))
+                if x is not None:
+                    return (yield from power_of_two_bracket_steps(link, x, positions))
+                # x as it is, 2^(frac - f) times finer: reshared (1 round), not truncated (2).
+                wide_x = yield from reshare_steps(link, components, frac)
+                return (yield from power_of_two_bracket_steps(link, wide_x, positions + (frac - f)))
 
             (first, guessed), onehot = lockstep(party, candidates, bracket_lane)
         else:
@@ -216,6 +226,7 @@ class _Plan:
     def __init__(self, f, frac, positions, split, scale, y, weight, then, shift):
         self.f, self.frac = f, frac
         self.y, self.weight, self.then, self.shift = y, weight, then, shift
+        self.rotate: RotaryColumns | None = None
         self.wide = max(f, POWER_BITS)
         self.y_frac = f + split[0]
         self.guess_frac = f + split[1]
@@ -266,7 +277,11 @@ class _Plan:
         parts = [(local_product(w.data, w.data), wide, wide)]
         if self.weight is not None and self.then is not None:
             parts.append((local_product(first["scaled"].data, self.then.data, ring_matmul), self.f, self.y_frac))
+        if self.rotate is not None:
+            parts.append((self.rotate.component(first["projected"].data[0]), ROTARY_BITS, self.y_frac))
         w2, *later = yield from truncate_components_steps(link, parts)
+        if self.rotate is not None:
+            later = [cat([later[0], first["projected"][..., self.rotate.width :]], dim=-1)]
         factor = with_frac(w, 0) * self.high[0] + with_frac(w2, 0) * self.high[1]
         quartic = local_product(w2.data, factor.data) + w.data[0] * self.low[0] + w2.data[0] * self.low[1]
         if link.party.rank == 0:

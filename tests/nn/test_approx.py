@@ -8,7 +8,7 @@ import torch
 from benchmarks.smollm2_steps import TEST_PROMPTS, step_errors
 from veil.nn.backend import ApproxBackend, ExactBackend
 from veil.nn.bert import BertModel, normalize, sentence_embedding
-from veil.nn.demo import SMOLLM2_NORM_HEADROOM_BITS, chat_ids
+from veil.nn.demo import chat_ids
 from veil.nn.generate import generate
 from veil.nn.llama import LlamaForCausalLM
 
@@ -42,7 +42,7 @@ def test_smollm2_greedy_on_puma_twins_matches_exact(smollm2, prompt):
     model = LlamaForCausalLM.from_hf(hf)
     ids = chat_ids(tokenizer, prompt)
     exact = generate(model, ExactBackend(), ids, max_new_tokens=12)
-    twins = ApproxBackend.puma(norm_headroom_bits=SMOLLM2_NORM_HEADROOM_BITS)
+    twins = ApproxBackend.puma()
     approx = generate(model, twins, ids, max_new_tokens=12)
     assert torch.equal(torch.cat(exact), torch.cat(approx))
 
@@ -60,6 +60,6 @@ def test_smollm2_logits_on_puma_twins_within_0_1_at_every_step(smollm2, prompt):
     ids = chat_ids(tokenizer, prompt)
     steps = 8
     sequence = torch.cat([ids, torch.stack(generate(model, ExactBackend(), ids, steps), 1)], 1)
-    twins = ApproxBackend.puma(norm_headroom_bits=SMOLLM2_NORM_HEADROOM_BITS)
+    twins = ApproxBackend.puma()
     errors = step_errors(model(ExactBackend(), sequence)[0], model(twins, sequence)[0], ids.shape[1], steps)
     assert errors.max() <= 0.1, errors

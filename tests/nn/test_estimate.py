@@ -94,12 +94,27 @@ def test_pre_norms_fuse_the_matmul_they_feed(monkeypatch, make):
     from veil.nn import modules
 
     hf = make()
+    # RoPE beside the bracket needs the fused projection: measured on its own below.
+    monkeypatch.setattr(modules.Attention, "_rotary_in_norm", lambda self, norm, rope: None)
     fused = estimate(hf, seq=4, new_tokens=2)
     monkeypatch.setattr(
         modules, "_project", lambda ops, x, linear, norm: linear(x if norm is None else norm(ops, x))
     )
     apart = estimate(hf, seq=4, new_tokens=2)
     assert apart.depth - fused.depth == 2 * 2 * LAYERS * 2
+
+
+def test_rope_rides_beside_the_pre_norms_bracket(monkeypatch):
+    """LLaMA's attention pre-norm rotates the query and key columns of its QKV product beside
+    its bracket (veil.protocols.approx.rotary): 2 critical-path rounds fewer per layer on each
+    of the 2 passes than rotating after the projection."""
+    from veil.nn import modules
+
+    hf = _llama()
+    fused = estimate(hf, seq=4, new_tokens=2)
+    monkeypatch.setattr(modules.Attention, "_rotary_in_norm", lambda self, norm, rope: None)
+    apart = estimate(hf, seq=4, new_tokens=2)
+    assert apart.depth - fused.depth == 2 * LAYERS * 2
 
 
 def test_post_norms_make_the_next_projection(monkeypatch):

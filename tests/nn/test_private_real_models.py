@@ -104,7 +104,7 @@ def test_smollm2_near_tie_follows_the_float_twins(smollm2):
 
     hf, tokenizer = smollm2
     ids = chat_ids(tokenizer, NEAR_TIE_PROMPT)
-    twins = ApproxBackend.puma(norm_headroom_bits=2)
+    twins = ApproxBackend.puma()
     expected = torch.stack(generate(LlamaForCausalLM.from_hf(hf), twins, ids, NEW_TOKENS), dim=-1)[0]
     tokens = PrivateModel.from_hf(hf).generate(ids, max_new_tokens=NEW_TOKENS).output[0]
     assert torch.equal(tokens, expected)
