@@ -59,6 +59,15 @@ class Backend(Protocol):
     def attend(self, scores: TensorLike, v: TensorLike, mask: torch.Tensor | None = None) -> TensorLike:
         """``softmax(scores, mask) @ v`` over the last dim of the scores (attention's values)."""
 
+    def attention(
+        self, q: TensorLike, k: TensorLike, v: TensorLike, mask: torch.Tensor | None = None,
+        out: TensorLike | None = None,
+    ) -> TensorLike:
+        """``softmax(q @ k^T, mask) @ v`` for queries (batch, heads, rows, d) and keys (batch,
+        heads, keys, d); with ``out`` (heads * d, m) the heads side by side times ``out``:
+        (batch, rows, m).  MPC starts the max from the scores' untruncated product and, for
+        one query row, folds the projection into the softmax's last product."""
+
     def layernorm(
         self,
         x: TensorLike,
@@ -149,6 +158,16 @@ class ExactBackend:
 
     def attend(self, scores: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.softmax(scores, -1, mask) @ v
+
+    def attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        y = self.attend(q @ k.transpose(-2, -1), v, mask)
+        if out is None:
+            return y
+        batch, heads, rows, d = y.shape
+        return y.transpose(1, 2).reshape(batch, rows, heads * d) @ out
 
     def layernorm(
         self,

@@ -390,9 +390,8 @@ class Attention(Module):
             k, v = cache.append(ops, k, v)
         k = self._repeat_kv(k)
         v = self._repeat_kv(v)
-        scores = q @ k.transpose(2, 3)
-        y = ops.attend(scores, v, mask)  # MPC: e @ v beside the reciprocal of the row sums
-        return self.out(y.transpose(1, 2).reshape(batch, seq, q_width))
+        # MPC: e @ v (and for one query row its projection) beside the row sums' reciprocal.
+        return self.out.add_bias(ops.attention(q, k, v, mask, out=self.out.weight))
 
     def _rotary_in_norm(
         self, norm: Norm | None, rope: tuple[torch.Tensor, torch.Tensor] | None

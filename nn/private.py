@@ -90,6 +90,12 @@ class MPCBackend:
     def attend(self, scores: ArithShare, v: ArithShare, mask: torch.Tensor | None = None) -> ArithShare:
         return softmax_protocol.softmax_matmul(scores, v, mask=mask)
 
+    def attention(
+        self, q: ArithShare, k: ArithShare, v: ArithShare, mask: torch.Tensor | None = None,
+        out: ArithShare | None = None,
+    ) -> ArithShare:
+        return softmax_protocol.attention(q, k, v, mask=mask, out=out)
+
     def layernorm(
         self,
         x: ArithShare,

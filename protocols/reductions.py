@@ -96,14 +96,34 @@ def tournament_max(x: ArithShare) -> ArithShare:
         return _tournament(x)[0]
 
 
-def _tournament(x: ArithShare) -> tuple[ArithShare, BoolShare]:
+def tournament_max_of(values: ArithShare, beats: BoolShare) -> ArithShare:
+    """:func:`tournament_max` of ``values`` (..., n) from its comparison bits [x_i < x_j] over
+    :func:`pair_indices` made elsewhere, e.g. from a finer copy of the values beside their
+    truncation (:func:`veil.protocols.approx.softmax.attention`): the ANDs and the selection."""
+    with values.party.comm.scope("tournament_max"):
+        return _tournament(values, beats, values)[0]
+
+
+def pair_indices(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i, j) for every pair i < j of n entries, in the order of :func:`_tournament`'s bits."""
+    first, second = torch.triu_indices(n, n, offset=1)
+    return first, second
+
+
+def _tournament(
+    x: ArithShare, beats: BoolShare | None = None, values: ArithShare | None = None
+) -> tuple[ArithShare, BoolShare]:
     """(max (..., 1), boolean one-hot of the first maximum (..., n)) of :func:`tournament_max`.
 
     The comparison bits stay boolean: their products are ANDs and the winner enters its
-    product with x by bit injection (:func:`veil.protocols.select.mux_bits`), so no B2A."""
+    product with x by bit injection (:func:`veil.protocols.select.mux_bits`), so no B2A.
+    ``beats``: the comparison bits [x_i < x_j] over :func:`pair_indices`, if the caller
+    made them (e.g. from a finer copy of x, beside x's own truncation); ``values``: what the
+    winner selects (default x: another scale of the same values)."""
     n = x.shape[-1]
-    first, second = torch.triu_indices(n, n, offset=1)
-    beats = less_than_bits(x[..., first], x[..., second])  # c_ij: the later entry j is larger
+    first, second = pair_indices(n)
+    if beats is None:
+        beats = less_than_bits(x[..., first], x[..., second])  # c_ij: the later entry j is larger
     pairs = first.numel()
     position = torch.zeros(n, n, dtype=torch.long)
     position[first, second] = torch.arange(pairs)
@@ -119,7 +139,7 @@ def _tournament(x: ArithShare) -> tuple[ArithShare, BoolShare]:
         product = words[..., :half] & words[..., half : 2 * half]
         words = cat([product, words[..., 2 * half :]], dim=-1) if m % 2 else product
     winner = _unpack_bits(words[..., 0], n)
-    return mux_bits(winner, x, 0).sum(-1, keepdim=True), winner
+    return mux_bits(winner, x if values is None else values, 0).sum(-1, keepdim=True), winner
 
 
 WORD_BITS = 64
@@ -153,12 +173,14 @@ BUDGET_FLOOR_BYTES = 16 << 20
 step's attention, a GPT-2 prompt's 12 x 32 x 32 scores) take one all-pairs level."""
 
 
-def plan_for(x: ArithShare, onehot: bool = False) -> tuple[int, ...]:
+def plan_for(x: ArithShare | torch.Size, onehot: bool = False) -> tuple[int, ...]:
     """Level widths (:func:`veil.protocols.tournament_plan.plan_levels`) for the rows of ``x``
-    within max(:data:`BUDGET_FLOOR_BYTES`, :data:`BUDGET_BYTES_PER_ELEMENT` per element) per
-    party.  The shape, hence the plan, is public."""
-    n = x.shape[-1]
-    rows = max(1, math.prod(x.shape[:-1]))
+    (a share or its shape) within max(:data:`BUDGET_FLOOR_BYTES`,
+    :data:`BUDGET_BYTES_PER_ELEMENT` per element) per party.  The shape, hence the plan, is
+    public."""
+    shape = x if isinstance(x, torch.Size) else x.shape
+    n = shape[-1]
+    rows = max(1, math.prod(shape[:-1]))
     return plan_levels(n, max(BUDGET_FLOOR_BYTES / rows, BUDGET_BYTES_PER_ELEMENT * n), onehot)
 
 

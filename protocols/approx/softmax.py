@@ -45,18 +45,21 @@ from typing import Any
 import torch
 
 from veil.mpc.arith import ArithShare
+from veil.mpc.boolean import BoolShare
 from veil.mpc.lockstep import RoundLink, Steps, lockstep, run_alone
 from veil.mpc.ring_matmul import ring_matmul
 from veil.protocols.approx._common import (
     FRAC_BITS,
     products,
     quantize,
+    reshare_steps,
     row_max,
 )
 from veil.protocols.approx.exp import EXP_CLIP, base_steps, base_twin
 from veil.protocols.approx.reciprocal_rows import reciprocal_of_sum, reciprocal_of_sum_twin
 from veil.protocols.comparison import less_than_bits_steps
 from veil.protocols.multiplication import local_product
+from veil.protocols.reductions import pair_indices, plan_for, tournament_max_of
 from veil.protocols.select import mux_bits
 from veil.protocols.truncation import truncate_product_steps
 
@@ -204,17 +207,122 @@ def softmax_matmul(
     has as many elements as the output (rows x head_dim) instead of the scores.  Same
     formula and range as :func:`softmax`; error: softmax's plus one ulp of e @ v times 1/s.
     """
-    party = x.party
+    with x.party.comm.scope("softmax"):
+        return _weighted_values(_exp_rows(x, mask, squarings, base, clip), x.shape[-1], v)
+
+
+def _weighted_values(
+    exp_rows: tuple[torch.Tensor, torch.Tensor], n: int, v: ArithShare, out: ArithShare | None = None
+) -> ArithShare:
+    """(e @ v) * (1/s) from exp's components and their row sums (:func:`exp_components`);
+    with ``out``, the heads merged and projected by it (see :func:`attention`)."""
+    party = v.party
     f = party.fxp.frac_bits
-    with party.comm.scope("softmax"):
-        components, rows = _exp_rows(x, mask, squarings, base, clip)
-        lo, hi = _row_window(x.shape[-1])
-        r, _, ev = reciprocal_of_sum(
-            party, rows, 2 * f, lo, hi, _extra_bits(f), [(components, f, f)],
-            beside=lambda link, pieces: _matmul_steps(link, pieces[0], v),
-        )
+    components, rows = exp_rows
+    lo, hi = _row_window(n)
+    heads = None if out is None else _per_head(out, v)
+
+    def beside(link: RoundLink, pieces: list[ArithShare]) -> Steps[ArithShare]:
+        ev = yield from _matmul_steps(link, pieces[0], v)
+        return ev if heads is None else (yield from _matmul_steps(link, ev, heads))
+
+    r, _, ev = reciprocal_of_sum(
+        party, rows, 2 * f, lo, hi, _extra_bits(f), [(components, f, f)], beside=beside
+    )
+    if heads is None:
         (y,) = products([(ev, r)], out_frac=[f])
-    return y
+        return y
+    # sum over heads of r_h (ev_h @ W_h): one truncation of the summed components.
+    summed = local_product(r.data, ev.data).sum(-3)
+    raw = r.frac_bits + ev.frac_bits
+    return run_alone(party, lambda link: truncate_product_steps(link, summed, raw - f, raw))
+
+
+def _per_head(out: ArithShare, v: ArithShare) -> ArithShare:
+    """The output projection (heads * d, m) as one (d, m) block per head: (heads, d, m)."""
+    heads, d = v.shape[-3], v.shape[-1]
+    if out.shape[0] != heads * d:
+        raise ValueError(f"output projection of {out.shape[0]} rows for {heads} heads of {d}")
+    return out.reshape(heads, d, out.shape[-1])
+
+
+def attention(
+    q: ArithShare,
+    k: ArithShare,
+    v: ArithShare,
+    mask: torch.Tensor | None = None,
+    out: ArithShare | None = None,
+    squarings: int = SOFTMAX_SQUARINGS,
+    base: str = SOFTMAX_BASE,
+    clip: float | None = EXP_CLIP,
+) -> ArithShare:
+    """softmax(q @ k^T, mask) @ v from the queries and keys (batch, heads, rows, d) and
+    (batch, heads, keys, d); with ``out`` (heads * d, m), the heads merged and projected:
+    (batch, rows, m).
+
+    ``out`` on a single query row (a decoding step): each head's e @ v is projected by its
+    block of ``out`` beside the reciprocal (2 rounds inside its 9), and the heads' products
+    by their 1/s are summed on their components and truncated once: the softmax's last
+    product and the projection's truncation become one (2 rounds fewer), for heads * m
+    instead of heads * d truncated elements per row (9x for SmolLM2: 98 KB more per layer
+    and step).  A prompt's many rows take the plain product and projection instead.
+
+    Where one all-pairs tournament level takes the max of a row (:func:`veil.protocols.reductions.plan_for`:
+    a decoding step's rows, GPT-2's 32-long prompt rows), the scores' product is reshared
+    with its 2f fractional bits (1 round) for the tournament's comparisons, while its
+    truncation to f bits (2 rounds) runs beside them for the winner to select: the max starts
+    one round sooner than from truncated scores.  Otherwise (multi-level tournaments) the
+    scores are truncated first and go to :func:`softmax_matmul`.  Same result: the
+    comparisons of the finer scores pick the same first maximum wherever the truncated
+    scores do not tie (a tie within one ulp picks either, with the same value up to an ulp).
+    Valid range: softmax's, and |q k| < 2^(62 - 2f) = 2^26 for the finer copy.
+    Cost: beside softmax_matmul's, 8 bytes per score per party for the reshare.
+    """
+    party = q.party
+    f = party.fxp.frac_bits
+    raw = q.frac_bits + k.frac_bits
+    z = local_product(q.data, k.transpose(-2, -1).data, ring_matmul)
+    n = z.shape[-1]
+    widths = plan_for(z.shape)
+    fused_out = out is not None and q.shape[-2] == 1
+    if raw <= f or n < 2 or len(widths) != 1 or widths[0] < n:
+        scores = run_alone(party, lambda link: truncate_product_steps(link, z, raw - f, raw))
+        if fused_out:
+            with party.comm.scope("softmax"):
+                rows = _exp_rows(scores, mask, squarings, base, clip)
+                return _weighted_values(rows, n, v, out)
+        return _merged(softmax_matmul(scores, v, mask, squarings, base, clip), out)
+    if mask is not None:
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=q.device)
+    offset = None if mask is None else (~mask).to(torch.float64) * MASK_OFFSET
+    first, second = pair_indices(n)
+
+    def comparisons(link: RoundLink) -> Steps[BoolShare]:
+        fine = yield from reshare_steps(link, z, raw)
+        if offset is not None:
+            fine = fine - offset
+        return (yield from less_than_bits_steps(link, fine[..., first], fine[..., second]))
+
+    with party.comm.scope("softmax"):
+        beats, scores = lockstep(
+            party, comparisons, lambda link: truncate_product_steps(link, z, raw - f, raw)
+        )
+        if offset is not None:
+            scores = scores - offset
+        maximum = tournament_max_of(scores, beats)
+        exp_rows = exp_components(scores - maximum, mask, squarings, base, clip)
+        if fused_out:
+            return _weighted_values(exp_rows, n, v, out)
+        y = _weighted_values(exp_rows, n, v)
+    return _merged(y, out)
+
+
+def _merged(y: ArithShare, out: ArithShare | None) -> ArithShare:
+    """Heads (batch, heads, rows, d) side by side, times ``out`` if given."""
+    if out is None:
+        return y
+    batch, heads, rows, d = y.shape
+    return y.transpose(1, 2).reshape(batch, rows, heads * d) @ out
 
 
 def _matmul_steps(link: RoundLink, a: ArithShare, b: ArithShare) -> Steps[ArithShare]:

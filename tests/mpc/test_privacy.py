@@ -85,12 +85,13 @@ def test_protocol_messages_and_state_never_hold_the_secret():
 
 def test_norm_softmax_and_argmax_messages_look_uniform():
     """The candidate norms and reciprocals (every bracket's guess beside the bracket, then a
-    select), the planned tournaments with packed ANDs and the narrow A2B: every large message
+    select), the planned tournaments with packed ANDs, attention's reshared scores and the
+    narrow A2B: every large message
     a party receives has uniform bits, and none holds the secret rows' encodings."""
     from veil.protocols.approx.argmax import argmax
     from veil.protocols.approx.embedding import embedding
     from veil.protocols.approx.layernorm import layernorm
-    from veil.protocols.approx.softmax import softmax
+    from veil.protocols.approx.softmax import attention, softmax
 
     network = RecordingNetwork()
     # 4096 rows, so that even the rounds of one element per row (the selects) are large
@@ -107,6 +108,9 @@ def test_norm_softmax_and_argmax_messages_look_uniform():
         start = len(network.received[party.rank])
         layernorm(x, None, None)
         softmax(x)
+        # 2048 heads of one query and 2 keys: the scores' product reshared with 2f bits.
+        keys = x.reshape(1, 2048, 2, 8)
+        attention(keys[:, :, :1], keys, keys)
         argmax(x)
         embedding(ids, table_share)
         return start

@@ -6,6 +6,7 @@ import torch
 from tests.protocols.approx_helpers import ULP, run_protocol
 from veil.protocols.approx.softmax import (
     SOFTMAX_SQUARINGS,
+    attention,
     softmax,
     softmax_matmul,
     softmax_matmul_twin,
@@ -87,3 +88,60 @@ def test_softmax_matmul_hides_probs_at_v_beside_the_reciprocal():
     _, alone = run_protocol(lambda s: softmax(s, mask=mask), x)
     _, then_matmul = run_protocol(lambda s, w: softmax(s, mask=mask) @ w, x, v)
     assert traffic.depth == alone.depth == then_matmul.depth - 2
+
+
+def _heads(seed: int, batch: int, heads: int, rows: int, keys: int, d: int):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, rows, d, generator=g, dtype=torch.float64) * 0.5
+    k = torch.randn(batch, heads, keys, d, generator=g, dtype=torch.float64) * 0.5
+    v = torch.randn(batch, heads, keys, d, generator=g, dtype=torch.float64)
+    return q, k, v
+
+
+@pytest.mark.parametrize("rows", [1, 32], ids=["decode", "prompt"])
+def test_attention_compares_the_untruncated_scores_beside_their_truncation(rows):
+    """attention(q, k, v) on rows that one tournament level maxes (33 keys: a decoding step;
+    32 x 32 causal: GPT-2's prompt): the comparisons read the scores' product reshared with
+    2f bits while its truncation runs beside, so one round fewer than truncating the scores
+    and then softmax_matmul; the same result up to the ulps of the twin bound (16)."""
+    keys = 33 if rows == 1 else 32
+    q, k, v = _heads(11, 1, 3, rows, keys, 16)
+    mask = None if rows == 1 else torch.tril(torch.ones(rows, keys, dtype=torch.bool))
+    y, traffic = run_protocol(lambda q, k, v: attention(q, k, v, mask=mask), q, k, v)
+    scores = q @ k.transpose(-2, -1)
+    reference = torch.softmax(scores if mask is None else scores.masked_fill(~mask, float("-inf")), -1) @ v
+    assert (y - reference).abs().max() <= 1e-3
+    assert (y - softmax_matmul_twin(scores, v, mask)).abs().max() <= 16 * ULP
+    _, apart = run_protocol(lambda q, k, v: softmax_matmul(q @ k.transpose(-2, -1), v, mask=mask), q, k, v)
+    assert traffic.depth == apart.depth - 1
+
+
+def test_attention_of_one_row_folds_the_output_projection_in():
+    """attention(..., out=W) on a decoding step's single row: each head's e @ v projected by
+    its block of W beside the reciprocal, the heads' products by 1/s summed and truncated
+    once: 2 rounds fewer than attention then the projection; on a prompt's rows the plain
+    projection after it.  Bounds: the attention's 1e-3 per element times W's largest column
+    L1 norm (over all heads' rows), plus the twin's ulps."""
+    q, k, v = _heads(12, 1, 3, 1, 20, 16)
+    g = torch.Generator().manual_seed(13)
+    w = torch.randn(48, 40, generator=g, dtype=torch.float64) * 0.1
+    column_l1 = w.abs().sum(0).max().item()
+    fused, traffic = run_protocol(lambda q, k, v, w: attention(q, k, v, out=w), q, k, v, w)
+    merged = lambda y: y.transpose(1, 2).reshape(1, 1, 48) @ w
+    reference = merged(torch.softmax(q @ k.transpose(-2, -1), -1) @ v)
+    assert fused.shape == (1, 1, 40)
+    assert (fused - reference).abs().max() <= 1e-3 * column_l1
+    apart, apart_traffic = run_protocol(lambda q, k, v, w: merged_share(attention(q, k, v), w), q, k, v, w)
+    assert (fused - apart).abs().max() <= (16 * ULP) * column_l1 + 4 * ULP
+    assert traffic.depth == apart_traffic.depth - 2
+    q2, k2, v2 = _heads(14, 1, 3, 4, 20, 16)
+    prompt, _ = run_protocol(lambda q, k, v, w: attention(q, k, v, out=w), q2, k2, v2, w)
+    reference2 = torch.softmax(q2 @ k2.transpose(-2, -1), -1) @ v2
+    assert (prompt - reference2.transpose(1, 2).reshape(1, 4, 48) @ w).abs().max() <= 1e-3 * column_l1
+    with pytest.raises(ValueError, match="output projection of 40 rows for 3 heads of 16"):
+        run_protocol(lambda q, k, v, w: attention(q, k, v, out=w), q, k, v, w[:40])
+
+
+def merged_share(y, w):
+    batch, heads, rows, d = y.shape
+    return y.transpose(1, 2).reshape(batch, rows, heads * d) @ w
