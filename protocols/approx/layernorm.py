@@ -27,12 +27,14 @@ The root is never formed on its own
 (:func:`veil.protocols.approx.rsqrt_product.rsqrt_product_of_components`): S's components go
 in untruncated; every bracket's candidate guess scale / sqrt(S) is computed beside the
 bracket's comparisons, the one-hot selects one, and one product by it ends the norm.
-Cost per row of n, per party: the mean (2 rounds, 16 bytes); S to f bits and the 34
-candidates u (2 rounds, 21.3 bytes each); the bracket (5 rounds, 68.9 * 33 bytes; with
-``bracket="bits"`` 15 rounds, 152 + 10.67 * 34) beside the candidates' w^2 and quartics (4
-rounds, 2 * 34 * 21.3 bytes); the select (1 round, 8 bytes); per element x * gamma and the
-last product, truncated from 3-out-of-3 components, 21.3 bytes each (one without gamma):
-12 rounds in all (10 for RMSNorm, which has no mean), with or without gamma.
+Cost per row of n, per party: the mean (2 rounds, 16 bytes); S reshared with its 2f bits
+(1 round, 8 bytes) and the bracket on it (5 rounds, 68.9 * 33 bytes; with
+``bracket="bits"`` 15 rounds, 152 + 10.67 * 34, on S truncated to f bits) beside the 34
+candidates u (2 rounds, 21.3 bytes each) and their w^2 and quartics (4 rounds, 2 * 34 *
+21.3 bytes); the select (1 round, 8 bytes); per element x * gamma and the last product,
+truncated from 3-out-of-3 components, 21.3 bytes each (one without gamma): 11 rounds in
+all (9 for RMSNorm, which has no mean), with or without gamma (12 and 10 when S was
+truncated to f bits for the bracket).
 Measured, 128x768 (``python -m benchmarks.nonlinear --only layernorm``, Dec 7): 12
 critical-path rounds, 4.77 MB, error 4.66e-4 (7.24e-4 in an earlier run); with
 ``bracket="bits"`` 26 rounds, 4.54 MB; without the affine step 12 rounds, 2.67 MB.
@@ -198,7 +200,7 @@ def layernorm(
 
     ``then``: the matmul rides inside the norm
     (:func:`veil.protocols.approx.rsqrt_product.rsqrt_product_of_components`), so norm and
-    matmul cost 12 rounds instead of 14; the last product is on the m outputs per row.  With
+    matmul cost 11 rounds instead of 13; the last product is on the m outputs per row.  With
     gamma (a final norm feeding a tied LM head, whose table cannot take the gain),
     (x - mean) gamma @ then is truncated beside the candidates; with beta, beta @ then too.
     """
@@ -238,7 +240,7 @@ def layernorm_projected(
     (x - mean) gamma @ then and beta @ then are truncated beside the candidates, and y and
     the product come from the one last product level
     (:func:`veil.protocols.approx.rsqrt_product.rsqrt_product_of_components` with ``keep``):
-    12 rounds for both instead of 12 + 2; per row, 2m more products truncated from
+    11 rounds for both instead of 11 + 2; per row, 2m more products truncated from
     3-out-of-3 components (21.3 bytes each) than LayerNorm alone, and beta @ then's m
     elements once.
     """

@@ -15,10 +15,11 @@ multiplied by b_p = 0, which is exactly 0 in the ring.  phi_p is folded into eac
 quartic coefficients (public per position), so no product by a factor table is needed.
 
 Rounds (per row), with x as 3-out-of-3 components (a norm's sum of squares, before its own
-truncation): [x to f bits, the candidates u_p, y * gamma, y @ W] (2) -> the bracket (5)
-beside [w_p^2, (y gamma) @ W] (2) and the quartics (2) -> select (1) -> the last product (2)
-= 10 rounds, where forming S, then :func:`veil.protocols.approx.rsqrt` ... took 2 + 13.
-With x as a replicated share the bracket starts at once: 9 rounds.
+truncation): x reshared with all its bits (1) and the bracket on it (5), beside [the
+candidates u_p, y * gamma, y @ W] (2), [w_p^2, (y gamma) @ W or RoPE on y @ W] (2) and the
+quartics (2) -> select (1) -> the last product (2) = 9 rounds, where forming S, then
+:func:`veil.protocols.approx.rsqrt` ... took 2 + 13 (and 10 when x was truncated to f bits
+for the bracket, 2 rounds where the reshare takes 1).  With x as a replicated share: 9 too.
 
 Valid range: x in [2^lo_exp, 2^hi_exp) (values outside land in the end brackets, with the
 quartic extrapolated); |result| < 2^RESULT_RANGE_BITS.
@@ -68,6 +69,10 @@ RESULT_RANGE_BITS = 10
 """|result| < 2^10: the last product, (f + y_bits) + (f + E) bits, must stay below 2^61."""
 GUESS_LIMIT = 2.2
 """The quartic's largest value near [0.25, 0.5) (rsqrt(0.25) = 2), for its raw bits."""
+WIDE_BRACKET_BITS = 62
+"""The bracket reads x with its components' ``frac`` bits when frac + hi_exp <= 62 (2^61,
+its largest threshold, and every valid x stay inside the ring): at f = 18, a norm's 2f
+and 2^26; at f = 20 it reads x truncated to f bits, 1 round later."""
 QUARTIC_TOP_BITS = 61
 """Each candidate's quartic, before its truncation, stays below 2^61."""
 
@@ -186,8 +191,8 @@ def rsqrt_product_of_components(
 ) -> ArithShare | tuple[ArithShare, ArithShare]:
     """:func:`rsqrt_product` of x given as this party's 3-out-of-3 component (..., 1) with
     ``frac`` >= f fractional bits (a row's sum of squares straight from its local dot
-    product): x's truncation to f bits rides with the candidates' (10 rounds in all).
-    ``x``: the same value as a replicated share with f bits, if the caller has it (8 rounds).
+    product): the bracket reads it reshared with its ``frac`` bits (9 rounds in all).
+    ``x``: the same value as a replicated share with f bits, if the caller has it (9 rounds).
     ``rotate``: RoPE on the leading columns of ``y @ then`` (:mod:`veil.protocols.approx.rotary`),
     truncated beside the bracket (no gain: ``weight`` must be None)."""
     party = y.party
@@ -201,16 +206,24 @@ def rsqrt_product_of_components(
     plan.rotate = rotate
     with party.comm.scope("rsqrt"):
         if bracket == "compare":
+            # x as it is, 2^(frac - f) times finer, reshared (1 round) rather than truncated to
+            # f bits (2), where its window's powers of two fit the ring (frac + hi_exp <= 62).
+            fine = x is None and frac + hi_exp <= WIDE_BRACKET_BITS
+            box: dict[str, ArithShare] = {} if x is None else {"x": x}
+
             def candidates(link: RoundLink) -> Steps[tuple]:
-                first = yield from plan.first_steps(link, components, need_x=False)
+                first = yield from plan.first_steps(link, components, need_x=x is None and not fine)
+                if "x" in first:
+                    box["x"] = first["x"]
                 return first, (yield from plan.guess_steps(link, first))
 
             def bracket_lane(link: RoundLink) -> Steps[ArithShare]:
-                if x is not None:
-                    return (yield from power_of_two_bracket_steps(link, x, positions))
-                # x as it is, 2^(frac - f) times finer: reshared (1 round), not truncated (2).
-                wide_x = yield from reshare_steps(link, components, frac)
-                return (yield from power_of_two_bracket_steps(link, wide_x, positions + (frac - f)))
+                if fine:
+                    wide_x = yield from reshare_steps(link, components, frac)
+                    return (yield from power_of_two_bracket_steps(link, wide_x, positions + (frac - f)))
+                for _ in range(0 if x is not None else 2):
+                    yield  # x to f bits comes out of the candidates' first truncation
+                return (yield from power_of_two_bracket_steps(link, box["x"], positions))
 
             (first, guessed), onehot = lockstep(party, candidates, bracket_lane)
         else:

@@ -31,6 +31,12 @@ MB (the reciprocal 11 after the row sum's truncation); before this exp (quadrati
 row sum truncated on its own, reciprocal 13): 73 rounds, 50.55 MB; before the 6-round
 comparison and the bit-injection multiplexers: 123 rounds, 53.40 MB.
 SPU's PUMA: 160 send steps, 47.0 MB (ours: 49% more bytes, 121 fewer rounds).
+Attention from its queries and keys (:func:`attention`, what the models call): where one
+tournament level takes a row's max, its comparisons read the scores' product reshared with
+2f bits (1 round) while the scores' truncation (2) runs beside them, one round sooner; on a
+decoding step's single query row the output projection also rides inside the last product
+(2 rounds fewer, heads x more truncated elements).  A SmolLM2 decoding layer's attention,
+scores to projected output: 32 critical-path rounds, against 2 + 31 + 2 before.
 Trading robustness for bytes, ``base="quadratic", clip=None`` (exp valid for x - max >= -50
 at t = 5, or >= -120 with ``squarings=6``, garbage below) costs 60.46 MB and 40 rounds
 (t = 5, error 3.9e-3) or 64.66 MB and 42 rounds (t = 6, error 9.0e-4): only for logits
