@@ -109,14 +109,15 @@ class Budget:
 
 class _CallRecorder:
     """Passes every call to an :class:`ExactBackend` and remembers the names called
-    (``attend`` is the softmax followed by @ v: it counts as a call of ``softmax``)."""
+    (``attend`` and ``attention`` are the softmax followed by @ v: they count as calls of
+    ``softmax``)."""
 
     def __init__(self) -> None:
         self.inner = ExactBackend()
         self.called: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
-        self.called.add("softmax" if name == "attend" else name)
+        self.called.add("softmax" if name in ("attend", "attention") else name)
         return getattr(self.inner, name)
 
 
