@@ -27,6 +27,7 @@ them and saves the reconstructed outputs.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import os
 import signal
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack on stderr
     if args.command is None:
         parser.print_help()
         return 2
