@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import importlib
+import io
 import os
 import signal
 import sys
@@ -53,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack on stderr
     if args.command is None:
         parser.print_help()
         return 2
@@ -340,6 +340,15 @@ def _launch(args: argparse.Namespace) -> int:
     )
 
 
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` makes a party print every thread's stack on stderr (a party that
+    computes while its peers wait, found in the field).  Not where stderr is no file."""
+    try:
+        faulthandler.register(signal.SIGUSR1)
+    except (io.UnsupportedOperation, ValueError, AttributeError):
+        pass
+
+
 def _serve(args: argparse.Namespace) -> int:
     from veil.mpc.communicator import PeerError
     from veil.nn.streamed import DEFAULT_BUDGET_BYTES
@@ -357,6 +366,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    _stacks_on_sigusr1()
     try:
         config = load_config(args.config, insecure=True if args.insecure else None)
         spec = config.party(args.rank)
