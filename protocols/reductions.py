@@ -101,7 +101,7 @@ def tournament_max_of(values: ArithShare, beats: BoolShare) -> ArithShare:
     :func:`pair_indices` made elsewhere, e.g. from a finer copy of the values beside their
     truncation (:func:`veil.protocols.approx.softmax.attention`): the ANDs and the selection."""
     with values.party.comm.scope("tournament_max"):
-        return _tournament(values, beats, values)[0]
+        return _tournament(values, beats)[0]
 
 
 def pair_indices(n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -202,8 +202,8 @@ def rsqrt_product_of_components(
     positions, _, _ = _window(f, lo_exp, hi_exp)
     if rotate is not None and (then is None or weight is not None or keep):
         raise ValueError("rsqrt_product rotates y @ then only, without a gain and without keep")
-    plan = _Plan(f, frac, positions, precision_split(f, lo_exp, hi_exp, scale), scale, y, weight, then, shift)
-    plan.rotate = rotate
+    split = precision_split(f, lo_exp, hi_exp, scale)
+    plan = _Plan(f, frac, positions, split, scale, y, weight, then, shift, rotate)
     with party.comm.scope("rsqrt"):
         if bracket == "compare":
             # x as it is, 2^(frac - f) times finer, reshared (1 round) rather than truncated to
@@ -236,10 +236,10 @@ def rsqrt_product_of_components(
 class _Plan:
     """The public tables and fractional bits of one :func:`rsqrt_product_of_components` call."""
 
-    def __init__(self, f, frac, positions, split, scale, y, weight, then, shift):
+    def __init__(self, f, frac, positions, split, scale, y, weight, then, shift, rotate=None):
         self.f, self.frac = f, frac
         self.y, self.weight, self.then, self.shift = y, weight, then, shift
-        self.rotate: RotaryColumns | None = None
+        self.rotate: RotaryColumns | None = rotate
         self.wide = max(f, POWER_BITS)
         self.y_frac = f + split[0]
         self.guess_frac = f + split[1]
