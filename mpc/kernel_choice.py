@@ -16,6 +16,17 @@ operands of about that size (fewer rows and columns, then fewer inner terms): a 
 int64 GEMM on a CPU without AVX-512 runs at ~150 M multiply-adds per second) would
 otherwise cost seconds per class, e.g. a one-hot lookup in a 50,257-row table.  The kept
 kernel then computes the whole product.
+
+A corner must still look like the product to the kernels.  Blocked GEMMs (the float64
+limbs) pay a fixed cost per call and reach their speed only on blocks of some size, while
+torch's unblocked int64 GEMM is fastest on small operands and slows as they leave the
+cache: on a corner of 64 x 1,024 x 48 the two ran within 20% of each other (2 cores of an
+AMD EPYC with AVX2, Dec 8), on the whole BERT one-hot lookup (128 x 30,522 x 768) the
+limbs are 30x faster.  A near tie on such a corner let a busy party keep the int64 GEMM and
+spend 30 s per lookup while its peers waited (their receives timed out).  So a corner keeps
+at least :data:`CORNER_SIDE` rows and columns and :data:`CORNER_INNER` inner terms where the
+product has them (64 x 2,048 x 64: the limbs win by 3x), and :data:`MEASURE_MACS` is large
+enough for that corner.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import torch
 
 Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-MEASURE_MACS = 1 << 22
+MEASURE_MACS = 1 << 23
 """Products above this many multiply-adds are timed on a corner of about this size."""
 TIMED_RUNS = 2
 """Timed runs per candidate after its warm-up; the fastest counts (a first call in a
@@ -119,21 +130,25 @@ def _macs(a: torch.Tensor, b: torch.Tensor) -> int:
 
 def measured_corner(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(a, b)``, or for a product above :data:`MEASURE_MACS` multiply-adds a corner of
-    about that size: rows and columns are halved first (down to :data:`CORNER_SIDE`), then
-    the inner dimension (down to :data:`CORNER_INNER`, so that blocked kernels still run
+    about that size: rows and columns are halved first (each down to :data:`CORNER_SIDE`),
+    then the inner dimension (down to :data:`CORNER_INNER`, so that blocked kernels still run
     whole blocks), then rows and columns again; batch dimensions are kept."""
     if a.dim() < 2 or b.dim() < 2 or _macs(a, b) <= MEASURE_MACS:
         return a, b
     rows, inner, columns = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = _macs(a, b) // (rows * inner * columns)
     while batch * rows * inner * columns > MEASURE_MACS:
-        if max(rows, columns) > CORNER_SIDE or (inner <= CORNER_INNER and max(rows, columns) > 1):
-            if rows >= columns:
-                rows = (rows + 1) // 2
-            else:
-                columns = (columns + 1) // 2
+        if max(rows, columns) > CORNER_SIDE:
+            floor = CORNER_SIDE  # never below the side: a 64 x 48 corner misleads (above)
         elif inner > CORNER_INNER:
             inner = max(CORNER_INNER, (inner + 1) // 2)
+            continue
+        elif max(rows, columns) > 1:
+            floor = 1
         else:
             break
+        if rows >= columns:
+            rows = max(floor, (rows + 1) // 2)
+        else:
+            columns = max(floor, (columns + 1) // 2)
     return a[..., :rows, :inner], b[..., :inner, :columns]

@@ -96,3 +96,28 @@ def test_large_products_are_timed_on_a_corner(monkeypatch, rng):
     assert 2 * a_corner[-2] * a_corner[-1] * b_corner[-1] <= 64
     assert a_corner[-1] == b_corner[-2] and a_corner[0] == 2
     assert chooser.choices[shape_class(a, b)].name == "fast"
+
+
+@pytest.mark.parametrize(
+    "a_shape, b_shape",
+    [
+        ((1, 128, 30522), (30522, 768)),  # BERT's one-hot lookup: once a 64 x 1,024 x 48 corner
+        ((1, 32, 50257), (50257, 768)),  # GPT-2's one-hot lookup
+        ((128, 3072), (3072, 768)),
+        ((1, 576), (576, 49152)),  # a decoded row by the LM head
+        ((12, 128, 64), (12, 64, 128)),
+    ],
+)
+def test_a_corner_keeps_whole_blocks_on_each_side(a_shape, b_shape):
+    """Corners stay within MEASURE_MACS but keep at least CORNER_SIDE rows and columns and
+    CORNER_INNER inner terms where the product has them: on thinner corners a blocked
+    kernel's fixed costs hide the speed it has on the whole product (see the module)."""
+    a = torch.zeros(1, dtype=torch.int64).expand(a_shape)  # views: nothing allocated
+    b = torch.zeros(1, dtype=torch.int64).expand(b_shape)
+    a_corner, b_corner = kc.measured_corner(a, b)
+    rows, inner, columns = a_corner.shape[-2], a_corner.shape[-1], b_corner.shape[-1]
+    assert kc._macs(a_corner, b_corner) <= kc.MEASURE_MACS < kc._macs(a, b)
+    assert rows >= min(a_shape[-2], kc.CORNER_SIDE)
+    assert columns >= min(b_shape[-1], kc.CORNER_SIDE)
+    assert inner >= min(a_shape[-1], kc.CORNER_INNER)
+    assert b_corner.shape[-2] == inner and a_corner.shape[:-2] == a.shape[:-2]
