@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import queue
-import socket
 import subprocess
 import sys
 import time
@@ -26,16 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 MESSAGE = b"x" * 40
 WARM_UP = 10
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def peer(rank: int, ports: list[int], repeats: int) -> None:
@@ -93,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rank is not None:
         peer(args.rank, [int(p) for p in args.ports.split(",")], args.repeats)
         return 0
+    from benchmarks.grpc_e2e import _free_ports  # here: the echoing children need no torch
+
     print("| run | round trip p10 ms | median ms | p90 ms |\n|---|---|---|---|")
     for run in range(args.runs):
         ports = ",".join(map(str, _free_ports(2)))
