@@ -35,9 +35,9 @@ candidates u (2 rounds, 21.3 bytes each) and their w^2 and quartics (4 rounds, 2
 truncated from 3-out-of-3 components, 21.3 bytes each (one without gamma): 11 rounds in
 all (9 for RMSNorm, which has no mean), with or without gamma (12 and 10 when S was
 truncated to f bits for the bracket).
-Measured, 128x768 (``python -m benchmarks.nonlinear --only layernorm``, Dec 7, before the
-bracket read the reshared S; not re-run): 12 critical-path rounds, 4.77 MB, error 4.66e-4 (7.24e-4 in an earlier run); with
-``bracket="bits"`` 26 rounds, 4.54 MB; without the affine step 12 rounds, 2.67 MB.
+Measured, 128x768 (``python -m benchmarks.nonlinear --only layernorm``, Dec 8): 11
+critical-path rounds, 4.77 MB, error 7.24e-4 (4.66e-4 in an earlier run); with
+``bracket="bits"`` 26 rounds, 4.54 MB; without the affine step 11 rounds, 2.67 MB.
 Before (u = S times the bracket's power of two, w^2, the quartic and x f, x f gamma after
 the bracket, 3 products per element): 17 rounds, 6.60 MB, error 4.78e-4 (4.50 MB without
 the affine step).  Before the quartic took one truncation (u^3, u^4 and then the linear
